@@ -1,0 +1,7 @@
+"""Target frames: discovery, decoding, batching (and the synthetic benchmark generator)."""
+
+from stvm_sdk.data.frames import Frame, FrameFolder, find_images, match_label, scan_frames
+from stvm_sdk.data.images import IGNORE_INDEX, read_image, read_label
+
+__all__ = ["IGNORE_INDEX", "Frame", "FrameFolder", "find_images", "match_label", "read_image", "read_label",
+           "scan_frames"]

@@ -1,0 +1,3 @@
+from stvm_sdk.cli.app import main
+
+main()

@@ -1,0 +1,34 @@
+"""The `stvm` command: a thin Typer layer over the public API.
+
+Each command lives in its own module, parses options, builds a config and calls one SDK function;
+heavy imports (torch, onnx) happen inside the command so `stvm --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="stvm",
+    help="Source-free adaptation of segmentation models (STvM), verified export and benchmarks.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register() -> None:
+    # One line per command module; each module exposes `register(app)`.
+    from stvm_sdk.cli import commands
+
+    commands.register_all(app)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    _register()
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,19 @@
+"""Where every command module is registered (one import and one call per module)."""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+# Modules under cli/ that define `register(app: typer.Typer) -> None`.
+COMMAND_MODULES = [
+    "stvm_sdk.cli.adapt_cmd",
+    "stvm_sdk.cli.eval_cmd",
+]
+
+
+def register_all(app: typer.Typer) -> None:
+    """Attach every command module's commands to ``app``."""
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(app)

@@ -1,0 +1,42 @@
+"""Shared CLI plumbing: user errors become one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Human-readable output goes to stderr so that `--json` leaves stdout with exactly one JSON object.
+console = Console(stderr=True)
+
+
+def user_errors(func: F) -> F:
+    """Turn :class:`stvm_sdk.errors.StvmError` into ``error: <message>`` and a non-zero exit."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from stvm_sdk.errors import StvmError
+
+        try:
+            return func(*args, **kwargs)
+        except StvmError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(code=exc.exit_code) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted: the last checkpoint is kept; rerun with --resume to continue", err=True)
+            raise typer.Exit(code=130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def print_json(obj: Any) -> None:
+    """Print one JSON object on stdout (the only thing a `--json` command writes there)."""
+    sys.stdout.write(json.dumps(obj, indent=None, sort_keys=False, default=str) + "\n")
+    sys.stdout.flush()

@@ -1,0 +1,137 @@
+"""Turning frames into tensors: resize, deterministic random crops, and batches.
+
+Randomness is a pure function of ``(seed, step)`` so a resumed run draws exactly the batches an
+uninterrupted one would (no RNG state to checkpoint), and nothing touches global RNGs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+import torch.nn.functional as nnf
+from torch import Tensor
+
+from stvm_sdk.data.frames import Frame
+from stvm_sdk.data.images import IGNORE_INDEX, read_image, read_label
+from stvm_sdk.errors import DataError
+
+
+def image_tensor(arr: np.ndarray) -> Tensor:
+    """``uint8 [H,W,3]`` -> float ``[3,H,W]`` in [0,1]."""
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float().div_(255.0)
+
+
+def resize_image(img: Tensor, size: tuple[int, int] | None) -> Tensor:
+    """Bilinear resize of ``[3,H,W]`` (or ``[B,3,H,W]``) to ``size`` (no-op for None)."""
+    if size is None or tuple(img.shape[-2:]) == tuple(size):
+        return img
+    batch = img if img.dim() == 4 else img[None]
+    out = nnf.interpolate(batch, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return out if img.dim() == 4 else out[0]
+
+
+def resize_label(label: Tensor, size: tuple[int, int] | None) -> Tensor:
+    """Nearest resize of an int label map ``[H,W]``."""
+    if size is None or tuple(label.shape[-2:]) == tuple(size):
+        return label
+    return nnf.interpolate(label[None, None].float(), size=size, mode="nearest")[0, 0].long()
+
+
+def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
+    """A generator whose state depends only on ``(seed, step, stream)``."""
+    g = torch.Generator()
+    g.manual_seed((seed * 1_000_003 + step * 7919 + stream * 104_729) % (2**63 - 1))
+    return g
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
+    """The frame order for one epoch (a permutation; depends only on seed and epoch)."""
+    return torch.randperm(n, generator=step_generator(seed, epoch, stream=1))
+
+
+def batch_indices(n: int, batch_size: int, seed: int, step: int) -> list[int]:
+    """Indices of the frames in batch ``step``: epochs are consecutive seeded permutations."""
+    start = step * batch_size
+    out: list[int] = []
+    while len(out) < batch_size:
+        epoch, offset = divmod(start + len(out), n)
+        order = epoch_order(n, seed, epoch)
+        take = min(batch_size - len(out), n - offset)
+        out += order[offset : offset + take].tolist()
+    return out
+
+
+def random_crop(img: Tensor, label: Tensor | None, crop: tuple[int, int], g: torch.Generator
+                ) -> tuple[Tensor, Tensor | None]:
+    """Crop ``[3,H,W]`` (and its label) at a random offset; pad (label 255) if smaller than ``crop``."""
+    ch, cw = crop
+    h, w = img.shape[-2:]
+    if h < ch or w < cw:
+        ph, pw = max(ch - h, 0), max(cw - w, 0)
+        img = nnf.pad(img, (0, pw, 0, ph))
+        if label is not None:
+            label = nnf.pad(label, (0, pw, 0, ph), value=IGNORE_INDEX)
+        h, w = img.shape[-2:]
+    top = int(torch.randint(0, h - ch + 1, (1,), generator=g))
+    left = int(torch.randint(0, w - cw + 1, (1,), generator=g))
+    img = img[:, top : top + ch, left : left + cw]
+    if label is not None:
+        label = label[top : top + ch, left : left + cw]
+    return img, label
+
+
+def load_frame(frame: Frame, size: tuple[int, int] | None, with_label: bool = False
+               ) -> tuple[Tensor, Tensor | None]:
+    """Decode and resize one frame (and its label)."""
+    img = resize_image(image_tensor(read_image(frame.image)), size)
+    label = None
+    if with_label and frame.label is not None:
+        label = resize_label(torch.from_numpy(read_label(frame.label).astype(np.int64)), size)
+    return img, label
+
+
+class BatchLoader:
+    """Loads training batches of random crops; decodes in a small thread pool (PIL releases the GIL).
+
+    A frame that fails to decode during training (corrupt past its header) is replaced by the next
+    frame in the folder and remembered in ``failed``, so the run continues and the summary counts it.
+    """
+
+    def __init__(self, frames: Sequence[Frame], *, batch_size: int, crop: tuple[int, int] | None,
+                 resize: tuple[int, int] | None, seed: int, workers: int = 2) -> None:
+        self.frames, self.batch_size, self.crop, self.resize, self.seed = frames, batch_size, crop, resize, seed
+        self.failed: set[int] = set()
+        self._pool = ThreadPoolExecutor(max_workers=max(1, workers))
+
+    def _load(self, index: int) -> Tensor:
+        for k in range(len(self.frames)):
+            i = (index + k) % len(self.frames)
+            if i in self.failed:
+                continue
+            try:
+                return load_frame(self.frames[i], self.resize)[0]
+            except DataError:
+                self.failed.add(i)
+        raise DataError("every target frame failed to decode: check the folder's files")
+
+    def batch(self, step: int) -> Tensor:
+        """The images of batch ``step`` as ``[B,3,h,w]`` in [0,1] (crops, then a seeded flip)."""
+        idx = batch_indices(len(self.frames), self.batch_size, self.seed, step)
+        images = list(self._pool.map(self._load, idx))
+        g = step_generator(self.seed, step, stream=2)
+        out = []
+        for img in images:
+            if self.crop is not None:
+                img, _ = random_crop(img, None, self.crop, g)
+            if bool(torch.rand((), generator=g) < 0.5):
+                img = img.flip(-1)
+            out.append(img)
+        if len({tuple(t.shape) for t in out}) > 1:
+            raise DataError("target frames differ in size: set a crop (--crop HxW) or a resize")
+        return torch.stack(out)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)

@@ -1,0 +1,77 @@
+"""Decoding images and label maps into the arrays the SDK works on.
+
+Images become ``uint8 [H,W,3]`` RGB whatever their storage: palette PNGs are expanded through their
+palette (not read as intensities), grayscale is replicated, alpha is dropped, and 16-bit images are
+rescaled to 8 bits. Labels become ``uint8 [H,W]`` trainIds (255 = ignore); Cityscapes
+``*_labelIds.png`` are mapped to trainIds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from stvm_sdk.errors import DataError
+
+IGNORE_INDEX = 255
+# Cityscapes labelId -> trainId (everything else -> 255).
+LABEL_ID_TO_TRAIN_ID = {
+    7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12,
+    26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18,
+}  # fmt: skip
+_LUT = np.full(65536, IGNORE_INDEX, dtype=np.uint8)
+for _lid, _tid in LABEL_ID_TO_TRAIN_ID.items():
+    _LUT[_lid] = _tid
+TRAIN_ID_TO_LABEL_ID = np.full(256, 0, dtype=np.uint8)
+for _lid, _tid in LABEL_ID_TO_TRAIN_ID.items():
+    TRAIN_ID_TO_LABEL_ID[_tid] = _lid
+
+_SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Decode an image file into ``uint8 [H,W,3]`` RGB; raise :class:`DataError` if unreadable."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return to_rgb(img)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"cannot decode image {path}: {exc}") from None
+
+
+def to_rgb(img: Image.Image) -> np.ndarray:
+    """Convert any PIL image mode to ``uint8 [H,W,3]`` RGB."""
+    if img.mode in _SIXTEEN_BIT or img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode != "F" else max(float(arr.max()), 1.0)
+        gray = np.clip(np.round(arr / top * 255.0), 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        # Composite on black so transparent pixels do not carry arbitrary colour values.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"))
+    return np.asarray(img.convert("RGB"))
+
+
+def read_label(path: str | Path) -> np.ndarray:
+    """Decode a label map into ``uint8 [H,W]`` trainIds (Cityscapes labelIds are mapped)."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("RGB", "RGBA"):
+                raise DataError(
+                    f"label {path} is a colour image: labels must hold class ids (trainId or labelId PNGs)"
+                )
+            arr = np.asarray(img)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"cannot decode label {path}: {exc}") from None
+    if arr.ndim != 2:
+        raise DataError(f"label {path} has shape {arr.shape}: expected a single-channel id map")
+    if Path(path).name.endswith("_labelIds.png"):
+        return _LUT[arr.astype(np.int64)]
+    if arr.max(initial=0) > 255:
+        raise DataError(f"label {path} has ids above 255: expected trainIds (0..K-1, 255 = ignore)")
+    return arr.astype(np.uint8)

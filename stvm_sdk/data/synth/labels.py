@@ -1,0 +1,45 @@
+"""Cityscapes label ids used by the generator.
+
+Scenes are painted with Cityscapes *labelIds* (so ignored categories such as the ego vehicle or
+static clutter keep their own id in ``*_gtFine_labelIds.png``); trainIds are derived with
+:data:`LABEL_TO_TRAIN`, the table in ``shared/docs/env.md``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+IGNORE = 255
+
+TRAIN_CLASSES = (
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
+    "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle",
+    "bicycle",
+)  # fmt: skip
+
+# labelId of each trainId 0..18.
+TRAIN_TO_LABEL = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
+
+# Named labelIds the scene code paints with (train classes and the ignored ones we draw).
+UNLABELED, EGO_VEHICLE, STATIC, DYNAMIC = 0, 1, 4, 5
+ROAD, SIDEWALK, PARKING, RAIL_TRACK = 7, 8, 9, 10
+BUILDING, WALL, FENCE, GUARD_RAIL = 11, 12, 13, 14
+POLE, TRAFFIC_LIGHT, TRAFFIC_SIGN = 17, 19, 20
+VEGETATION, TERRAIN, SKY = 21, 22, 23
+PERSON, RIDER, CAR, TRUCK, BUS, TRAIN, MOTORCYCLE, BICYCLE = 24, 25, 26, 27, 28, 31, 32, 33
+
+
+def _label_to_train() -> np.ndarray:
+    lut = np.full(256, IGNORE, dtype=np.uint8)
+    for train_id, label_id in enumerate(TRAIN_TO_LABEL):
+        lut[label_id] = train_id
+    return lut
+
+
+# labelId -> trainId lookup table (256 entries; everything not a train class maps to 255).
+LABEL_TO_TRAIN = _label_to_train()
+
+
+def to_train_ids(label_ids: np.ndarray) -> np.ndarray:
+    """Map a uint8 labelId map ``[H, W]`` to trainIds ``[H, W]`` (0..18, 255 = ignore)."""
+    return LABEL_TO_TRAIN[label_ids]
