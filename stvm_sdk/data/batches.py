@@ -21,6 +21,7 @@ from stvm_sdk.errors import DataError
 
 def image_tensor(arr: np.ndarray) -> Tensor:
     """``uint8 [H,W,3]`` -> float ``[3,H,W]`` in [0,1]."""
+    arr = arr if arr.flags.writeable else arr.copy()  # PIL-backed arrays are read-only
     return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float().div_(255.0)
 
 

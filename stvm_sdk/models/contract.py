@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 import torch.nn.functional as nnf
@@ -87,18 +88,16 @@ class FeatureHook:
     """Captures the input of the classifier (F(x)) on every forward pass of a model."""
 
     def __init__(self, model: nn.Module, classifier: str) -> None:
-        self.features: Tensor | None = None
+        # The classifier's first positional input, as is: a tensor, or a dict of feature maps
+        # (torchvision's LRASPP head takes {"low", "high"}); the metric network takes the same.
+        self.features: Any = None
         module = get_submodule(model, classifier)
         self._handle = module.register_forward_pre_hook(self._capture)
 
     def _capture(self, module: nn.Module, inputs: tuple) -> None:
-        first = inputs[0]
-        # torchvision's LRASPP head takes a dict of feature maps: use the high-level one.
-        if isinstance(first, dict):
-            first = first.get("high", next(iter(first.values())))
-        self.features = first
+        self.features = inputs[0]
 
-    def pop(self) -> Tensor:
+    def pop(self) -> Any:
         """Return the last captured features and forget them (so stale features never leak)."""
         if self.features is None:
             raise RuntimeError("no features captured: run the model first")

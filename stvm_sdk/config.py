@@ -1,0 +1,274 @@
+"""Every decision of the method as a frozen, validated dataclass tree (defaults from method.md).
+
+``AdaptConfig.from_file`` reads TOML, YAML or JSON and rejects unknown keys, so a typo in a config
+file is an error, not a silently ignored setting. Section names mirror method.md's decisions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from stvm_sdk.errors import ConfigError
+
+METHODS = (
+    "source_only", "adabn", "tent", "threshold_st", "mean_teacher", "confidence_weighted",
+    "stvm_no_mocm", "stvm",
+)  # fmt: skip
+# Methods that train a student with teacher pseudo-labels (the ablation ladder).
+SELF_TRAINING = ("threshold_st", "mean_teacher", "confidence_weighted", "stvm_no_mocm", "stvm")
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How target frames become training batches."""
+
+    batch_size: int = 4
+    crop: tuple[int, int] | None = (256, 512)  # random crop (H, W) of each frame; None = whole frame
+    resize: tuple[int, int] | None = None  # resize every frame to (H, W) first; None = keep
+    workers: int = 2  # decoding threads
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, f"data.batch_size must be >= 1, got {self.batch_size}")
+        for name in ("crop", "resize"):
+            v = getattr(self, name)
+            _check(v is None or (len(v) == 2 and min(v) >= 8), f"data.{name} must be (H, W) >= 8, got {v}")
+
+
+@dataclass(frozen=True)
+class MetricConfig:
+    """Metric network M and proxies (decisions 2-5)."""
+
+    embed_dim: int = 128  # D
+    loss: str = "proxy_anchor"  # or "proxy_nca"
+    alpha: float = 32.0  # Proxy-Anchor scale
+    delta: float = 0.1  # Proxy-Anchor margin
+    nca_scale: float = 16.0  # Proxy-NCA softmax scale
+    pixels_per_class: int = 512  # class-balanced sampling cap per batch
+    proxy_lr_mult: float = 100.0  # proxies' lr relative to M's (Proxy-Anchor convention)
+    warmup: int = 200  # steps where M and P train while the student waits
+    weight: float = 1.0  # lambda in L = L_st + lambda * L_M
+
+    def __post_init__(self) -> None:
+        _check(self.embed_dim >= 2, "metric.embed_dim must be >= 2")
+        _check(self.loss in ("proxy_anchor", "proxy_nca"), f"metric.loss must be proxy_anchor|proxy_nca, got {self.loss}")
+        _check(self.pixels_per_class >= 1 and self.warmup >= 0, "metric.pixels_per_class >= 1, metric.warmup >= 0")
+
+
+@dataclass(frozen=True)
+class ReliabilityConfig:
+    """How a pixel's reliability weight is computed and used (decisions 5-6)."""
+
+    mode: str = "softmax"  # softmax | cosine | agreement
+    scale: float = 16.0  # gamma
+    normalize: str = "valid"  # divide by valid pixels ("valid") or by the sum of weights ("weights")
+
+    def __post_init__(self) -> None:
+        _check(self.mode in ("softmax", "cosine", "agreement"), f"reliability.mode invalid: {self.mode}")
+        _check(self.normalize in ("valid", "weights"), f"reliability.normalize invalid: {self.normalize}")
+
+
+@dataclass(frozen=True)
+class MixConfig:
+    """Metric-guided online ClassMix (decision 7)."""
+
+    patch: int = 32  # p
+    tau: float = 0.5  # minimum mean reliability of a pasted patch
+    class_fraction: float = 0.5  # share of the present classes that are pasted
+
+    def __post_init__(self) -> None:
+        _check(self.patch >= 1 and 0.0 <= self.tau <= 1.0, "mix.patch >= 1 and 0 <= mix.tau <= 1")
+        _check(0.0 < self.class_fraction <= 1.0, "mix.class_fraction must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class AugConfig:
+    """Strong photometric augmentation of the student's input (decision 7)."""
+
+    jitter_prob: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4
+    blur_prob: float = 0.5
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimiser and schedule (decisions 8-9)."""
+
+    optimizer: str = "sgd"  # sgd | adamw
+    lr: float = 2.5e-4
+    head_lr_mult: float = 10.0  # classifier lr multiplier
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    poly_power: float = 0.9
+    ema_max: float = 0.999  # cap of beta_t = min(1 - 1/(t+1), ema_max)
+    tent_lr: float = 1e-4  # tent: Adam on BN affine parameters
+    threshold_keep: float = 0.6  # threshold_st: share of most confident pixels kept
+
+    def __post_init__(self) -> None:
+        _check(self.optimizer in ("sgd", "adamw"), f"optim.optimizer must be sgd|adamw, got {self.optimizer}")
+        _check(self.lr > 0 and 0 <= self.ema_max < 1, "optim.lr > 0 and 0 <= optim.ema_max < 1")
+        _check(0 < self.threshold_keep <= 1, "optim.threshold_keep must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Loop length, logging, checkpoints, devices."""
+
+    iters: int = 2000
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 100
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    kernel_backend: str = "auto"  # auto | triton | torch
+    amp: bool = False  # bf16 autocast on CUDA
+    bn_init_frames: int = 200  # frames used to re-estimate BN statistics (decision 0)
+    eval_size: tuple[int, int] | None = None  # inference size for evaluation; None = native
+
+    def __post_init__(self) -> None:
+        _check(self.iters >= 0 and self.log_every >= 1 and self.checkpoint_every >= 1, "run: iters >= 0, *_every >= 1")
+        _check(self.kernel_backend in ("auto", "triton", "torch"), "run.kernel_backend must be auto|triton|torch")
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    """The whole adaptation: method, BN start, and every section above."""
+
+    method: str = "stvm"
+    bn_init: str = "target"  # decision 0: "target" re-estimates BN statistics first, "source" keeps them
+    deliverable: str = "teacher"  # decision 10: which network is the output model
+    data: DataConfig = field(default_factory=DataConfig)
+    metric: MetricConfig = field(default_factory=MetricConfig)
+    reliability: ReliabilityConfig = field(default_factory=ReliabilityConfig)
+    mix: MixConfig = field(default_factory=MixConfig)
+    aug: AugConfig = field(default_factory=AugConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.method in METHODS, f"unknown method '{self.method}': choose one of {', '.join(METHODS)}")
+        _check(self.bn_init in ("target", "source"), f"bn_init must be target|source, got {self.bn_init}")
+        _check(self.deliverable in ("teacher", "student"), "deliverable must be teacher|student")
+
+    @property
+    def uses_metric(self) -> bool:
+        return self.method in ("stvm", "stvm_no_mocm")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AdaptConfig:
+        """Build from nested dicts; unknown keys and wrong types raise :class:`ConfigError`."""
+        return _build(cls, data, "")
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> AdaptConfig:
+        """Read a TOML, YAML or JSON config file (unknown keys are errors)."""
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        text = p.read_text()
+        try:
+            if p.suffix == ".toml":
+                import tomllib
+
+                data = tomllib.loads(text)
+            elif p.suffix in (".yaml", ".yml"):
+                import yaml
+
+                data = yaml.safe_load(text) or {}
+            elif p.suffix == ".json":
+                data = json.loads(text)
+            else:
+                raise ConfigError(f"config {p}: use a .toml, .yaml/.yml or .json file")
+        except ConfigError:
+            raise
+        except Exception as exc:
+            raise ConfigError(f"cannot parse config {p}: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config {p} must hold a mapping of sections")
+        return cls.from_dict(data)
+
+    def with_overrides(self, overrides: dict[str, Any]) -> AdaptConfig:
+        """Return a copy with dotted keys replaced (``{"run.iters": 10}``); None values are skipped."""
+        data = self.to_dict()
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            node = data
+            *parents, leaf = key.split(".")
+            for part in parents:
+                node = node[part]
+            if leaf not in node:
+                raise ConfigError(f"unknown config key '{key}'")
+            node[leaf] = value
+        return AdaptConfig.from_dict(data)
+
+
+T = TypeVar("T")
+
+
+def _build(cls: type[T], data: dict[str, Any], prefix: str) -> T:
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section '{prefix.rstrip('.') or 'root'}' must be a mapping")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; known: {sorted(known)}")
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(hints[name], value, prefix + name)
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"config section '{prefix or 'root'}': {exc}") from None
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key + ".")  # type: ignore[arg-type]
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        tp = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"config key '{key}' must be a list of {len(args)} numbers, got {value!r}")
+        return tuple(_coerce(a, v, key) for a, v in zip(args, value))
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, str, bool) and not (isinstance(value, tp) and (tp is bool or not isinstance(value, bool))):
+        raise ConfigError(f"config key '{key}' must be {tp.__name__}, got {value!r}")
+    return value
+
+
+def parse_hw(text: str | None) -> tuple[int, int] | None:
+    """Parse ``"256x512"`` into ``(256, 512)``; None and "none" give None."""
+    if text is None or text.lower() == "none":
+        return None
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"size '{text}' must look like HxW, e.g. 256x512") from None
+    return h, w
+
+
+def replace_section(cfg: AdaptConfig, section: str, **changes: Any) -> AdaptConfig:
+    """``dataclasses.replace`` on one section of the tree."""
+    return replace(cfg, **{section: replace(getattr(cfg, section), **changes)})

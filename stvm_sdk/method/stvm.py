@@ -1,0 +1,184 @@
+"""One STvM step (and its baselines) as a readable function of a batch.
+
+Pure torch: no I/O, no printing, no host syncs. Teacher T and student S start from the source model
+(after decision 0's BN re-estimation, done by the caller); the metric network M reads the teacher's
+classifier input. The ablation ladder differs only in the pixel weights and in MOCM:
+
+| method              | pseudo-labels          | weight              | MOCM |
+|---------------------|------------------------|---------------------|------|
+| threshold_st        | top-p% confident only  | 1                   | no   |
+| mean_teacher        | all                    | 1                   | no   |
+| confidence_weighted | all                    | teacher max-softmax | no   |
+| stvm_no_mocm        | all                    | metric reliability  | no   |
+| stvm                | all                    | metric reliability  | yes  |
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+import torch.nn.functional as nnf
+from torch import Tensor, nn
+
+from stvm_sdk.config import SELF_TRAINING, AdaptConfig
+from stvm_sdk.kernels import proxy_reliability, weighted_cross_entropy
+from stvm_sdk.method.augment import strong_augment
+from stvm_sdk.method.ema import ema_beta, ema_update
+from stvm_sdk.method.metric import MetricHead, balanced_pixel_mask, proxy_anchor_loss, proxy_nca_loss
+from stvm_sdk.method.mixing import mocm
+from stvm_sdk.method.norm import configure_tent
+from stvm_sdk.models.contract import FeatureHook, forward_logits, get_submodule, normalize
+
+IGNORE = 255
+
+
+def _detach(features: Any) -> Any:
+    if isinstance(features, dict):
+        return {k: v.detach() for k, v in features.items()}
+    return features.detach()
+
+
+def reliability(z: Tensor, proxies: Tensor, labels: Tensor, mode: str, scale: float, backend: str) -> Tensor:
+    """Reliability ``[B,h,w]`` in [0,1] of pseudo-labels at feature resolution (decision 5), detached."""
+    z, proxies = z.detach(), proxies.detach()
+    if mode == "softmax":
+        return proxy_reliability(z, proxies, labels, scale=scale, backend=backend)[0]
+    if mode == "agreement":
+        _, nearest = proxy_reliability(z, proxies, labels, scale=scale, backend=backend)
+        return (nearest == labels).float()
+    cos = torch.einsum("bdhw,bdhw->bhw", z, proxies[labels.clamp(max=proxies.shape[0] - 1)].permute(0, 3, 1, 2))
+    return torch.where(labels == IGNORE, torch.zeros_like(cos), (1 + cos) / 2)
+
+
+class Adapter(nn.Module):
+    """Teacher, student, metric network + proxies, and the optimiser: everything a step changes."""
+
+    def __init__(self, source: nn.Module, classifier: str | None, num_classes: int, cfg: AdaptConfig,
+                 mean: tuple[float, ...], std: tuple[float, ...], generator: torch.Generator) -> None:
+        super().__init__()
+        self.cfg, self.num_classes, self.mean, self.std = cfg, num_classes, mean, std
+        self.student = copy.deepcopy(source).train()
+        for p in self.student.parameters():
+            p.requires_grad_(True)
+        self.teacher: nn.Module | None = None
+        self.metric: MetricHead | None = None
+        if cfg.method in SELF_TRAINING:
+            self.teacher = copy.deepcopy(source).eval()
+            for p in self.teacher.parameters():
+                p.requires_grad_(False)
+        if cfg.uses_metric:
+            if classifier is None:
+                raise ValueError("STvM needs the classifier's module path to read its input features")
+            head = get_submodule(self.teacher, classifier)  # type: ignore[arg-type]
+            self.metric = MetricHead(head, num_classes, cfg.metric.embed_dim, generator)
+            self._teacher_hook = FeatureHook(self.teacher, classifier)  # type: ignore[arg-type]
+        self.optimizer = self._make_optimizer(classifier)
+
+    def _make_optimizer(self, classifier: str | None) -> torch.optim.Optimizer | None:
+        o = self.cfg.optim
+        if self.cfg.method in ("source_only", "adabn"):
+            return None
+        if self.cfg.method == "tent":
+            return torch.optim.Adam(configure_tent(self.student), lr=o.tent_lr, betas=(0.9, 0.999))
+        head = f"{classifier}." if classifier else "\0"
+        named = list(self.student.named_parameters())
+        groups = [
+            {"params": [p for n, p in named if not n.startswith(head)], "lr_mult": 1.0},
+            {"params": [p for n, p in named if n.startswith(head)], "lr_mult": o.head_lr_mult},
+        ]
+        if self.metric is not None:
+            m_mult = o.head_lr_mult
+            groups.append({"params": list(self.metric.body.parameters()), "lr_mult": m_mult})
+            groups.append({"params": [self.metric.proxies], "lr_mult": m_mult * self.cfg.metric.proxy_lr_mult})
+        groups = [g for g in groups if g["params"]]
+        if o.optimizer == "sgd":
+            return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        return torch.optim.AdamW(groups, lr=o.lr, weight_decay=o.weight_decay)
+
+    @property
+    def warmup(self) -> int:
+        return self.cfg.metric.warmup if self.metric is not None else 0
+
+    def lr_at(self, step: int) -> float:
+        """Poly decay: lr * (1 - t/T)^power."""
+        total = max(self.cfg.run.iters, 1)
+        return self.cfg.optim.lr * (1.0 - min(step, total - 1) / total) ** self.cfg.optim.poly_power
+
+    def deliverable(self) -> nn.Module:
+        """The output model (decision 10): the teacher unless configured otherwise or there is none."""
+        if self.teacher is not None and self.cfg.deliverable == "teacher":
+            return self.teacher
+        return self.student
+
+    def step(self, images: Tensor, step: int, g: torch.Generator) -> dict[str, Tensor]:
+        """One optimisation step on target images ``[B,3,H,W]`` in [0,1]; returns detached log tensors."""
+        if self.optimizer is None:
+            return {}
+        lr = self.lr_at(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = (self.cfg.optim.tent_lr if self.cfg.method == "tent" else lr) * group.get("lr_mult", 1.0)
+        amp = self.cfg.run.amp and images.is_cuda
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
+            loss, logs = self._tent_loss(images) if self.cfg.method == "tent" else self._st_loss(images, step, g)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if self.teacher is not None and step >= self.warmup:
+            ema_update(self.teacher, self.student, ema_beta(step - self.warmup, self.cfg.optim.ema_max))
+        logs["loss"] = loss.detach()
+        logs["lr"] = torch.tensor(self.optimizer.param_groups[0]["lr"])
+        return logs
+
+    def _tent_loss(self, images: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        logits = forward_logits(self.student, normalize(images, self.mean, self.std)).float()
+        logp = nnf.log_softmax(logits, 1)
+        entropy = -(logp.exp() * logp).sum(1).mean()
+        return entropy, {"loss_entropy": entropy.detach()}
+
+    def _st_loss(self, images: Tensor, step: int, g: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+        assert self.teacher is not None
+        cfg, backend = self.cfg, self.cfg.run.kernel_backend
+        with torch.no_grad():
+            t_logits = forward_logits(self.teacher, normalize(images, self.mean, self.std)).float()
+            conf, pseudo = t_logits.softmax(1).max(1)
+        logs: dict[str, Tensor] = {"pseudo_hist": torch.bincount(pseudo.flatten(), minlength=self.num_classes)}
+        loss = t_logits.new_zeros(())
+        weights = torch.ones_like(conf)
+        labels = pseudo
+        if self.metric is not None:
+            z = self.metric(_detach(self._teacher_hook.pop()))
+            y_feat = nnf.interpolate(t_logits, size=z.shape[-2:], mode="bilinear", align_corners=False).argmax(1)
+            mask = balanced_pixel_mask(y_feat, self.num_classes, cfg.metric.pixels_per_class, g)
+            proxies = self.metric.unit_proxies()
+            if cfg.metric.loss == "proxy_anchor":
+                l_metric = proxy_anchor_loss(z, y_feat, proxies, mask, cfg.metric.alpha, cfg.metric.delta)
+            else:
+                l_metric = proxy_nca_loss(z, y_feat, proxies, mask, cfg.metric.nca_scale)
+            loss = loss + cfg.metric.weight * l_metric
+            logs["loss_metric"] = l_metric.detach()
+            r = reliability(z, proxies, y_feat, cfg.reliability.mode, cfg.reliability.scale, backend)
+            weights = nnf.interpolate(r[:, None], size=pseudo.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+            weights = weights.clamp_(0.0, 1.0)
+        elif cfg.method == "confidence_weighted":
+            weights = conf
+        elif cfg.method == "threshold_st":
+            # Keep the top-p% most confident pixels of the batch (the paper's Figure 1 baseline).
+            thr = torch.quantile(conf.flatten().float()[:: max(1, conf.numel() // 65536)], 1 - cfg.optim.threshold_keep)
+            labels = torch.where(conf >= thr, pseudo, torch.full_like(pseudo, IGNORE))
+        logs["mean_weight"] = weights.mean()
+        if step < self.warmup:  # the student waits until the weights mean something (decision 5)
+            return loss, logs
+        x = images
+        if cfg.method == "stvm":
+            x, labels, weights, mix = mocm(
+                images, labels, weights, self.num_classes, patch=cfg.mix.patch, tau=cfg.mix.tau,
+                fraction=cfg.mix.class_fraction, generator=g, backend=backend,
+            )  # fmt: skip
+            logs["mix_fraction"] = mix.float().mean()
+        x = strong_augment(x, cfg.aug, g)
+        s_logits = forward_logits(self.student, normalize(x, self.mean, self.std))
+        l_st = weighted_cross_entropy(s_logits, labels, weights, normalize=cfg.reliability.normalize, backend=backend)
+        logs["loss_st"] = l_st.detach()
+        return loss + l_st, logs
