@@ -11,7 +11,7 @@ Order of precedence (first that applies wins):
 3. ``backend="auto"`` and env ``STVM_KERNEL_BACKEND`` set to ``triton``/``torch``: treated as asked
    explicitly (so a misconfigured machine fails loudly instead of silently going slow).
 4. ``auto``: Triton when every tensor is on CUDA, Triton imports and the dtypes are supported;
-   otherwise the reference, quietly.
+   otherwise the reference, quietly (CPU tensors get the reference even under ``TRITON_INTERPRET``).
 
 Triton kernels run on CPU tensors only under ``TRITON_INTERPRET=1`` (tests). The ``*_triton`` modules
 are imported on the first Triton dispatch, never at ``import stvm_sdk.kernels``: the interpreter flag
@@ -134,9 +134,11 @@ def resolve_backend(
             backend, source = env, f"{ENV_BACKEND}={env}"
     if backend == "torch":
         return "torch"
-    blocker = _triton_blocker(tensors, float_tensors)
     if backend == "auto":
-        return "torch" if blocker is not None else "triton"
+        # The interpreter is for tests: `auto` never sends CPU tensors to it, even when it is on.
+        on_cuda = all(t.device.type == "cuda" for t in tensors)
+        return "triton" if on_cuda and _triton_blocker(tensors, float_tensors) is None else "torch"
+    blocker = _triton_blocker(tensors, float_tensors)
     if blocker is not None:
         raise BackendUnavailableError(
             f"kernel backend 'triton' was requested ({source}) but cannot run: {blocker}. "
