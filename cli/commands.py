@@ -10,6 +10,7 @@ import typer
 COMMAND_MODULES = [
     "stvm_sdk.cli.adapt_cmd",
     "stvm_sdk.cli.eval_cmd",
+    "stvm_sdk.cli.train_cmd",
 ]
 
 

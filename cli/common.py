@@ -13,8 +13,8 @@ from rich.console import Console
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-# Human-readable output goes to stderr so that `--json` leaves stdout with exactly one JSON object.
-console = Console(stderr=True)
+# Tables go to stdout only when `--json` is off; then stdout holds exactly one JSON object.
+console = Console()
 
 
 def user_errors(func: F) -> F:

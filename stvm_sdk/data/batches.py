@@ -102,37 +102,48 @@ class BatchLoader:
     """
 
     def __init__(self, frames: Sequence[Frame], *, batch_size: int, crop: tuple[int, int] | None,
-                 resize: tuple[int, int] | None, seed: int, workers: int = 2) -> None:
+                 resize: tuple[int, int] | None, seed: int, workers: int = 2, with_labels: bool = False) -> None:
         self.frames, self.batch_size, self.crop, self.resize, self.seed = frames, batch_size, crop, resize, seed
+        self.with_labels = with_labels
         self.failed: set[int] = set()
         self._pool = ThreadPoolExecutor(max_workers=max(1, workers))
 
-    def _load(self, index: int) -> Tensor:
+    def _load(self, index: int) -> tuple[Tensor, Tensor | None]:
         for k in range(len(self.frames)):
             i = (index + k) % len(self.frames)
             if i in self.failed:
                 continue
             try:
-                return load_frame(self.frames[i], self.resize)[0]
+                return load_frame(self.frames[i], self.resize, with_label=self.with_labels)
             except DataError:
                 self.failed.add(i)
-        raise DataError("every target frame failed to decode: check the folder's files")
+        raise DataError("every frame failed to decode: check the folder's files")
 
     def batch(self, step: int) -> Tensor:
         """The images of batch ``step`` as ``[B,3,h,w]`` in [0,1] (crops, then a seeded flip)."""
+        return self.labelled_batch(step)[0]
+
+    def labelled_batch(self, step: int) -> tuple[Tensor, Tensor | None]:
+        """Images ``[B,3,h,w]`` and, with ``with_labels``, labels ``[B,h,w]`` (same crops and flips)."""
         idx = batch_indices(len(self.frames), self.batch_size, self.seed, step)
-        images = list(self._pool.map(self._load, idx))
+        pairs = list(self._pool.map(self._load, idx))
         g = step_generator(self.seed, step, stream=2)
-        out = []
-        for img in images:
+        images, labels = [], []
+        for img, label in pairs:
             if self.crop is not None:
-                img, _ = random_crop(img, None, self.crop, g)
+                img, label = random_crop(img, label, self.crop, g)
             if bool(torch.rand((), generator=g) < 0.5):
                 img = img.flip(-1)
-            out.append(img)
-        if len({tuple(t.shape) for t in out}) > 1:
-            raise DataError("target frames differ in size: set a crop (--crop HxW) or a resize")
-        return torch.stack(out)
+                label = label.flip(-1) if label is not None else None
+            images.append(img)
+            labels.append(label)
+        if len({tuple(t.shape) for t in images}) > 1:
+            raise DataError("frames differ in size: set a crop (--crop HxW) or a resize (--resize HxW)")
+        if not self.with_labels:
+            return torch.stack(images), None
+        if any(lab is None for lab in labels):
+            raise DataError("a training frame has no label: every frame needs one for supervised training")
+        return torch.stack(images), torch.stack(labels)  # type: ignore[arg-type]
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)

@@ -1,0 +1,84 @@
+"""`stvm adapt`: adapt a source model to a folder of target frames."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from stvm_sdk.cli.common import console, print_json, user_errors
+
+
+@user_errors
+def adapt_command(
+    source: Path = typer.Option(..., "--source", "-s", help="Source model: checkpoint dict (.pt), TorchScript, or pickle."),
+    target: Path = typer.Option(..., "--target", "-t", help="Folder of unlabeled target frames (any image tree)."),
+    labels: Path | None = typer.Option(None, "--labels", help="Labels mirroring --target: evaluate before/after."),
+    method: str | None = typer.Option(None, "--method", help="stvm | stvm_no_mocm | confidence_weighted | mean_teacher | threshold_st | tent | adabn | source_only"),
+    iters: int | None = typer.Option(None, "--iters", help="Adaptation steps (default 2000)."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Frames per step (default 4)."),
+    crop: str | None = typer.Option(None, "--crop", help="Random crop HxW, or 'none' (default 256x512)."),
+    resize: str | None = typer.Option(None, "--resize", help="Resize frames to HxW before cropping."),
+    device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda"),
+    config: Path | None = typer.Option(None, "--config", help="TOML/YAML/JSON config; options above override it."),
+    out: Path | None = typer.Option(None, "--out", help="Run directory (default runs/<method>-<time>)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    seed: int | None = typer.Option(None, "--seed"),
+    num_classes: int | None = typer.Option(None, "--num-classes", help="Check the model has this many classes."),
+    classifier: str | None = typer.Option(None, "--classifier", help="Module path of the classifier head."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow loading a pickled nn.Module (runs code)."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Adapt SOURCE to the frames in TARGET without source data (STvM by default)."""
+    from stvm_sdk import AdaptConfig, adapt
+    from stvm_sdk.config import parse_hw
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cfg = AdaptConfig.from_file(config) if config else AdaptConfig()
+    overrides: dict[str, Any] = {
+        "method": method, "run.iters": iters, "data.batch_size": batch_size, "run.device": device,
+        "run.seed": seed, "data.resize": parse_hw(resize) if resize else None,
+    }  # fmt: skip
+    if crop is not None:
+        overrides["data.crop"] = parse_hw(crop)
+    cfg = cfg.with_overrides(overrides)
+    if crop is not None and cfg.data.crop is None:
+        cfg = cfg.with_overrides({"data.crop": None})
+    if resume and out is None:
+        raise typer.BadParameter("--resume needs --out (the run directory to continue)")
+    result = adapt(
+        source, target, config=cfg, labels_dir=labels, out_dir=out, resume=resume, progress=not json_out,
+        trust_pickle=trust_pickle, num_classes=num_classes, classifier=classifier,
+    )  # fmt: skip
+    if json_out:
+        print_json(result.metrics)
+    else:
+        print_summary(result.metrics, result.model.class_names)
+
+
+def print_summary(metrics: dict[str, Any], class_names: list[str]) -> None:
+    """A summary table, plus per-class IoU before/after when labels were given."""
+    from rich.table import Table
+
+    table = Table(title="stvm adapt", show_header=False)
+    for key in ("method", "steps", "images_used", "images_skipped", "seconds", "miou_before", "miou_after",
+                "run_dir", "model_path", "teacher_path", "student_path", "torchscript_path"):
+        if metrics.get(key) is not None:
+            table.add_row(key, str(metrics[key]))
+    console.print(table)
+    per_class = metrics.get("per_class_iou")
+    if per_class:
+        t = Table(title="per-class IoU (%)")
+        t.add_column("class")
+        t.add_column("before", justify="right")
+        t.add_column("after", justify="right")
+        for name in class_names:
+            b, a = per_class["before"].get(name), per_class["after"].get(name)
+            t.add_row(name, "-" if b is None else f"{b:.1f}", "-" if a is None else f"{a:.1f}")
+        console.print(t)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("adapt")(adapt_command)
