@@ -53,9 +53,12 @@ def check_sample_size(t: Tensor, name: str) -> None:
         )
 
 
-def grad_like(t: Tensor) -> Tensor:
-    """Uninitialised buffer shaped like ``t`` whose ``(H, W)`` axes always flatten (dense layout)."""
-    out = torch.empty_like(t)
-    return (
-        out if pixel_stride(out) is not None else torch.empty_like(t, memory_format=torch.contiguous_format)
-    )
+def dense_like(t: Tensor) -> Tensor:
+    """Uninitialised buffer like ``[B,C,H,W]`` ``t``, channels-last if ``t`` is, else contiguous.
+
+    Either way its storage is one dense block of ``numel`` elements (an elementwise kernel may walk
+    it flat) and its ``(H, W)`` axes flatten.
+    """
+    if t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous():
+        return torch.empty_like(t, memory_format=torch.channels_last)
+    return torch.empty_like(t, memory_format=torch.contiguous_format)
