@@ -36,7 +36,9 @@ def weighted_cross_entropy(
 
     Returns:
         0-dim fp32 loss; gradient to ``logits`` only, ``w * (softmax - onehot) / N``. All pixels
-        ignored gives 0 and zero gradients.
+        ignored gives 0 and zero gradients. The Triton backend computes the gradient during the
+        forward (one read of the logits) and allows one backward per forward (no ``retain_graph``
+        reuse).
 
     See ``weighted_cross_entropy_ref`` for the exact math.
     """
