@@ -7,28 +7,46 @@ from pathlib import Path
 from typing import Any
 
 import typer
-
 from stvm_sdk.cli.common import console, print_json, user_errors
 
 
 @user_errors
 def adapt_command(
-    source: Path = typer.Option(..., "--source", "-s", help="Source model: checkpoint dict (.pt), TorchScript, or pickle."),
-    target: Path = typer.Option(..., "--target", "-t", help="Folder of unlabeled target frames (any image tree)."),
-    labels: Path | None = typer.Option(None, "--labels", help="Labels mirroring --target: evaluate before/after."),
-    method: str | None = typer.Option(None, "--method", help="stvm | stvm_no_mocm | confidence_weighted | mean_teacher | threshold_st | tent | adabn | source_only"),
+    source: Path = typer.Option(
+        ..., "--source", "-s", help="Source model: checkpoint dict (.pt), TorchScript, or pickle."
+    ),
+    target: Path = typer.Option(
+        ..., "--target", "-t", help="Folder of unlabeled target frames (any image tree)."
+    ),
+    labels: Path | None = typer.Option(
+        None, "--labels", help="Labels mirroring --target: evaluate before/after."
+    ),
+    method: str | None = typer.Option(
+        None,
+        "--method",
+        help="stvm | stvm_no_mocm | confidence_weighted | mean_teacher | threshold_st | tent | adabn "
+        "| source_only",
+    ),
     iters: int | None = typer.Option(None, "--iters", help="Adaptation steps (default 2000)."),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Frames per step (default 4)."),
     crop: str | None = typer.Option(None, "--crop", help="Random crop HxW, or 'none' (default 256x512)."),
     resize: str | None = typer.Option(None, "--resize", help="Resize frames to HxW before cropping."),
     device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda"),
-    config: Path | None = typer.Option(None, "--config", help="TOML/YAML/JSON config; options above override it."),
+    config: Path | None = typer.Option(
+        None, "--config", help="TOML/YAML/JSON config; options above override it."
+    ),
     out: Path | None = typer.Option(None, "--out", help="Run directory (default runs/<method>-<time>)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the run in --out from its last checkpoint."
+    ),
     seed: int | None = typer.Option(None, "--seed"),
-    num_classes: int | None = typer.Option(None, "--num-classes", help="Check the model has this many classes."),
+    num_classes: int | None = typer.Option(
+        None, "--num-classes", help="Check the model has this many classes."
+    ),
     classifier: str | None = typer.Option(None, "--classifier", help="Module path of the classifier head."),
-    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow loading a pickled nn.Module (runs code)."),
+    trust_pickle: bool = typer.Option(
+        False, "--trust-pickle", help="Allow loading a pickled nn.Module (runs code)."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Adapt SOURCE to the frames in TARGET without source data (STvM by default)."""
@@ -63,8 +81,20 @@ def print_summary(metrics: dict[str, Any], class_names: list[str]) -> None:
     from rich.table import Table
 
     table = Table(title="stvm adapt", show_header=False)
-    for key in ("method", "steps", "images_used", "images_skipped", "seconds", "miou_before", "miou_after",
-                "run_dir", "model_path", "teacher_path", "student_path", "torchscript_path"):
+    for key in (
+        "method",
+        "steps",
+        "images_used",
+        "images_skipped",
+        "seconds",
+        "miou_before",
+        "miou_after",
+        "run_dir",
+        "model_path",
+        "teacher_path",
+        "student_path",
+        "torchscript_path",
+    ):
         if metrics.get(key) is not None:
             table.add_row(key, str(metrics[key]))
     console.print(table)

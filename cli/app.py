@@ -7,6 +7,7 @@ heavy imports (torch, onnx) happen inside the command so `stvm --help` stays fas
 from __future__ import annotations
 
 import typer
+from stvm_sdk.cli import commands
 
 app = typer.Typer(
     name="stvm",
@@ -18,16 +19,16 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    # One line per command module; each module exposes `register(app)`.
-    from stvm_sdk.cli import commands
-
-    commands.register_all(app)
+    """Attach the commands (kept for callers of the old name; registration happens at import)."""
 
 
 def main() -> None:
     """Console-script entry point."""
-    _register()
     app()
+
+
+# Command modules are light (Typer only; torch is imported inside each command), so register now.
+commands.register_all(app)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-
 from stvm_sdk.cli.common import console, print_json, user_errors
 
 

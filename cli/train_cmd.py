@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-
 from stvm_sdk.cli.common import console, print_json, user_errors
 
 
@@ -29,8 +28,17 @@ def train_source_command(
     from stvm_sdk.config import parse_hw
     from stvm_sdk.supervised import TrainConfig, train_source
 
-    cfg = TrainConfig(arch=arch, num_classes=num_classes, iters=iters, batch_size=batch_size, crop=parse_hw(crop),
-                      resize=parse_hw(resize), lr=lr, seed=seed, device=device)
+    cfg = TrainConfig(
+        arch=arch,
+        num_classes=num_classes,
+        iters=iters,
+        batch_size=batch_size,
+        crop=parse_hw(crop),
+        resize=parse_hw(resize),
+        lr=lr,
+        seed=seed,
+        device=device,
+    )
     train_source(images, labels, out, cfg, progress=not json_out)
     if json_out:
         print_json({"model_path": str(out), "arch": arch, "iters": iters})

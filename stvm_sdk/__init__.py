@@ -4,16 +4,57 @@ Public API::
 
     from stvm_sdk import adapt, AdaptConfig, load_model, evaluate
     result = adapt("model.pt", "frames/", labels_dir="labels/")
+
+Names are resolved lazily (PEP 562) so ``import stvm_sdk`` and ``stvm --help`` do not pay for torch.
 """
 
-from stvm_sdk.api import AdaptResult, adapt
-from stvm_sdk.config import METHODS, AdaptConfig
-from stvm_sdk.errors import StvmError
-from stvm_sdk.eval import EvalResult, evaluate
-from stvm_sdk.models import SegModel, load_model, save_model
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "adapt": "stvm_sdk.api",
+    "AdaptResult": "stvm_sdk.api",
+    "AdaptConfig": "stvm_sdk.config",
+    "METHODS": "stvm_sdk.config",
+    "StvmError": "stvm_sdk.errors",
+    "EvalResult": "stvm_sdk.eval",
+    "evaluate": "stvm_sdk.eval",
+    "SegModel": "stvm_sdk.models",
+    "load_model": "stvm_sdk.models",
+    "save_model": "stvm_sdk.models",
+    "train_source": "stvm_sdk.supervised",
+    "TrainConfig": "stvm_sdk.supervised",
+}
 __all__ = [
-    "METHODS", "AdaptConfig", "AdaptResult", "EvalResult", "SegModel", "StvmError", "adapt", "evaluate",
-    "load_model", "save_model", "__version__",
-]  # fmt: skip
+    "METHODS",
+    "AdaptConfig",
+    "AdaptResult",
+    "EvalResult",
+    "SegModel",
+    "StvmError",
+    "TrainConfig",
+    "__version__",
+    "adapt",
+    "evaluate",
+    "load_model",
+    "save_model",
+    "train_source",
+]
+
+if TYPE_CHECKING:
+    from stvm_sdk.api import AdaptResult, adapt
+    from stvm_sdk.config import METHODS, AdaptConfig
+    from stvm_sdk.errors import StvmError
+    from stvm_sdk.eval import EvalResult, evaluate
+    from stvm_sdk.models import SegModel, load_model, save_model
+    from stvm_sdk.supervised import TrainConfig, train_source
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'stvm_sdk' has no attribute {name!r}")

@@ -58,16 +58,25 @@ def resolve_device(name: str) -> torch.device:
         log.info("no CUDA device: running on CPU with the pure-PyTorch kernels")
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise BackendUnavailableError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+        raise BackendUnavailableError(
+            "--device cuda was asked for but no CUDA GPU is visible; use --device cpu"
+        )
     return torch.device(name)
 
 
-def as_segmodel(source: nn.Module | SegModel | str | os.PathLike[str], *, trust_pickle: bool = False,
-                num_classes: int | None = None, classifier: str | None = None) -> SegModel:
+def as_segmodel(
+    source: nn.Module | SegModel | str | os.PathLike[str],
+    *,
+    trust_pickle: bool = False,
+    num_classes: int | None = None,
+    classifier: str | None = None,
+) -> SegModel:
     """Accept a path, an ``nn.Module`` or a :class:`SegModel`; always return an independent copy."""
     if isinstance(source, SegModel):
         if num_classes is not None and num_classes != source.num_classes:
-            raise ModelLoadError(f"the model has {source.num_classes} classes but num_classes is {num_classes}")
+            raise ModelLoadError(
+                f"the model has {source.num_classes} classes but num_classes is {num_classes}"
+            )
         return source.clone()
     if isinstance(source, nn.Module):
         import copy
@@ -76,7 +85,9 @@ def as_segmodel(source: nn.Module | SegModel | str | os.PathLike[str], *, trust_
     return load_model(source, trust_pickle=trust_pickle, num_classes=num_classes, classifier=classifier)
 
 
-def _bn_batches(folder: FrameFolder, cfg: AdaptConfig, model: SegModel, device: torch.device) -> Iterator[torch.Tensor]:
+def _bn_batches(
+    folder: FrameFolder, cfg: AdaptConfig, model: SegModel, device: torch.device
+) -> Iterator[torch.Tensor]:
     size = cfg.data.resize
     frames = folder.frames[: cfg.run.bn_init_frames]
     for i in range(0, len(frames), cfg.data.batch_size):
@@ -116,7 +127,9 @@ def adapt(
     """
     cfg = config or AdaptConfig()
     t_start = time.perf_counter()
-    source = as_segmodel(source_model, trust_pickle=trust_pickle, num_classes=num_classes, classifier=classifier)
+    source = as_segmodel(
+        source_model, trust_pickle=trust_pickle, num_classes=num_classes, classifier=classifier
+    )
     folder = scan_frames(target_dir, labels_dir)
     device = resolve_device(cfg.run.device)
     run = RunDir.open(out_dir, cfg, resume)
@@ -127,14 +140,27 @@ def adapt(
     checkpoint = run.load_checkpoint() if resume else None
     if checkpoint is None and cfg.bn_init == "target" and cfg.method != "source_only":
         reestimate_bn(work.module, _bn_batches(folder, cfg, work, device))
-    adapter = Adapter(work.module, work.classifier, work.num_classes, cfg, work.mean, work.std,
-                      torch.Generator().manual_seed(cfg.run.seed)).to(device)
+    adapter = Adapter(
+        work.module,
+        work.classifier,
+        work.num_classes,
+        cfg,
+        work.mean,
+        work.std,
+        torch.Generator().manual_seed(cfg.run.seed),
+    ).to(device)
     start = 0
     if checkpoint is not None:
         start = _restore(adapter, checkpoint)
         run.truncate_log(start)
-    loader = BatchLoader(folder.frames, batch_size=cfg.data.batch_size, crop=cfg.data.crop, resize=cfg.data.resize,
-                         seed=cfg.run.seed, workers=cfg.data.workers)
+    loader = BatchLoader(
+        folder.frames,
+        batch_size=cfg.data.batch_size,
+        crop=cfg.data.crop,
+        resize=cfg.data.resize,
+        seed=cfg.run.seed,
+        workers=cfg.data.workers,
+    )
     iters = cfg.run.iters if adapter.optimizer is not None else 0
     try:
         _loop(adapter, loader, run, cfg, device, start, iters, progress, on_log)
@@ -185,8 +211,17 @@ class _Meter:
         return rec
 
 
-def _loop(adapter: Adapter, loader: BatchLoader, run: RunDir, cfg: AdaptConfig, device: torch.device, start: int,
-          iters: int, progress: bool, on_log: Callable[[dict[str, Any]], None] | None) -> None:
+def _loop(
+    adapter: Adapter,
+    loader: BatchLoader,
+    run: RunDir,
+    cfg: AdaptConfig,
+    device: torch.device,
+    start: int,
+    iters: int,
+    progress: bool,
+    on_log: Callable[[dict[str, Any]], None] | None,
+) -> None:
     from stvm_sdk.progress import progress_bar
 
     meter = _Meter()
@@ -208,36 +243,57 @@ def _loop(adapter: Adapter, loader: BatchLoader, run: RunDir, cfg: AdaptConfig, 
                 _checkpoint(adapter, run, done)
 
 
-def _evaluate(model: SegModel, folder: FrameFolder, cfg: AdaptConfig, device: torch.device) -> EvalResult | None:
+def _evaluate(
+    model: SegModel, folder: FrameFolder, cfg: AdaptConfig, device: torch.device
+) -> EvalResult | None:
     if not folder.labelled:
         return None
     return evaluate_frames(model, folder, size=cfg.run.eval_size, device=device)
 
 
-def _finish(adapter: Adapter, source: SegModel, folder: FrameFolder, run: RunDir, cfg: AdaptConfig,
-            device: torch.device, before: EvalResult | None, iters: int, failed: int, t_start: float) -> AdaptResult:
+def _finish(
+    adapter: Adapter,
+    source: SegModel,
+    folder: FrameFolder,
+    run: RunDir,
+    cfg: AdaptConfig,
+    device: torch.device,
+    before: EvalResult | None,
+    iters: int,
+    failed: int,
+    t_start: float,
+) -> AdaptResult:
     adapter.cpu()
     student = replace(source, module=adapter.student.eval())
     teacher = replace(source, module=adapter.teacher.eval()) if adapter.teacher is not None else None
     model = teacher if (teacher is not None and cfg.deliverable == "teacher") else student
-    paths = {"model_path": save_model(model, run.path / "model.pt"),
-             "student_path": save_model(student, run.path / "student.pt"),
-             "teacher_path": save_model(teacher, run.path / "teacher.pt") if teacher is not None else None}
+    paths = {
+        "model_path": save_model(model, run.path / "model.pt"),
+        "student_path": save_model(student, run.path / "student.pt"),
+        "teacher_path": save_model(teacher, run.path / "teacher.pt") if teacher is not None else None,
+    }
     try:
         paths["torchscript_path"] = save_torchscript(model, run.path / "model.ts")
     except Exception as exc:  # not every user model scripts or traces; the checkpoint is the deliverable
         log.warning("TorchScript export skipped: %s", exc)
     _checkpoint(adapter, run, iters)
     metrics: dict[str, Any] = {
-        "run_dir": str(run.path), **{k: str(v) if v else None for k, v in paths.items()},
-        "method": cfg.method, "deliverable": "teacher" if model is teacher else "student", "steps": iters,
-        "images_used": len(folder) - failed, "images_skipped": len(folder.skipped) + failed,
+        "run_dir": str(run.path),
+        **{k: str(v) if v else None for k, v in paths.items()},
+        "method": cfg.method,
+        "deliverable": "teacher" if model is teacher else "student",
+        "steps": iters,
+        "images_used": len(folder) - failed,
+        "images_skipped": len(folder.skipped) + failed,
         "seconds": round(time.perf_counter() - t_start, 2),
     }
     if before is not None:
         after = evaluate_frames(model, folder, size=cfg.run.eval_size, device=device)
-        metrics.update(miou_before=round(before.miou, 4), miou_after=round(after.miou, 4),
-                       per_class_iou={"before": before.per_class_iou, "after": after.per_class_iou},
-                       images_evaluated=after.n_images)
+        metrics.update(
+            miou_before=before.miou,
+            miou_after=after.miou,
+            per_class_iou={"before": before.per_class_iou, "after": after.per_class_iou},
+            images_evaluated=after.n_images,
+        )
     (run.path / "summary.json").write_text(json.dumps(metrics, indent=2))
     return AdaptResult(model, teacher, student, run.path, metrics)

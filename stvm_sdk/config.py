@@ -61,8 +61,14 @@ class MetricConfig:
 
     def __post_init__(self) -> None:
         _check(self.embed_dim >= 2, "metric.embed_dim must be >= 2")
-        _check(self.loss in ("proxy_anchor", "proxy_nca"), f"metric.loss must be proxy_anchor|proxy_nca, got {self.loss}")
-        _check(self.pixels_per_class >= 1 and self.warmup >= 0, "metric.pixels_per_class >= 1, metric.warmup >= 0")
+        _check(
+            self.loss in ("proxy_anchor", "proxy_nca"),
+            f"metric.loss must be proxy_anchor|proxy_nca, got {self.loss}",
+        )
+        _check(
+            self.pixels_per_class >= 1 and self.warmup >= 0,
+            "metric.pixels_per_class >= 1, metric.warmup >= 0",
+        )
 
 
 @dataclass(frozen=True)
@@ -138,8 +144,13 @@ class RunConfig:
     eval_size: tuple[int, int] | None = None  # inference size for evaluation; None = native
 
     def __post_init__(self) -> None:
-        _check(self.iters >= 0 and self.log_every >= 1 and self.checkpoint_every >= 1, "run: iters >= 0, *_every >= 1")
-        _check(self.kernel_backend in ("auto", "triton", "torch"), "run.kernel_backend must be auto|triton|torch")
+        _check(
+            self.iters >= 0 and self.log_every >= 1 and self.checkpoint_every >= 1,
+            "run: iters >= 0, *_every >= 1",
+        )
+        _check(
+            self.kernel_backend in ("auto", "triton", "torch"), "run.kernel_backend must be auto|triton|torch"
+        )
 
 
 @dataclass(frozen=True)
@@ -228,7 +239,9 @@ def _build(cls: type[T], data: dict[str, Any], prefix: str) -> T:
     known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ConfigError(f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; known: {sorted(known)}")
+        raise ConfigError(
+            f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; known: {sorted(known)}"
+        )
     kwargs = {}
     for name, value in data.items():
         kwargs[name] = _coerce(hints[name], value, prefix + name)
@@ -250,7 +263,7 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"config key '{key}' must be a list of {len(args)} numbers, got {value!r}")
-        return tuple(_coerce(a, v, key) for a, v in zip(args, value))
+        return tuple(_coerce(a, v, key) for a, v in zip(args, value, strict=True))
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if tp in (int, str, bool) and not (isinstance(value, tp) and (tp is bool or not isinstance(value, bool))):

@@ -11,6 +11,7 @@ Layout::
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,7 @@ class RunDir:
     path: Path
 
     @classmethod
-    def open(cls, out_dir: str | Path | None, cfg: AdaptConfig, resume: bool) -> RunDir:
+    def open(cls, out_dir: str | os.PathLike[str] | None, cfg: AdaptConfig, resume: bool) -> RunDir:
         """Create a new run directory, or reopen one to resume (the config must be the same)."""
         if out_dir is None:
             out_dir = Path("runs") / time.strftime(f"{cfg.method}-%Y%m%d-%H%M%S")
@@ -42,12 +43,18 @@ class RunDir:
             previous = AdaptConfig.from_dict(json.loads(saved.read_text()))
             if previous != cfg:
                 diff = _diff(previous.to_dict(), cfg.to_dict())
-                raise ConfigError(f"cannot resume {run.path}: the config differs ({diff}); resume with the same options")
+                raise ConfigError(
+                    f"cannot resume {run.path}: the config differs ({diff}); resume with the same options"
+                )
         elif not resume and run.checkpoint.is_file():
-            raise DataError(f"{run.path} already holds a run: pass --resume to continue it, or choose another --out")
+            raise DataError(
+                f"{run.path} already holds a run: pass --resume to continue it, or choose another --out"
+            )
         try:
             run.path.mkdir(parents=True, exist_ok=True)
-            atomic_save(cfg.to_dict(), saved, saver=lambda obj, f: Path(f).write_text(json.dumps(obj, indent=2)))
+            atomic_save(
+                cfg.to_dict(), saved, saver=lambda obj, f: Path(f).write_text(json.dumps(obj, indent=2))
+            )
         except OSError as exc:
             raise DataError(f"cannot write the run directory {run.path}: {exc.strerror}") from None
         return run

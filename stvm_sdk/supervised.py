@@ -43,21 +43,35 @@ class TrainConfig:
             raise ConfigError("train-source: iters >= 1, batch size >= 1 and lr > 0 are required")
 
 
-def train_source(images_dir: str | os.PathLike[str], labels_dir: str | os.PathLike[str] | None, out_path: str | Path,
-                 cfg: TrainConfig = TrainConfig(), *, progress: bool = True) -> SegModel:
+def train_source(
+    images_dir: str | os.PathLike[str],
+    labels_dir: str | os.PathLike[str] | None,
+    out_path: str | Path,
+    cfg: TrainConfig = TrainConfig(),
+    *,
+    progress: bool = True,
+) -> SegModel:
     """Train ``cfg.arch`` with cross-entropy on labelled frames and save it to ``out_path``."""
     from stvm_sdk.api import resolve_device
     from stvm_sdk.progress import progress_bar
 
-    folder = scan_frames(images_dir, labels_dir if labels_dir is not None else images_dir, require_labels=True)
+    folder = scan_frames(
+        images_dir, labels_dir if labels_dir is not None else images_dir, require_labels=True
+    )
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)  # torchvision draws initial weights from the global generator
     net = build_torchvision(cfg.arch, cfg.num_classes).to(device).train()
     names = list(CITYSCAPES_CLASSES) if cfg.num_classes == 19 else None
     model = from_module(net, arch=cfg.arch, class_names=names)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    loader = BatchLoader(folder.labelled, batch_size=cfg.batch_size, crop=cfg.crop, resize=cfg.resize,
-                         seed=cfg.seed, with_labels=True)
+    loader = BatchLoader(
+        folder.labelled,
+        batch_size=cfg.batch_size,
+        crop=cfg.crop,
+        resize=cfg.resize,
+        seed=cfg.seed,
+        with_labels=True,
+    )
     try:
         with progress_bar(cfg.iters, enabled=progress, description="train-source") as bar:
             for step in range(cfg.iters):

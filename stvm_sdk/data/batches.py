@@ -65,8 +65,9 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int) -> list[int]:
     return out
 
 
-def random_crop(img: Tensor, label: Tensor | None, crop: tuple[int, int], g: torch.Generator
-                ) -> tuple[Tensor, Tensor | None]:
+def random_crop(
+    img: Tensor, label: Tensor | None, crop: tuple[int, int], g: torch.Generator
+) -> tuple[Tensor, Tensor | None]:
     """Crop ``[3,H,W]`` (and its label) at a random offset; pad (label 255) if smaller than ``crop``."""
     ch, cw = crop
     h, w = img.shape[-2:]
@@ -84,8 +85,9 @@ def random_crop(img: Tensor, label: Tensor | None, crop: tuple[int, int], g: tor
     return img, label
 
 
-def load_frame(frame: Frame, size: tuple[int, int] | None, with_label: bool = False
-               ) -> tuple[Tensor, Tensor | None]:
+def load_frame(
+    frame: Frame, size: tuple[int, int] | None, with_label: bool = False
+) -> tuple[Tensor, Tensor | None]:
     """Decode and resize one frame (and its label)."""
     img = resize_image(image_tensor(read_image(frame.image)), size)
     label = None
@@ -101,9 +103,24 @@ class BatchLoader:
     frame in the folder and remembered in ``failed``, so the run continues and the summary counts it.
     """
 
-    def __init__(self, frames: Sequence[Frame], *, batch_size: int, crop: tuple[int, int] | None,
-                 resize: tuple[int, int] | None, seed: int, workers: int = 2, with_labels: bool = False) -> None:
-        self.frames, self.batch_size, self.crop, self.resize, self.seed = frames, batch_size, crop, resize, seed
+    def __init__(
+        self,
+        frames: Sequence[Frame],
+        *,
+        batch_size: int,
+        crop: tuple[int, int] | None,
+        resize: tuple[int, int] | None,
+        seed: int,
+        workers: int = 2,
+        with_labels: bool = False,
+    ) -> None:
+        self.frames, self.batch_size, self.crop, self.resize, self.seed = (
+            frames,
+            batch_size,
+            crop,
+            resize,
+            seed,
+        )
         self.with_labels = with_labels
         self.failed: set[int] = set()
         self._pool = ThreadPoolExecutor(max_workers=max(1, workers))

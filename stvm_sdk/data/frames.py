@@ -7,6 +7,7 @@ are used and labels are matched under ``gtFine/`` with the official suffixes.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,8 +95,12 @@ def _readable(path: Path) -> str | None:
     return None
 
 
-def scan_frames(images_dir: str | Path, labels_dir: str | Path | None = None, *, require_labels: bool = False
-                ) -> FrameFolder:
+def scan_frames(
+    images_dir: str | os.PathLike[str],
+    labels_dir: str | os.PathLike[str] | None = None,
+    *,
+    require_labels: bool = False,
+) -> FrameFolder:
     """Find the readable frames under ``images_dir`` and match labels from ``labels_dir``.
 
     Raises:

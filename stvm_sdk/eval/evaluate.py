@@ -33,7 +33,9 @@ class EvalResult:
 def result_from_confusion(conf: Tensor, class_names: list[str], n_images: int) -> EvalResult:
     """Package a confusion matrix as an :class:`EvalResult` (percentages)."""
     iou = iou_per_class(conf)
-    per_class = {name: (None if torch.isnan(v) else round(100.0 * float(v), 4)) for name, v in zip(class_names, iou)}
+    per_class = {
+        name: (None if torch.isnan(v) else 100.0 * float(v)) for name, v in zip(class_names, iou, strict=True)
+    }
     return EvalResult(100.0 * mean_iou(conf), per_class, n_images, conf)
 
 
@@ -46,8 +48,14 @@ def predict(model: SegModel, images: Tensor, out_size: tuple[int, int] | None = 
     return logits.argmax(1)
 
 
-def evaluate_frames(model: SegModel, folder: FrameFolder, *, size: tuple[int, int] | None = None,
-                    device: str | torch.device = "cpu", limit: int | None = None) -> EvalResult:
+def evaluate_frames(
+    model: SegModel,
+    folder: FrameFolder,
+    *,
+    size: tuple[int, int] | None = None,
+    device: str | torch.device = "cpu",
+    limit: int | None = None,
+) -> EvalResult:
     """Confusion over the labelled frames of ``folder`` (inference at ``size``, scored at label size)."""
     frames = folder.labelled[:limit] if limit else folder.labelled
     if not frames:
@@ -61,7 +69,7 @@ def evaluate_frames(model: SegModel, folder: FrameFolder, *, size: tuple[int, in
             img, _ = load_frame(frame, size)
             _, label = load_frame(frame, None, with_label=True)
             assert label is not None
-            pred = predict(model, img[None].to(device), out_size=tuple(label.shape))[0].cpu()
+            pred = predict(model, img[None].to(device), out_size=(label.shape[-2], label.shape[-1]))[0].cpu()
             conf += confusion_matrix(pred, label, model.num_classes)
     finally:
         module.train(was_training)

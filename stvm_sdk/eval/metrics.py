@@ -15,7 +15,9 @@ def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int, ignore_inde
     valid = target != ignore_index
     t = target[valid].long()
     p = pred[valid].long().clamp_(0, num_classes - 1)
-    return torch.bincount(t * num_classes + p, minlength=num_classes * num_classes).view(num_classes, num_classes)
+    return torch.bincount(t * num_classes + p, minlength=num_classes * num_classes).view(
+        num_classes, num_classes
+    )
 
 
 def iou_per_class(conf: Tensor) -> Tensor:

@@ -18,13 +18,13 @@ def ema_update(teacher: nn.Module, student: nn.Module, beta: float) -> None:
     Integer buffers (BatchNorm's ``num_batches_tracked``) are copied. Unlike DAFormer's EMA, BN
     running statistics are averaged too, so the teacher's normalisation follows the student's.
     """
-    t_params = [p for p in teacher.parameters()]
+    t_params: list[torch.Tensor] = list(teacher.parameters())
     s_params = [p.detach() for p in student.parameters()]
     if len(t_params) != len(s_params):
         raise RuntimeError("teacher and student have different parameter lists")
     torch._foreach_lerp_(t_params, s_params, 1.0 - beta)
     t_float, s_float = [], []
-    for tb, sb in zip(teacher.buffers(), student.buffers()):
+    for tb, sb in zip(teacher.buffers(), student.buffers(), strict=True):
         if tb.is_floating_point():
             t_float.append(tb)
             s_float.append(sb)

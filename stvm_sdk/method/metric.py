@@ -21,9 +21,15 @@ def _replace_logit_convs(head: nn.Module, num_classes: int, dim: int) -> int:
     for name, child in list(head.named_children()):
         if isinstance(child, nn.Conv2d) and child.out_channels == num_classes:
             new = nn.Conv2d(
-                child.in_channels, dim, child.kernel_size, child.stride, child.padding,
-                child.dilation, child.groups, bias=child.bias is not None,
-            )  # fmt: skip
+                child.in_channels,
+                dim,
+                child.kernel_size,  # type: ignore[arg-type]
+                child.stride,  # type: ignore[arg-type]
+                child.padding,  # type: ignore[arg-type]
+                child.dilation,  # type: ignore[arg-type]
+                child.groups,
+                bias=child.bias is not None,
+            )
             setattr(head, name, new)
             swapped += 1
         else:
@@ -34,14 +40,21 @@ def _replace_logit_convs(head: nn.Module, num_classes: int, dim: int) -> int:
 class MetricHead(nn.Module):
     """M with its proxies: ``forward(features) -> z [B,D,h,w]`` (unit vectors along D)."""
 
-    def __init__(self, classifier: nn.Module, num_classes: int, dim: int = 128,
-                 generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self,
+        classifier: nn.Module,
+        num_classes: int,
+        dim: int = 128,
+        generator: torch.Generator | None = None,
+    ) -> None:
         super().__init__()
         self.body = copy.deepcopy(classifier)
         for p in self.body.parameters():
             p.requires_grad_(True)
         if _replace_logit_convs(self.body, num_classes, dim) == 0:
-            raise ValueError(f"the classifier has no conv with {num_classes} outputs to turn into the metric layer")
+            raise ValueError(
+                f"the classifier has no conv with {num_classes} outputs to turn into the metric layer"
+            )
         # Re-draw the new layers and the proxies from an explicit generator (reproducible runs).
         for m in self.body.modules():
             if isinstance(m, nn.Conv2d) and m.out_channels == dim:
@@ -63,8 +76,9 @@ class MetricHead(nn.Module):
         return nnf.normalize(self.proxies, dim=1)
 
 
-def balanced_pixel_mask(labels: Tensor, num_classes: int, cap: int, generator: torch.Generator | None,
-                        ignore_index: int = 255) -> Tensor:
+def balanced_pixel_mask(
+    labels: Tensor, num_classes: int, cap: int, generator: torch.Generator | None, ignore_index: int = 255
+) -> Tensor:
     """Pick at most ``cap`` random pixels per class: a float mask shaped like ``labels``.
 
     Vectorised and free of host syncs: each pixel gets key ``label + u`` (u ~ U[0,1)); after sorting,
@@ -83,8 +97,15 @@ def balanced_pixel_mask(labels: Tensor, num_classes: int, cap: int, generator: t
     return ((rank < cap) & valid).to(torch.float32).view_as(labels)
 
 
-def proxy_anchor_loss(z: Tensor, labels: Tensor, proxies: Tensor, mask: Tensor, alpha: float, delta: float,
-                      ignore_index: int = 255) -> Tensor:
+def proxy_anchor_loss(
+    z: Tensor,
+    labels: Tensor,
+    proxies: Tensor,
+    mask: Tensor,
+    alpha: float,
+    delta: float,
+    ignore_index: int = 255,
+) -> Tensor:
     """Proxy-Anchor loss (Kim et al., 2020) over masked pixels.
 
     Args:
@@ -108,8 +129,9 @@ def proxy_anchor_loss(z: Tensor, labels: Tensor, proxies: Tensor, mask: Tensor, 
     return (pos_lse * has_pos).sum() / has_pos.sum().clamp(min=1) + neg_lse.mean()
 
 
-def proxy_nca_loss(z: Tensor, labels: Tensor, proxies: Tensor, mask: Tensor, scale: float,
-                   ignore_index: int = 255) -> Tensor:
+def proxy_nca_loss(
+    z: Tensor, labels: Tensor, proxies: Tensor, mask: Tensor, scale: float, ignore_index: int = 255
+) -> Tensor:
     """Proxy-NCA (softmax over scaled cosine similarities to the proxies) over masked pixels."""
     k = proxies.shape[0]
     sim = torch.einsum("bdhw,kd->bhwk", z, proxies).reshape(-1, k)

@@ -15,8 +15,9 @@ from torch import Tensor
 from stvm_sdk.kernels import mocm_blend
 
 
-def class_reliability(labels: Tensor, weights: Tensor, num_classes: int, ignore_index: int = 255
-                      ) -> tuple[Tensor, Tensor]:
+def class_reliability(
+    labels: Tensor, weights: Tensor, num_classes: int, ignore_index: int = 255
+) -> tuple[Tensor, Tensor]:
     """Per-sample pixel counts ``[B,K]`` and mean reliability ``[B,K]`` of each pseudo-label class."""
     b = labels.shape[0]
     lab = labels.reshape(b, -1)
@@ -28,8 +29,9 @@ def class_reliability(labels: Tensor, weights: Tensor, num_classes: int, ignore_
     return counts, sums / counts.clamp(min=1)
 
 
-def choose_classes(counts: Tensor, mean_rel: Tensor, fraction: float, generator: torch.Generator | None
-                   ) -> Tensor:
+def choose_classes(
+    counts: Tensor, mean_rel: Tensor, fraction: float, generator: torch.Generator | None
+) -> Tensor:
     """Sample ``ceil(fraction * n_present)`` classes per row without replacement, p ∝ mean reliability.
 
     Gumbel-top-k with a per-row k, vectorised (no host sync): the chosen classes are those whose
@@ -46,8 +48,9 @@ def choose_classes(counts: Tensor, mean_rel: Tensor, fraction: float, generator:
     return present & (rank < k[:, None])
 
 
-def patch_keep_mask(labels: Tensor, weights: Tensor, class_mask: Tensor, patch: int, tau: float,
-                    ignore_index: int = 255) -> Tensor:
+def patch_keep_mask(
+    labels: Tensor, weights: Tensor, class_mask: Tensor, patch: int, tau: float, ignore_index: int = 255
+) -> Tensor:
     """``[B,ceil(H/p),ceil(W/p)]`` bool: patches whose chosen-class pixels have mean reliability >= tau."""
     lab = torch.where(labels == ignore_index, torch.zeros_like(labels), labels)
     chosen = torch.gather(class_mask, 1, lab.flatten(1)).view_as(labels) & (labels != ignore_index)
@@ -57,9 +60,18 @@ def patch_keep_mask(labels: Tensor, weights: Tensor, class_mask: Tensor, patch: 
     return ((den > 0) & (num >= tau * den))[:, 0]
 
 
-def mocm(images: Tensor, labels: Tensor, weights: Tensor, num_classes: int, *, patch: int, tau: float,
-         fraction: float, generator: torch.Generator | None, backend: str = "auto"
-         ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def mocm(
+    images: Tensor,
+    labels: Tensor,
+    weights: Tensor,
+    num_classes: int,
+    *,
+    patch: int,
+    tau: float,
+    fraction: float,
+    generator: torch.Generator | None,
+    backend: str = "auto",
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Mix a batch with its rolled partner. Returns (images, labels, weights, mask ``[B,H,W]`` bool).
 
     Args:

@@ -43,7 +43,7 @@ def reestimate_bn(model: nn.Module, batches: Iterable[Tensor]) -> int:
             forward_logits(model, x)
             seen += x.shape[0]
     finally:
-        for bn, m in zip(bns, momenta):
+        for bn, m in zip(bns, momenta, strict=True):
             bn.momentum = m
         model.train(was_training)
     return seen

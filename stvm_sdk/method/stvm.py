@@ -48,15 +48,25 @@ def reliability(z: Tensor, proxies: Tensor, labels: Tensor, mode: str, scale: fl
     if mode == "agreement":
         _, nearest = proxy_reliability(z, proxies, labels, scale=scale, backend=backend)
         return (nearest == labels).float()
-    cos = torch.einsum("bdhw,bdhw->bhw", z, proxies[labels.clamp(max=proxies.shape[0] - 1)].permute(0, 3, 1, 2))
+    cos = torch.einsum(
+        "bdhw,bdhw->bhw", z, proxies[labels.clamp(max=proxies.shape[0] - 1)].permute(0, 3, 1, 2)
+    )
     return torch.where(labels == IGNORE, torch.zeros_like(cos), (1 + cos) / 2)
 
 
 class Adapter(nn.Module):
     """Teacher, student, metric network + proxies, and the optimiser: everything a step changes."""
 
-    def __init__(self, source: nn.Module, classifier: str | None, num_classes: int, cfg: AdaptConfig,
-                 mean: tuple[float, ...], std: tuple[float, ...], generator: torch.Generator) -> None:
+    def __init__(
+        self,
+        source: nn.Module,
+        classifier: str | None,
+        num_classes: int,
+        cfg: AdaptConfig,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        generator: torch.Generator,
+    ) -> None:
         super().__init__()
         self.cfg, self.num_classes, self.mean, self.std = cfg, num_classes, mean, std
         self.student = copy.deepcopy(source).train()
@@ -91,7 +101,9 @@ class Adapter(nn.Module):
         if self.metric is not None:
             m_mult = o.head_lr_mult
             groups.append({"params": list(self.metric.body.parameters()), "lr_mult": m_mult})
-            groups.append({"params": [self.metric.proxies], "lr_mult": m_mult * self.cfg.metric.proxy_lr_mult})
+            groups.append(
+                {"params": [self.metric.proxies], "lr_mult": m_mult * self.cfg.metric.proxy_lr_mult}
+            )
         groups = [g for g in groups if g["params"]]
         if o.optimizer == "sgd":
             return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
@@ -118,10 +130,14 @@ class Adapter(nn.Module):
             return {}
         lr = self.lr_at(step)
         for group in self.optimizer.param_groups:
-            group["lr"] = (self.cfg.optim.tent_lr if self.cfg.method == "tent" else lr) * group.get("lr_mult", 1.0)
+            group["lr"] = (self.cfg.optim.tent_lr if self.cfg.method == "tent" else lr) * group.get(
+                "lr_mult", 1.0
+            )
         amp = self.cfg.run.amp and images.is_cuda
         with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
-            loss, logs = self._tent_loss(images) if self.cfg.method == "tent" else self._st_loss(images, step, g)
+            loss, logs = (
+                self._tent_loss(images) if self.cfg.method == "tent" else self._st_loss(images, step, g)
+            )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -143,13 +159,17 @@ class Adapter(nn.Module):
         with torch.no_grad():
             t_logits = forward_logits(self.teacher, normalize(images, self.mean, self.std)).float()
             conf, pseudo = t_logits.softmax(1).max(1)
-        logs: dict[str, Tensor] = {"pseudo_hist": torch.bincount(pseudo.flatten(), minlength=self.num_classes)}
+        logs: dict[str, Tensor] = {
+            "pseudo_hist": torch.bincount(pseudo.flatten(), minlength=self.num_classes)
+        }
         loss = t_logits.new_zeros(())
         weights = torch.ones_like(conf)
         labels = pseudo
         if self.metric is not None:
             z = self.metric(_detach(self._teacher_hook.pop()))
-            y_feat = nnf.interpolate(t_logits, size=z.shape[-2:], mode="bilinear", align_corners=False).argmax(1)
+            y_feat = nnf.interpolate(
+                t_logits, size=z.shape[-2:], mode="bilinear", align_corners=False
+            ).argmax(1)
             mask = balanced_pixel_mask(y_feat, self.num_classes, cfg.metric.pixels_per_class, g)
             proxies = self.metric.unit_proxies()
             if cfg.metric.loss == "proxy_anchor":
@@ -159,13 +179,17 @@ class Adapter(nn.Module):
             loss = loss + cfg.metric.weight * l_metric
             logs["loss_metric"] = l_metric.detach()
             r = reliability(z, proxies, y_feat, cfg.reliability.mode, cfg.reliability.scale, backend)
-            weights = nnf.interpolate(r[:, None], size=pseudo.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+            weights = nnf.interpolate(
+                r[:, None], size=pseudo.shape[-2:], mode="bilinear", align_corners=False
+            )[:, 0]
             weights = weights.clamp_(0.0, 1.0)
         elif cfg.method == "confidence_weighted":
             weights = conf
         elif cfg.method == "threshold_st":
             # Keep the top-p% most confident pixels of the batch (the paper's Figure 1 baseline).
-            thr = torch.quantile(conf.flatten().float()[:: max(1, conf.numel() // 65536)], 1 - cfg.optim.threshold_keep)
+            thr = torch.quantile(
+                conf.flatten().float()[:: max(1, conf.numel() // 65536)], 1 - cfg.optim.threshold_keep
+            )
             labels = torch.where(conf >= thr, pseudo, torch.full_like(pseudo, IGNORE))
         logs["mean_weight"] = weights.mean()
         if step < self.warmup:  # the student waits until the weights mean something (decision 5)
@@ -179,6 +203,8 @@ class Adapter(nn.Module):
             logs["mix_fraction"] = mix.float().mean()
         x = strong_augment(x, cfg.aug, g)
         s_logits = forward_logits(self.student, normalize(x, self.mean, self.std))
-        l_st = weighted_cross_entropy(s_logits, labels, weights, normalize=cfg.reliability.normalize, backend=backend)
+        l_st = weighted_cross_entropy(
+            s_logits, labels, weights, normalize=cfg.reliability.normalize, backend=backend
+        )
         logs["loss_st"] = l_st.detach()
         return loss + l_st, logs

@@ -66,9 +66,11 @@ def find_classifier(model: nn.Module, num_classes: int, probe: Tensor | None = N
     handles = []
     for name, mod in model.named_modules():
         if name and not list(mod.children()):
+
             def hook(m: nn.Module, i: tuple, o: object, name: str = name) -> None:
                 if isinstance(o, Tensor) and o.dim() == 4 and o.shape[1] == num_classes:
                     hits.append(name)
+
             handles.append(mod.register_forward_hook(hook))
     try:
         with torch.no_grad():

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from stvm_sdk.errors import ModelLoadError
-from stvm_sdk.models.contract import check_contract, find_classifier
+from stvm_sdk.models.contract import check_contract, find_classifier, get_submodule
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -61,7 +61,8 @@ class SegModel:
             )
         if len(self.class_names) != self.num_classes:
             raise ModelLoadError(
-                f"class_names has {len(self.class_names)} entries but the model has {self.num_classes} classes"
+                f"class_names has {len(self.class_names)} entries "
+                f"but the model has {self.num_classes} classes"
             )
 
     def clone(self) -> SegModel:
@@ -113,7 +114,9 @@ def from_module(
     if not isinstance(module, nn.Module):
         raise ModelLoadError(f"expected an nn.Module, got {type(module).__name__}")
     k = check_contract(module, num_classes)
-    if classifier is None and not isinstance(module, torch.jit.ScriptModule):
+    if classifier is not None:
+        get_submodule(module, classifier)  # fail now, with the module names, not mid-run
+    elif not isinstance(module, torch.jit.ScriptModule):
         classifier = find_classifier(module, k, probe=torch.zeros(1, 3, 64, 128))
     return SegModel(module, k, classifier, tuple(mean), tuple(std), list(class_names or []), arch, kind)  # type: ignore[arg-type]
 
@@ -135,7 +138,9 @@ def load_model(
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "weights_only" not in str(exc) and "Weights only" not in str(exc):
-            raise ModelLoadError(f"cannot read {p}: not a PyTorch checkpoint or TorchScript archive") from None
+            raise ModelLoadError(
+                f"cannot read {p}: not a PyTorch checkpoint or TorchScript archive"
+            ) from None
         if not trust_pickle:
             raise ModelLoadError(
                 f"{p} is a pickled Python object; loading it runs code from the file. "
@@ -184,7 +189,9 @@ def _load_torchscript(p: Path, num_classes: int | None, classifier: str | None) 
     )
 
 
-def _from_checkpoint(ckpt: dict[str, Any], p: Path, num_classes: int | None, classifier: str | None) -> SegModel:
+def _from_checkpoint(
+    ckpt: dict[str, Any], p: Path, num_classes: int | None, classifier: str | None
+) -> SegModel:
     missing = [k for k in ("arch", "num_classes") if k not in ckpt]
     if missing:
         raise ModelLoadError(f"checkpoint {p} lacks {missing}: it needs 'arch', 'num_classes', 'state_dict'")
@@ -241,7 +248,9 @@ def save_model(model: SegModel, path: str | os.PathLike[str]) -> Path:
     return atomic_save(ckpt, path)
 
 
-def save_torchscript(model: SegModel, path: str | os.PathLike[str], example_hw: tuple[int, int] = (64, 128)) -> Path:
+def save_torchscript(
+    model: SegModel, path: str | os.PathLike[str], example_hw: tuple[int, int] = (64, 128)
+) -> Path:
     """Save a TorchScript archive (script, else trace) with the metadata in ``stvm.json``."""
     module = copy.deepcopy(model.module).cpu().eval()
     extra = {"stvm.json": json.dumps(model.metadata())}

@@ -1,0 +1,160 @@
+"""The method's named invariants (method.md decisions 2-8)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from stvm_sdk.config import METHODS, AdaptConfig
+from stvm_sdk.method.ema import ema_beta, ema_update
+from stvm_sdk.method.mixing import mocm
+from stvm_sdk.method.stvm import Adapter, reliability
+from stvm_sdk.models import IMAGENET_MEAN, IMAGENET_STD
+
+MEAN, STD = IMAGENET_MEAN, IMAGENET_STD
+
+
+def _adapter(net: torch.nn.Module, method: str = "stvm", warmup: int = 0, **over: object) -> Adapter:
+    cfg = AdaptConfig(method=method).with_overrides({"metric.warmup": warmup, "run.iters": 20, **over})
+    return Adapter(net, "classifier", 5, cfg, MEAN, STD, torch.Generator().manual_seed(0))
+
+
+def _images(b: int = 2) -> torch.Tensor:
+    return torch.rand(b, 3, 32, 64, generator=torch.Generator().manual_seed(1))
+
+
+def test_teacher_is_ema_of_student_including_buffers(tiny_net: torch.nn.Module) -> None:
+    a = _adapter(tiny_net)
+    a.step(_images(), 0, torch.Generator().manual_seed(0))
+    teacher_before = copy.deepcopy(a.teacher.state_dict())
+    a.step(_images(), 1, torch.Generator().manual_seed(1))
+    beta = ema_beta(1, a.cfg.optim.ema_max)
+    student = a.student.state_dict()
+    for name, t_now in a.teacher.state_dict().items():
+        if t_now.is_floating_point():
+            expected = beta * teacher_before[name] + (1 - beta) * student[name]
+            torch.testing.assert_close(t_now, expected, msg=f"{name} is not the EMA")
+        else:
+            assert torch.equal(t_now, student[name]), f"integer buffer {name} not copied"
+    # BN running statistics really moved (the student's BN runs in train mode).
+    assert not torch.equal(
+        a.teacher.state_dict()["backbone.1.running_mean"], teacher_before["backbone.1.running_mean"]
+    )
+
+
+def test_ema_beta_schedule() -> None:
+    assert ema_beta(0, 0.999) == 0.0
+    assert ema_beta(1, 0.999) == 0.5
+    assert ema_beta(10_000, 0.999) == 0.999
+
+
+def test_ema_update_handles_integer_buffers() -> None:
+    t, s = torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3)
+    s.num_batches_tracked += 7
+    s.running_mean += 1.0
+    ema_update(t, s, 0.75)
+    assert int(t.num_batches_tracked) == 7
+    torch.testing.assert_close(t.running_mean, torch.full((3,), 0.25))
+
+
+def test_teacher_never_requires_grad_and_gets_none(tiny_net: torch.nn.Module) -> None:
+    a = _adapter(tiny_net)
+    a.step(_images(), 0, torch.Generator().manual_seed(0))
+    assert all(not p.requires_grad and p.grad is None for p in a.teacher.parameters())
+
+
+def test_student_loss_gradients_never_reach_teacher_or_metric_net(tiny_net: torch.nn.Module) -> None:
+    a = _adapter(tiny_net, **{"metric.weight": 0.0})  # total loss = student loss only
+    a.step(_images(), 0, torch.Generator().manual_seed(0))
+    for p in list(a.metric.parameters()):
+        assert p.grad is None or torch.count_nonzero(p.grad) == 0
+    assert any(p.grad is not None and torch.count_nonzero(p.grad) > 0 for p in a.student.parameters())
+
+
+def test_metric_loss_gradients_never_reach_segmentation_networks(tiny_net: torch.nn.Module) -> None:
+    a = _adapter(tiny_net, warmup=5)  # warm-up: only the metric loss is computed
+    a.step(_images(), 0, torch.Generator().manual_seed(0))
+    assert all(p.grad is None for p in a.student.parameters())
+    assert a.metric.proxies.grad is not None and torch.count_nonzero(a.metric.proxies.grad) > 0
+
+
+def test_student_waits_during_metric_warmup(tiny_net: torch.nn.Module) -> None:
+    a = _adapter(tiny_net, warmup=2)
+    before = copy.deepcopy(a.student.state_dict())
+    logs = a.step(_images(), 0, torch.Generator().manual_seed(0))
+    assert "loss_st" not in logs
+    for k, v in a.student.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    logs = a.step(_images(), 2, torch.Generator().manual_seed(0))
+    assert "loss_st" in logs
+
+
+@pytest.mark.parametrize("mode", ["softmax", "cosine", "agreement"])
+def test_reliability_weights_lie_in_unit_interval_and_match_pseudo_label_shape(mode: str) -> None:
+    g = torch.Generator().manual_seed(0)
+    z = torch.nn.functional.normalize(torch.randn(2, 8, 5, 7, generator=g), dim=1)
+    proxies = torch.nn.functional.normalize(torch.randn(5, 8, generator=g), dim=1)
+    labels = torch.randint(0, 5, (2, 5, 7), generator=g)
+    labels[0, 0, 0] = 255
+    r = reliability(z, proxies, labels, mode, 16.0, "torch")
+    assert r.shape == labels.shape
+    assert float(r.min()) >= 0.0 and float(r.max()) <= 1.0
+    assert float(r[0, 0, 0]) == 0.0
+    assert not r.requires_grad
+
+
+def test_mocm_mask_label_and_weight_agree_pixel_for_pixel() -> None:
+    g = torch.Generator().manual_seed(0)
+    b, h, w = 3, 40, 72
+    images = torch.rand(b, 3, h, w, generator=g)
+    labels = torch.randint(0, 5, (b, h, w), generator=g)
+    labels[:, :4] = 255
+    weights = torch.rand(b, h, w, generator=g)
+    x, y, r, m = mocm(
+        images, labels, weights, 5, patch=8, tau=0.3, fraction=0.5, generator=g, backend="torch"
+    )
+    partner = torch.roll(torch.arange(b), -1)
+    mf = m[:, None].float()
+    torch.testing.assert_close(x, mf * images + (1 - mf) * images[partner])
+    assert torch.equal(y, torch.where(m, labels, labels[partner]))
+    torch.testing.assert_close(r, torch.where(m, weights, weights[partner]))
+    assert not bool(m[:, :4].any()), "ignored pixels are never pasted"
+    assert bool(m.any()) and not bool(m.all())
+    # Pasted pixels hold only about half of each sample's classes.
+    for a in range(b):
+        pasted = set(labels[a][m[a]].unique().tolist())
+        present = set(labels[a][labels[a] != 255].unique().tolist())
+        assert pasted <= present and len(pasted) <= (len(present) + 1) // 2
+
+
+def test_mocm_high_tau_pastes_nothing() -> None:
+    g = torch.Generator().manual_seed(0)
+    images, labels = torch.rand(2, 3, 16, 16, generator=g), torch.randint(0, 3, (2, 16, 16), generator=g)
+    weights = torch.full((2, 16, 16), 0.2)
+    _, y, _, m = mocm(
+        images, labels, weights, 3, patch=4, tau=0.5, fraction=1.0, generator=g, backend="torch"
+    )
+    assert not bool(m.any()) and torch.equal(y, labels[torch.tensor([1, 0])])
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m not in ("source_only", "adabn")])
+def test_every_training_method_takes_a_finite_step(tiny_net: torch.nn.Module, method: str) -> None:
+    a = _adapter(tiny_net, method=method)
+    before = copy.deepcopy(a.student.state_dict())
+    logs = a.step(_images(), 0, torch.Generator().manual_seed(0))
+    assert torch.isfinite(logs["loss"])
+    assert any(not torch.equal(v, before[k]) for k, v in a.student.state_dict().items())
+
+
+def test_threshold_st_ignores_the_least_confident_pixels(tiny_net: torch.nn.Module) -> None:
+    a = _adapter(tiny_net, method="threshold_st", **{"optim.threshold_keep": 0.2})
+    assert a.metric is None and a.teacher is not None
+    a.step(_images(), 0, torch.Generator().manual_seed(0))  # runs; the kept share is checked below
+    from stvm_sdk.models import forward_logits, normalize
+
+    with torch.no_grad():
+        conf = forward_logits(a.teacher, normalize(_images(), MEAN, STD)).softmax(1).max(1).values
+    thr = torch.quantile(conf.flatten(), 0.8)
+    assert 0.1 < float((conf >= thr).float().mean()) < 0.3

@@ -1,0 +1,120 @@
+"""adapt(): the caller's model is untouched, runs are deterministic, outputs reload."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from stvm_sdk import AdaptConfig, adapt, load_model
+from stvm_sdk.errors import DataError, ModelLoadError
+
+TINY = {
+    "run.iters": 4,
+    "metric.warmup": 1,
+    "data.batch_size": 2,
+    "data.crop": [32, 64],
+    "run.log_every": 2,
+    "run.checkpoint_every": 2,
+    "mix.patch": 8,
+}
+
+
+def _cfg(**over: object) -> AdaptConfig:
+    return AdaptConfig().with_overrides({**TINY, **over})
+
+
+def test_adapt_leaves_the_source_model_untouched(
+    tiny_net: torch.nn.Module, frames: tuple[Path, Path], tmp_path: Path
+) -> None:
+    tiny_net.train()
+    before = copy.deepcopy(tiny_net.state_dict())
+    result = adapt(tiny_net, frames[0], config=_cfg(), out_dir=tmp_path / "run", progress=False)
+    for k, v in tiny_net.state_dict().items():
+        assert torch.equal(v, before[k]), f"{k} changed"
+    assert tiny_net.training and all(p.requires_grad for p in tiny_net.parameters())
+    assert result.model.module is not tiny_net
+    # ...and the adapted model did change.
+    assert any(not torch.equal(v, before[k]) for k, v in result.student.module.state_dict().items())
+
+
+def test_adapt_leaves_a_source_file_untouched(
+    lraspp_checkpoint: Path, frames: tuple[Path, Path], tmp_path: Path
+) -> None:
+    digest = hashlib.sha256(lraspp_checkpoint.read_bytes()).hexdigest()
+    result = adapt(
+        lraspp_checkpoint, frames[0], config=_cfg(**{"run.iters": 2}), out_dir=tmp_path / "r", progress=False
+    )
+    assert hashlib.sha256(lraspp_checkpoint.read_bytes()).hexdigest() == digest
+    reloaded = load_model(result.model_path)
+    assert reloaded.arch == "lraspp_mobilenet_v3_large" and reloaded.class_names[0] == "road"
+
+
+def test_same_seed_same_weights(tiny_net: torch.nn.Module, frames: tuple[Path, Path], tmp_path: Path) -> None:
+    a = adapt(tiny_net, frames[0], config=_cfg(), out_dir=tmp_path / "a", progress=False)
+    b = adapt(tiny_net, frames[0], config=_cfg(), out_dir=tmp_path / "b", progress=False)
+    c = adapt(tiny_net, frames[0], config=_cfg(**{"run.seed": 1}), out_dir=tmp_path / "c", progress=False)
+    sa, sb, sc = (r.student.module.state_dict() for r in (a, b, c))
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert any(not torch.equal(sa[k], sc[k]) for k in sa)
+
+
+def test_run_directory_holds_config_metrics_checkpoint_and_models(
+    tiny_net: torch.nn.Module, frames: tuple[Path, Path], tmp_path: Path
+) -> None:
+    result = adapt(
+        tiny_net, frames[0], labels_dir=frames[1], config=_cfg(), out_dir=tmp_path / "run", progress=False
+    )
+    run = result.run_dir
+    assert AdaptConfig.from_dict(json.loads((run / "config.json").read_text())) == _cfg()
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4]
+    for key in ("loss", "loss_metric", "mean_weight", "pseudo_hist", "lr", "images_per_s"):
+        assert key in records[-1], key
+    assert len(records[-1]["pseudo_hist"]) == 5 and "loss_st" in records[-1]
+    assert (run / "checkpoints" / "last.pt").is_file()
+    for name in ("model.pt", "teacher.pt", "student.pt", "summary.json"):
+        assert (run / name).is_file(), name
+    m = result.metrics
+    assert m["steps"] == 4 and m["images_used"] == 6 and m["images_skipped"] == 0
+    assert 0 <= m["miou_before"] <= 100 and 0 <= m["miou_after"] <= 100
+    assert set(m["per_class_iou"]) == {"before", "after"}
+
+
+@pytest.mark.parametrize("method", ["source_only", "adabn"])
+def test_methods_without_training_save_the_right_model(
+    tiny_net: torch.nn.Module, frames: tuple[Path, Path], tmp_path: Path, method: str
+) -> None:
+    result = adapt(tiny_net, frames[0], config=_cfg(method=method), out_dir=tmp_path / method, progress=False)
+    assert result.metrics["steps"] == 0
+    src_mean = tiny_net.state_dict()["backbone.1.running_mean"]
+    out_mean = result.model.module.state_dict()["backbone.1.running_mean"]
+    assert torch.equal(src_mean, out_mean) == (method == "source_only")
+
+
+def test_existing_run_needs_resume_and_resume_needs_same_config(
+    tiny_net: torch.nn.Module, frames: tuple[Path, Path], tmp_path: Path
+) -> None:
+    adapt(tiny_net, frames[0], config=_cfg(), out_dir=tmp_path / "run", progress=False)
+    with pytest.raises(DataError, match="--resume"):
+        adapt(tiny_net, frames[0], config=_cfg(), out_dir=tmp_path / "run", progress=False)
+    from stvm_sdk.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="config differs"):
+        adapt(
+            tiny_net,
+            frames[0],
+            config=_cfg(**{"run.iters": 9}),
+            out_dir=tmp_path / "run",
+            resume=True,
+            progress=False,
+        )
+
+
+def test_wrong_class_count_is_rejected(tiny_net: torch.nn.Module, frames: tuple[Path, Path]) -> None:
+    with pytest.raises(ModelLoadError, match="outputs 5 classes but --num-classes is 19"):
+        adapt(tiny_net, frames[0], config=_cfg(), num_classes=19, progress=False)

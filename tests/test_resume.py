@@ -1,0 +1,88 @@
+"""A run killed with SIGKILL and resumed ends bit-identical to an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ARGS = ["--iters", "8", "--batch-size", "2", "--crop", "32x64", "--seed", "3", "--json"]
+
+
+def _cmd(source: Path, target: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "stvm_sdk.cli",
+        "adapt",
+        "--source",
+        str(source),
+        "--target",
+        str(target),
+        "--out",
+        str(out),
+        *ARGS,
+        *extra,
+    ]
+
+
+def _env(tmp: Path) -> dict[str, str]:
+    cfg = tmp / "every2.toml"
+    cfg.write_text("[run]\ncheckpoint_every = 2\nlog_every = 2\n[metric]\nwarmup = 2\n[mix]\npatch = 8\n")
+    return {**os.environ, "OMP_NUM_THREADS": "2"}
+
+
+def test_resume_after_sigkill_is_bit_identical(
+    lraspp_checkpoint: Path, frames: tuple[Path, Path], tmp_path: Path
+) -> None:
+    env = _env(tmp_path)
+    cfg = ["--config", str(tmp_path / "every2.toml")]
+    full = subprocess.run(
+        _cmd(lraspp_checkpoint, frames[0], tmp_path / "full", *cfg),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert full.returncode == 0, full.stderr
+
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(
+        _cmd(lraspp_checkpoint, frames[0], run, *cfg),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    ckpt = run / "checkpoints" / "last.pt"
+    deadline = time.time() + 240
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (run / "model.pt").exists()
+    step = torch.load(ckpt, weights_only=True)["step"]
+    assert 2 <= step < 8
+
+    resumed = subprocess.run(
+        _cmd(lraspp_checkpoint, frames[0], run, *cfg, "--resume"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["steps"] == 8
+    for name in ("student.pt", "teacher.pt"):
+        a = torch.load(tmp_path / "full" / name, weights_only=True)["state_dict"]
+        b = torch.load(run / name, weights_only=True)["state_dict"]
+        for key in a:
+            assert torch.equal(a[key], b[key]), f"{name}:{key} differs after resume"
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [2, 4, 6, 8]
