@@ -145,7 +145,13 @@ class WeightedCrossEntropyFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, logits: Tensor, labels: Tensor, weights: Tensor, ignore_index: int, normalize: str
+        ctx: Any,
+        logits: Tensor,
+        labels: Tensor,
+        weights: Tensor,
+        ignore_index: int,
+        normalize: str,
+        need_grad: bool,
     ) -> Tensor:
         x, (sxb, sxk, sxp) = flat_view(logits)
         y, (syb, syp) = flat_view(labels)
@@ -161,7 +167,8 @@ class WeightedCrossEntropyFunction(torch.autograd.Function):
                               NORM_WEIGHTS=norm_w, BLOCK=block_p)  # fmt: skip
         # Per-program partials summed by torch: deterministic, unlike float atomics; stays on device.
         den = part_den.sum().clamp_min(WEIGHT_SUM_EPS if norm_w else 1.0)
-        write_grad = bool(ctx.needs_input_grad[0])
+        # needs_input_grad ignores no_grad/inference mode, so the caller says whether a graph is built.
+        write_grad = need_grad and bool(ctx.needs_input_grad[0])
         grad = dense_like(x) if write_grad else x.new_empty((1, 1, 1, 1))
         _, (sgb, sgk, sgp) = flat_view(grad)
         part_loss = torch.empty_like(part_den)
@@ -174,7 +181,7 @@ class WeightedCrossEntropyFunction(torch.autograd.Function):
         return part_loss.sum() / den
 
     @staticmethod
-    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, None, None, None, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, None, None, None, None, None]:  # type: ignore[override]
         grad = ctx.grad
         if grad is None:
             if ctx.needs_input_grad[0]:
@@ -182,12 +189,12 @@ class WeightedCrossEntropyFunction(torch.autograd.Function):
                     "weighted_cross_entropy (Triton) supports one backward per forward; "
                     "recompute the loss instead of retain_graph=True, or use backend='torch'"
                 )
-            return None, None, None, None, None
+            return None, None, None, None, None, None
         ctx.grad = None  # hand the buffer to autograd; keeping it here would pin it after backward
         go = grad_out.detach().float().reshape(1)
         block = 65536 if _INTERPRET else 4096
         _scale_unless_one_kernel[(triton.cdiv(grad.numel(), block),)](grad, go, grad.numel(), BLOCK=block)
-        return grad, None, None, None, None
+        return grad, None, None, None, None, None
 
 
 def weighted_cross_entropy_triton(
@@ -215,7 +222,8 @@ def weighted_cross_entropy_triton(
     check_sample_size(logits, "logits")
     if logits.numel() == 0:
         return logits.float().sum() * 0.0  # loss 0 with a zero-gradient path, no launch
+    need_grad = torch.is_grad_enabled() and logits.requires_grad
     out: Tensor = WeightedCrossEntropyFunction.apply(
-        logits, labels, weights.detach(), ignore_index, normalize
+        logits, labels, weights.detach(), ignore_index, normalize, need_grad
     )
     return out

@@ -159,8 +159,11 @@ def test_triton_handles_non_contiguous_logits(layout, device, triton_ok):
 
 def test_triton_forward_without_grad_matches_and_second_backward_raises(device, triton_ok):
     logits, labels, weights = _inputs((2, 19, 4, 6), torch.float32, device)
-    with torch.no_grad():
+    logits.requires_grad_(True)
+    with torch.no_grad():  # no gradient buffer is written (or needed) here
         loss = weighted_cross_entropy(logits, labels, weights, backend="triton")
+    assert not loss.requires_grad
+    logits = logits.detach()
     torch.testing.assert_close(
         loss, weighted_cross_entropy_ref(logits, labels, weights), rtol=1e-5, atol=1e-6
     )
