@@ -26,8 +26,9 @@ from stvm_sdk.data.batches import BatchLoader, load_frame, step_generator
 from stvm_sdk.data.frames import FrameFolder, scan_frames
 from stvm_sdk.errors import BackendUnavailableError, ModelLoadError
 from stvm_sdk.eval.evaluate import EvalResult, evaluate_frames
+from stvm_sdk.method.metric import MetricHead
 from stvm_sdk.method.norm import reestimate_bn
-from stvm_sdk.method.stvm import Adapter
+from stvm_sdk.method.stvm import Adapter, pseudo_label_reliability
 from stvm_sdk.models.contract import normalize
 from stvm_sdk.models.io import SegModel, from_module, load_model, save_model, save_torchscript
 from stvm_sdk.rundir import RunDir
@@ -44,10 +45,27 @@ class AdaptResult:
     student: SegModel
     run_dir: Path
     metrics: dict[str, Any] = field(default_factory=dict)
+    metric: MetricHead | None = None  # STvM's metric network + proxies (for reliability maps)
 
     @property
     def model_path(self) -> Path:
         return self.run_dir / "model.pt"
+
+
+@torch.no_grad()
+def reliability_map(result: AdaptResult, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher pseudo-labels ``[B,H,W]`` and their reliability ``[B,H,W]`` in [0,1] for images in [0,1].
+
+    Only STvM runs have a metric network; for other methods this raises ``ValueError``.
+    """
+    if result.metric is None or result.teacher is None or result.teacher.classifier is None:
+        raise ValueError("reliability maps need an STvM run (method stvm or stvm_no_mocm)")
+    teacher = result.teacher
+    cfg = AdaptConfig().reliability
+    return pseudo_label_reliability(
+        teacher.module.eval(), teacher.classifier, result.metric.eval(), normalize(images, teacher.mean, teacher.std),
+        cfg.mode, cfg.scale,
+    )  # fmt: skip
 
 
 def resolve_device(name: str) -> torch.device:
@@ -296,4 +314,4 @@ def _finish(
             images_evaluated=after.n_images,
         )
     (run.path / "summary.json").write_text(json.dumps(metrics, indent=2))
-    return AdaptResult(model, teacher, student, run.path, metrics)
+    return AdaptResult(model, teacher, student, run.path, metrics, adapter.metric)

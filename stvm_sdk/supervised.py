@@ -85,7 +85,7 @@ def train_source(
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                bar.update(step + 1, {"loss_st": float(loss)} if (step + 1) % 10 == 0 else None)
+                bar.update(step + 1, {"loss_st": float(loss.detach())} if (step + 1) % 10 == 0 else None)
     finally:
         loader.close()
     net.cpu().eval()

@@ -29,7 +29,7 @@ from stvm_sdk.method.ema import ema_beta, ema_update
 from stvm_sdk.method.metric import MetricHead, balanced_pixel_mask, proxy_anchor_loss, proxy_nca_loss
 from stvm_sdk.method.mixing import mocm
 from stvm_sdk.method.norm import configure_tent
-from stvm_sdk.models.contract import FeatureHook, forward_logits, get_submodule, normalize
+from stvm_sdk.models.contract import FeatureHook, capture_features, forward_logits, get_submodule, normalize
 
 IGNORE = 255
 
@@ -52,6 +52,20 @@ def reliability(z: Tensor, proxies: Tensor, labels: Tensor, mode: str, scale: fl
         "bdhw,bdhw->bhw", z, proxies[labels.clamp(max=proxies.shape[0] - 1)].permute(0, 3, 1, 2)
     )
     return torch.where(labels == IGNORE, torch.zeros_like(cos), (1 + cos) / 2)
+
+
+def pseudo_label_reliability(
+    teacher: nn.Module, classifier: str, metric: MetricHead, x: Tensor, mode: str, scale: float
+) -> tuple[Tensor, Tensor]:
+    """Teacher pseudo-labels and their reliability at pixel resolution for normalised images ``x``."""
+    with capture_features(teacher, classifier) as hook:
+        logits = forward_logits(teacher, x).float()
+        z = metric(_detach(hook.pop()))
+    pseudo = logits.argmax(1)
+    y_feat = nnf.interpolate(logits, size=z.shape[-2:], mode="bilinear", align_corners=False).argmax(1)
+    r = reliability(z, metric.unit_proxies(), y_feat, mode, scale, "auto")
+    r = nnf.interpolate(r[:, None], size=pseudo.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    return pseudo, r.clamp(0.0, 1.0)
 
 
 class Adapter(nn.Module):
