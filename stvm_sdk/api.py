@@ -46,6 +46,7 @@ class AdaptResult:
     run_dir: Path
     metrics: dict[str, Any] = field(default_factory=dict)
     metric: MetricHead | None = None  # STvM's metric network + proxies (for reliability maps)
+    config: AdaptConfig = field(default_factory=AdaptConfig)
 
     @property
     def model_path(self) -> Path:
@@ -61,11 +62,11 @@ def reliability_map(result: AdaptResult, images: torch.Tensor) -> tuple[torch.Te
     if result.metric is None or result.teacher is None or result.teacher.classifier is None:
         raise ValueError("reliability maps need an STvM run (method stvm or stvm_no_mocm)")
     teacher = result.teacher
-    cfg = AdaptConfig().reliability
+    cfg = result.config.reliability
+    x = normalize(images, teacher.mean, teacher.std)
     return pseudo_label_reliability(
-        teacher.module.eval(), teacher.classifier, result.metric.eval(), normalize(images, teacher.mean, teacher.std),
-        cfg.mode, cfg.scale,
-    )  # fmt: skip
+        teacher.module.eval(), teacher.classifier, result.metric.eval(), x, cfg.mode, cfg.scale
+    )
 
 
 def resolve_device(name: str) -> torch.device:
@@ -314,4 +315,4 @@ def _finish(
             images_evaluated=after.n_images,
         )
     (run.path / "summary.json").write_text(json.dumps(metrics, indent=2))
-    return AdaptResult(model, teacher, student, run.path, metrics, adapter.metric)
+    return AdaptResult(model, teacher, student, run.path, metrics, adapter.metric, cfg)
