@@ -11,6 +11,11 @@ COMMAND_MODULES = [
     "stvm_sdk.cli.adapt_cmd",
     "stvm_sdk.cli.eval_cmd",
     "stvm_sdk.cli.train_cmd",
+    "stvm_sdk.cli.demo_cmd",
+    "stvm_sdk.cli.export_cmd",
+    "stvm_sdk.cli.bench_cmd",
+    "stvm_sdk.cli.predict_cmd",
+    "stvm_sdk.cli.synth_cmd",
 ]
 
 

@@ -1,0 +1,72 @@
+"""`stvm demo`: the main job on the built-in synthetic benchmark (README's first command)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import typer
+from stvm_sdk.cli.common import console, print_json, user_errors
+
+
+@user_errors
+def demo_command(
+    quick: bool = typer.Option(False, "--quick", help="A ~3-minute version (smaller data, fewer steps)."),
+    out: Path = typer.Option(Path("runs/demo"), "--out", help="Where the adapted model, export and logs go."),
+    cache: Path = typer.Option(
+        Path(".stvm_cache"), "--cache", help="Generated data and trained source models."
+    ),
+    fresh: bool = typer.Option(False, "--fresh", help="Start the adaptation over instead of resuming it."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
+) -> None:
+    """Generate data, train a source model, adapt it with STvM, evaluate, export and benchmark."""
+    import shutil
+
+    from stvm_sdk.demo import DemoSettings, run_demo
+
+    logging.basicConfig(level=logging.INFO if not json_out else logging.WARNING, format="%(message)s")
+    settings = DemoSettings.quick() if quick else DemoSettings()
+    out = out / ("quick" if quick else "full")
+    if fresh:
+        shutil.rmtree(out, ignore_errors=True)
+    say = (lambda _m: None) if json_out else (lambda m: console.print(f"[bold]stvm demo[/bold] {m}"))
+    summary = run_demo(settings, cache=cache, out_dir=out, progress=not json_out, say=say)
+    if json_out:
+        print_json(summary)
+    else:
+        _print(summary)
+
+
+def _print(s: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    t = Table(title="stvm demo: synthetic source -> target, STvM", show_header=False)
+    t.add_row("mIoU before (source model)", f"{s['miou_before']:.2f}")
+    t.add_row("mIoU after (STvM)", f"{s['miou_after']:.2f}")
+    t.add_row("held-out labelled frames", str(s["val_frames"]))
+    v = s["verification"]
+    t.add_row(
+        "ONNX vs PyTorch",
+        f"max |diff| {v['max_abs_diff']:.2e}, argmax agreement {v['argmax_agreement']:.2f}%",
+    )
+    for row in s["bench"]:
+        t.add_row(
+            f"latency {row['backend']} {row['precision']}",
+            f"{row['mean_ms']:.1f} ms (p90 {row['p90_ms']:.1f})",
+        )
+    for key in ("source_model", "run_dir", "model_path", "onnx_path", "sidecar_path"):
+        t.add_row(key, s[key])
+    t.add_row("time", f"{s['seconds']:.0f} s " + str(s["timings_s"]))
+    console.print(t)
+    pc = Table(title="per-class IoU (%) on held-out target frames")
+    for col in ("class", "before", "after"):
+        pc.add_column(col, justify="left" if col == "class" else "right")
+    for name, b in s["per_class_iou"]["before"].items():
+        a = s["per_class_iou"]["after"][name]
+        pc.add_row(name, "-" if b is None else f"{b:.1f}", "-" if a is None else f"{a:.1f}")
+    console.print(pc)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo")(demo_command)

@@ -1,0 +1,63 @@
+"""Cached synthetic benchmark assets: generated domains and trained source/oracle models.
+
+The demo and the accuracy benchmark share these so a second run reuses the first one's data and
+models. A cache entry is valid when its ``meta.json`` matches the request exactly; it is written
+last, so an interrupted generation or training is redone, never half-used.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CACHE = Path(".stvm_cache")
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    """One generated split of one domain."""
+
+    domain: str
+    split: str
+    n: int
+    size: tuple[int, int]
+    seed: int = 0
+
+    @property
+    def key(self) -> str:
+        return f"{self.domain}-{self.split}-{self.n}-{self.size[0]}x{self.size[1]}-s{self.seed}"
+
+
+def _valid(path: Path, meta: dict[str, Any]) -> bool:
+    f = path / "meta.json"
+    return f.is_file() and json.loads(f.read_text()) == json.loads(json.dumps(meta))
+
+
+def ensure_domain(spec: DomainSpec, cache: Path = DEFAULT_CACHE) -> Path:
+    """The dataset root (Cityscapes layout) of ``spec``, generated on first use."""
+    from stvm_sdk.data.synthetic import generate
+
+    root = cache / "data" / spec.key
+    meta = {"kind": "synthetic", **asdict(spec)}
+    if not _valid(root, meta):
+        shutil.rmtree(root, ignore_errors=True)
+        generate(root, spec.domain, spec.n, seed=spec.seed, size=spec.size, split=spec.split)
+        (root / "meta.json").write_text(json.dumps(meta))
+    return root
+
+
+def ensure_trained(data: DomainSpec, cfg: Any, cache: Path = DEFAULT_CACHE, *, progress: bool = True) -> Path:
+    """A model trained with labels on ``data`` (source model, or the oracle on target), cached."""
+    from stvm_sdk.supervised import train_source
+
+    root = ensure_domain(data, cache)
+    out = cache / "models" / f"{cfg.arch}-{data.key}-{cfg.iters}it-b{cfg.batch_size}-s{cfg.seed}"
+    meta = {"kind": "supervised", "data": asdict(data), "train": asdict(cfg)}
+    if not _valid(out, meta):
+        out.mkdir(parents=True, exist_ok=True)
+        train_source(root, root, out / "model.pt", cfg, progress=progress)
+        (out / "meta.json").write_text(json.dumps(meta))
+    return out / "model.pt"
