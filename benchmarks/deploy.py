@@ -1,0 +1,254 @@
+"""Deployment targets of issue 5, measured side by side on this machine's CPU.
+
+For the demo model (lraspp_mobilenet_v3_large, 19 classes, trained on labelled synthetic *target*
+frames so the accuracy figures mean something) at 512x1024, batch 1:
+
+* ONNX Runtime vs eager PyTorch latency (target: ORT <= 0.8x eager);
+* fp16 graph argmax agreement with the fp32 model (target: >= 99.5 %);
+* INT8 Q/DQ graph mIoU vs fp32 on held-out labelled target frames (target: within 1.0 point),
+  and INT8 vs fp32 ORT latency (target: INT8 faster).
+
+Everything goes through the SDK (``export_model``, ``bench.measure``), i.e. what `stvm export` and
+`stvm bench` do. Writes ``benchmarks/results/deploy.{md,json}``.
+
+    python benchmarks/deploy.py              # ~15 min the first time (data + training), then ~5 min
+    python benchmarks/deploy.py --quick      # smoke run: tiny data, 30 training steps
+
+Data and the trained model are cached under ``benchmarks/cache/deploy`` (git-ignored), keyed by
+the settings, so a re-run only measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cache", type=Path, default=ROOT / "cache" / "deploy")
+    p.add_argument("--n-train", type=int, default=240, help="labelled target training frames (512x1024)")
+    p.add_argument("--n-val", type=int, default=24, help="held-out labelled target frames (512x1024)")
+    p.add_argument("--iters", type=int, default=800, help="training steps of the demo model")
+    p.add_argument("--shape", default="512x1024")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--iters-bench", type=int, default=30)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--prepare-only", action="store_true", help="make data and the demo model, then stop")
+    p.add_argument("--out", type=Path, default=ROOT / "results" / "deploy.md")
+    a = p.parse_args()
+    if a.quick:
+        a.n_train, a.n_val, a.iters, a.iters_bench, a.warmup = 16, 6, 30, 5, 1
+        a.cache, a.shape = a.cache.with_name("deploy_quick"), "256x512"
+    return a
+
+
+def prepare(a: argparse.Namespace) -> tuple[Path, Path]:
+    """Generate (cached) labelled target frames and train (cached) the demo model on them."""
+    from stvm_sdk.data.synthetic import generate
+    from stvm_sdk.supervised import TrainConfig, train_source
+
+    h, w = (int(v) for v in a.shape.split("x"))
+    train, val = a.cache / f"train_{a.n_train}_{h}x{w}", a.cache / f"val_{a.n_val}_{h}x{w}"
+    for root, n, split in ((train, a.n_train, "train"), (val, a.n_val, "val")):
+        if not (root / f"synth_target_{split}.json").is_file():
+            print(f"generating {n} {split} frames at {h}x{w} in {root}", file=sys.stderr)
+            generate(root, "target", n, seed=0, size=(h, w), split=split)
+    model = a.cache / f"demo_lraspp_{a.n_train}_{h}x{w}_{a.iters}it.pt"
+    if not model.is_file():
+        print(f"training the demo model ({a.iters} steps) -> {model}", file=sys.stderr)
+        # Crops at the deployment scale (objects as large as at 512x1024), small enough to train on 2 cores.
+        cfg = TrainConfig(iters=a.iters, batch_size=8, crop=(h // 4, w // 4), lr=2e-3, seed=0, device="cpu")
+        train_source(train / "leftImg8bit", train / "gtFine", model, cfg, progress=False)
+    return model, val
+
+
+def calib_folder(a: argparse.Namespace, train: Path, n: int = 24) -> Path:
+    """A Cityscapes-layout folder of ``n`` training-split frames (links): the calibration set."""
+    root = a.cache / f"calib_{n}_{train.name}"
+    if not root.is_dir():
+        for src in sorted((train / "leftImg8bit").rglob("*_leftImg8bit.png"))[:n]:
+            rel = src.relative_to(train / "leftImg8bit")
+            lab = train / "gtFine" / rel.parent / src.name.replace("_leftImg8bit", "_gtFine_labelTrainIds")
+            for s, d in (
+                (src, root / "leftImg8bit" / rel),
+                (lab, root / "gtFine" / lab.relative_to(train / "gtFine")),
+            ):
+                d.parent.mkdir(parents=True, exist_ok=True)
+                d.symlink_to(s)
+    return root
+
+
+def accuracy(model, export, val: Path, size: tuple[int, int]) -> dict:  # noqa: ANN001
+    """fp32/fp16/int8 graphs vs eager on every held-out labelled frame (not used for calibration)."""
+    from stvm_sdk.export.verify import load_frames, verify_onnx
+
+    frames, desc = load_frames(val, size=size, n=10_000)
+    out = {"frames": desc}
+    for art in export.artifacts:
+        v = verify_onnx(art.onnx_path, model, frames, precision=art.precision)
+        out[art.precision] = v.to_dict()
+    return out
+
+
+def measure(a: argparse.Namespace, model_path: Path, val: Path, train: Path) -> dict:
+    from stvm_sdk.bench.run import bench_models
+    from stvm_sdk.export.pipeline import ExportOptions, export_model
+    from stvm_sdk.models import load_model
+
+    h, w = (int(v) for v in a.shape.split("x"))
+    model = load_model(model_path)
+    t0 = time.perf_counter()
+    opts = ExportOptions(
+        out_dir=a.cache / "export",
+        fp16=True,
+        int8=True,
+        calib=calib_folder(a, train),
+        shape=a.shape,
+        verify_frames=8,
+        calib_frames=16,
+    )
+    export = export_model(model, opts, source=model_path, log=lambda m: print(m, file=sys.stderr))
+    export_s = time.perf_counter() - t0
+    acc = accuracy(model, export, val, (h, w))
+    onnx_files = [x.onnx_path for x in export.artifacts if x.precision in ("fp32", "int8")]
+    bench = bench_models(
+        [model_path, *onnx_files],
+        backends="torch,ort",
+        shape=(h, w),
+        warmup=a.warmup,
+        iters=a.iters_bench,
+        threads=a.threads,
+    )
+    return {"export": export.to_dict(), "export_seconds": export_s, "accuracy": acc, "bench": bench.to_dict()}
+
+
+def targets(r: dict) -> list[tuple[str, str, str, bool]]:
+    """(target, measured, threshold, met) for each CPU target of issue 5."""
+    rows = {(x["model"], x["backend"], x["precision"]): x for x in r["bench"]["rows"]}
+    torch_ms = next(x["mean_ms"] for k, x in rows.items() if k[1] == "torch")
+    ort32 = next(x["mean_ms"] for k, x in rows.items() if k[0].endswith(".onnx") and k[2] == "fp32")
+    ort8 = next(x["mean_ms"] for k, x in rows.items() if k[2] == "int8")
+    acc = r["accuracy"]
+    d_int8 = acc["int8"]["miou_onnx"] - acc["fp32"]["miou_onnx"]
+    return [
+        ("ORT fp32 latency / eager torch", f"{ort32 / torch_ms:.2f}x", "<= 0.8x", ort32 / torch_ms <= 0.8),
+        (
+            "fp16 graph argmax agreement",
+            f"{acc['fp16']['argmax_agreement']:.3f} %",
+            ">= 99.5 %",
+            acc["fp16"]["argmax_agreement"] >= 99.5,
+        ),
+        ("INT8 mIoU - fp32 mIoU (ORT)", f"{d_int8:+.2f} points", ">= -1.0", d_int8 >= -1.0),
+        ("INT8 / fp32 ORT latency", f"{ort8 / ort32:.2f}x", "< 1.0x (faster)", ort8 < ort32),
+    ]
+
+
+def write(a: argparse.Namespace, r: dict) -> None:
+    from stvm_sdk.export.verify import TABLE_HEADER  # noqa: F401  (same figures as `stvm export`)
+
+    m = r["bench"]["machine"]
+    t = targets(r)
+    lines = [
+        "# Deployment benchmark (issue 5)",
+        "",
+        f"Machine: {m['cpu']}, {m['threads']} threads, GPU: {m['gpu'] or 'none'}; torch {m['torch']}, "
+        f"onnxruntime {m['onnxruntime']}, Python {m['python']}. Command: `python benchmarks/deploy.py"
+        f"{' --quick' if a.quick else ''}`.",
+        "",
+        f"Demo model: lraspp_mobilenet_v3_large, 19 classes, trained {a.iters} steps on {a.n_train} labelled "
+        f"synthetic target frames; accuracy on {r['accuracy']['frames']} (held out); "
+        f"input {a.shape}, batch 1.",
+        "",
+        "## Targets (this CPU)",
+        "",
+        "| target | measured | required | met |",
+        "|---|---|---|---|",
+        *[f"| {n} | {v} | {req} | {'yes' if ok else '**no**'} |" for n, v, req, ok in t],
+        "",
+        "TensorRT fp16 >= 3x eager torch fp32 on a GPU: **not measured** "
+        "(no GPU and no TensorRT were available).",
+        "",
+        "## Latency (interleaved, same images)",
+        "",
+        "| model | backend | precision | mean ms | p50 | p90 | p99 | img/s | x torch |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *[
+            f"| {x['model']} | {x['backend']} | {x['precision']} | {x['mean_ms']:.1f} | {x['p50_ms']:.1f} | "
+            f"{x['p90_ms']:.1f} | {x['p99_ms']:.1f} | {x['throughput']:.2f} | {x['ratio_to_torch']:.2f} |"
+            for x in r["bench"]["rows"]
+        ],
+        "",
+        "## Accuracy vs eager PyTorch (ONNX Runtime CPU)",
+        "",
+        "| graph | max abs logit diff | argmax agreement % | mIoU eager | mIoU graph | delta |",
+        "|---|---|---|---|---|---|",
+        *[
+            f"| {p} | {v['max_abs_diff']:.2e} | {v['argmax_agreement']:.3f} | {v['miou_eager']:.2f} | "
+            f"{v['miou_onnx']:.2f} | {v['miou_delta']:+.2f} |"
+            for p, v in r["accuracy"].items()
+            if p != "frames"
+        ],
+        "",
+        f"INT8 calibration: {r['export']['calibration']['method']} chosen by mIoU on the "
+        f"calibration folder's "
+        f"verification frames; scores {json.dumps(r['export']['calibration']['scores'])}.",
+        "",
+    ]
+    edge = r["bench"]["edge_estimate"]
+    if edge:
+        lines += [
+            f"## Edge estimate: {edge['label']}",
+            "",
+            f"{edge['gflops']:.2f} GFLOP per frame, {edge['params'] / 1e6:.2f} M parameters.",
+            "",
+            "| device | precision | peak TFLOPS | GB/s | lower bound ms | unfused-memory ms |",
+            "|---|---|---|---|---|---|",
+            *[
+                f"| {x['device']} | {x['precision']} | {x['peak_tflops']:.1f} | {x['bandwidth_gbs']:.0f} | "
+                f"{x['lower_bound_ms']:.2f} | {x['unfused_memory_ms']:.2f} |"
+                for x in edge["rows"]
+            ],
+            "",
+        ]
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text("\n".join(lines))
+    a.out.with_suffix(".json").write_text(
+        json.dumps(
+            {
+                **r,
+                "targets": t,
+                "settings": {k: str(v) for k, v in vars(a).items()},
+                "platform": platform.platform(),
+            },
+            indent=2,
+            default=str,
+        )
+        + "\n"
+    )
+    print("\n".join(lines))
+
+
+def main() -> None:
+    a = parse()
+    torch.set_num_threads(a.threads)
+    a.cache.mkdir(parents=True, exist_ok=True)
+    model_path, val = prepare(a)
+    if a.prepare_only:
+        return
+    h, w = (int(v) for v in a.shape.split("x"))
+    train = a.cache / f"train_{a.n_train}_{h}x{w}"
+    write(a, measure(a, model_path, val, train))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""`stvm predict`: colourised class maps, overlays and confidence maps from .pt/.onnx/.engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from stvm_sdk.cli.common import console, print_json, user_errors
+
+
+@user_errors
+def predict_command(
+    model: Path = typer.Argument(..., help="Model file: .pt checkpoint, .onnx graph or .engine."),
+    input: Path = typer.Option(
+        ..., "--input", "-i", help="Folder of frames, or a video file (needs OpenCV)."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
+    shape: str | None = typer.Option(None, "--shape", help="Inference size HxW (default: each frame's own)."),
+    confidence: bool = typer.Option(False, "--confidence", help="Also write max-probability maps."),
+    frames: bool = typer.Option(False, "--frames", help="Video input: also write every frame's images."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle"),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Run MODEL on frames or a video and write colour maps (Cityscapes palette) and overlays."""
+    from rich.progress import Progress
+
+    from stvm_sdk.bench.runners import open_runner
+    from stvm_sdk.errors import DataError
+    from stvm_sdk.export.predict import VIDEO_EXTENSIONS, predict_folder, predict_video
+    from stvm_sdk.export.tensorrt import parse_profile
+
+    size = None
+    if shape is not None:
+        prof = parse_profile(shape)
+        size = (prof.opt[2], prof.opt[3])
+    if not input.exists():
+        raise DataError(f"input not found: {input}: pass a folder of frames or a video file")
+    runner = open_runner(model, trust_pickle=trust_pickle)
+    with Progress(console=console, transient=True, disable=json_out) as bar:
+        task = bar.add_task("predict", total=None)
+
+        def tick(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total or None)
+
+        if input.is_file() and input.suffix.lower() in VIDEO_EXTENSIONS:
+            summary = predict_video(
+                runner, input, out, size=size, confidence=confidence, write_frames=frames, progress=tick
+            )
+        else:
+            summary = predict_folder(runner, input, out, size=size, confidence=confidence, progress=tick)
+    result = {
+        "frames": summary.frames,
+        "out_dir": str(summary.out_dir),
+        "skipped": summary.skipped,
+        "video": str(summary.video) if summary.video else None,
+        "backend": runner.label,
+    }
+    if json_out:
+        print_json(result)
+    else:
+        console.print(
+            f"wrote {summary.frames} frame(s) to {summary.out_dir}"
+            + (f" ({summary.skipped} unreadable skipped)" if summary.skipped else "")
+        )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("predict")(predict_command)

@@ -1,0 +1,172 @@
+"""`stvm bench` as one SDK call: open every (model, backend) pair, time them side by side, add the
+edge estimate.
+
+Backends per file: a ``.pt`` checkpoint runs in eager ``torch`` and, exported on the fly to a
+temporary ONNX, in ``ort``; an ``.onnx`` runs in ``ort``; an ``.engine`` in ``trt``. With
+``backends="auto"`` every file gets all the backends it can serve here (TensorRT only where a GPU
+and TensorRT exist; an engine that cannot run here is an error, since it was given explicitly); a
+backend named in ``backends`` must apply to some file, or the call fails saying why.
+"""
+
+from __future__ import annotations
+
+import platform
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stvm_sdk.bench.runners import BACKENDS, Runner, open_runner
+from stvm_sdk.bench.timing import Stats, measure_interleaved
+from stvm_sdk.errors import ConfigError, ModelLoadError
+
+
+@dataclass
+class BenchReport:
+    """Rows (one per backend/precision/model), the edge estimate and where it ran."""
+
+    rows: list[Stats]
+    shape: tuple[int, int, int, int]
+    edge: dict[str, Any] | None = None
+    machine: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rows": [r.to_dict() for r in self.rows],
+            "shape": list(self.shape),
+            "edge_estimate": self.edge,
+            "machine": self.machine,
+        }
+
+
+def parse_backends(spec: str) -> list[str] | None:
+    """``"auto"`` -> None; ``"torch,ort"`` -> ``["torch", "ort"]`` (validated)."""
+    if spec.strip() == "auto":
+        return None
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    bad = [n for n in names if n not in BACKENDS]
+    if bad or not names:
+        raise ConfigError(f"--backend {spec!r}: use auto or a comma list of {', '.join(BACKENDS)}")
+    return names
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, core count, GPU (if any) and library versions, for result tables."""
+    import onnxruntime
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {
+        "cpu": cpu,
+        "threads": torch.get_num_threads(),
+        "gpu": gpu,
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _pairs(paths: Sequence[Path], wanted: list[str] | None) -> list[tuple[Path, str]]:
+    pairs = []
+    for p in paths:
+        kind = {".onnx": ["ort"], ".engine": ["trt"], ".plan": ["trt"]}.get(
+            p.suffix.lower(), ["torch", "ort"]
+        )
+        for b in kind:
+            if wanted is None or b in wanted:
+                pairs.append((p, b))
+    for b in wanted or []:
+        if not any(pb == b for _, pb in pairs):
+            need = {
+                "torch": "a .pt checkpoint",
+                "ort": "a .pt or .onnx file",
+                "trt": "an .engine (stvm export --trt)",
+            }
+            raise ConfigError(f"--backend {b} needs {need[b]} among the models given")
+    return pairs
+
+
+def _open(
+    path: Path, backend: str, shape: tuple[int, ...], tmp: Path, threads: int | None, trust_pickle: bool
+) -> Runner:
+    if backend == "ort" and path.suffix.lower() not in (".onnx",):
+        from stvm_sdk.export.onnx import export_onnx
+        from stvm_sdk.models import load_model
+
+        onnx_path = export_onnx(load_model(path, trust_pickle=trust_pickle), tmp / f"{path.stem}.onnx").path
+        runner = open_runner(onnx_path, "ort", threads=threads)
+        runner.path = path
+        return runner
+    if backend == "trt":
+        from stvm_sdk.export.tensorrt import TrtRunner
+
+        TrtRunner.check_compatible(path, shape)  # profile and GPU/TensorRT match, before any TensorRT object
+    return open_runner(path, backend, trust_pickle=trust_pickle, threads=threads)
+
+
+def bench_models(
+    paths: Sequence[str | Path],
+    *,
+    backends: str = "auto",
+    batch: int = 1,
+    shape: tuple[int, int] = (512, 1024),
+    warmup: int = 20,
+    iters: int = 200,
+    threads: int | None = None,
+    trust_pickle: bool = False,
+    edge: bool = True,
+    seed: int = 0,
+) -> BenchReport:
+    """Time every applicable (model, backend) pair on the same random images, interleaved.
+
+    Raises:
+        ModelLoadError: a missing, unreadable or mismatching file. ConfigError: bad options or a shape
+            outside an engine's profile. BackendUnavailableError: an engine without GPU/TensorRT here.
+    """
+    if batch < 1 or warmup < 0 or iters < 1:
+        raise ConfigError("--batch and --iters must be >= 1 and --warmup >= 0")
+    files = [Path(p) for p in paths]
+    for p in files:
+        if not p.is_file():
+            raise ModelLoadError(f"model file not found: {p}")
+    full = (batch, 3, shape[0], shape[1])
+    pairs = _pairs(files, parse_backends(backends))
+    x = np.random.default_rng(seed).random(full, dtype=np.float32)
+    with tempfile.TemporaryDirectory(prefix="stvm-bench-") as tmp:
+        runners = [_open(p, b, full, Path(tmp), threads, trust_pickle) for p, b in pairs]
+        rows = measure_interleaved(runners, x, warmup=warmup, iters=iters, names=[p.name for p, _ in pairs])
+        est = edge_estimate(runners, full, Path(tmp)) if edge else None
+    return BenchReport(rows, full, est, machine_info())  # type: ignore[arg-type]
+
+
+def edge_estimate(runners: Sequence[Runner], shape: tuple[int, ...], tmp: Path) -> dict[str, Any] | None:
+    """Roofline lower bounds for the first model that has (or can export) an ONNX graph."""
+    import onnx
+
+    from stvm_sdk.bench.roofline import edge_estimates, model_cost
+
+    for r in runners:
+        path = r.path
+        if r.backend == "ort" and Path(str(path)).suffix != ".onnx":
+            path = tmp / f"{Path(path).stem}.onnx"
+        if Path(path).suffix != ".onnx" or not Path(path).is_file():
+            continue
+        cost = model_cost(onnx.load(str(path), load_external_data=False), shape)
+        rows = [row for prec in ("fp16", "int8") for row in edge_estimates(cost, prec)]
+        return {
+            "model": Path(r.path).name,
+            "gflops": cost.flops / 1e9,
+            "params": cost.params,
+            "label": "roofline LOWER BOUND from published peaks, not a measurement",
+            "rows": rows,
+        }
+    return None

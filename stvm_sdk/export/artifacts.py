@@ -1,0 +1,98 @@
+"""Writing deployment artifacts safely: staging folders, atomic renames, hashes and tool versions.
+
+Every artifact is first written under a hidden staging name in the destination folder and renamed
+into place only once it is complete and checked, so an interrupted or failed export never leaves a
+half-written file under the final name (``os.replace`` is atomic within one filesystem).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import shutil
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+SIDECAR_FORMAT = "stvm_sdk.deploy/1"
+
+
+@contextlib.contextmanager
+def staging_dir(final: Path) -> Iterator[Path]:
+    """A fresh hidden folder beside ``final`` for building its artifacts; always removed afterwards."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    stage = final.parent / f".{final.name}.staging-{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir()
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def publish(staged: Path, final: Path) -> Path:
+    """fsync ``staged`` and atomically rename it to ``final`` (replacing an older file)."""
+    with open(staged, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(staged, final)
+    return final
+
+
+def write_bytes_atomic(data: bytes, final: Path) -> Path:
+    """Write ``data`` to ``final`` through a temporary name in the same folder."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        return publish(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json_atomic(obj: Any, final: Path) -> Path:
+    """Write ``obj`` as indented JSON to ``final`` atomically."""
+    return write_bytes_atomic((json.dumps(obj, indent=2, default=str) + "\n").encode(), final)
+
+
+def sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks (engines and external-data files can be large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sidecar_path(artifact: Path) -> Path:
+    """The sidecar JSON of an artifact: ``m.onnx`` -> ``m.json``, ``m.engine`` -> ``m.engine.json``.
+
+    Engines keep their suffix in the name so an engine and the ONNX it came from never share a sidecar.
+    """
+    if artifact.suffix.lower() == ".onnx":
+        return artifact.with_suffix(".json")
+    return artifact.with_name(artifact.name + ".json")
+
+
+def read_sidecar(artifact: Path) -> dict[str, Any] | None:
+    """The artifact's sidecar as a dict, or None when there is none or it is not valid JSON."""
+    p = sidecar_path(artifact)
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def tool_versions() -> dict[str, str | None]:
+    """Versions of the tools that shaped an artifact (None when a tool is not installed)."""
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for dist in ("stvm_sdk", "torch", "torchvision", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    return {k: v for k, v in out.items() if v is not None}

@@ -1,0 +1,289 @@
+"""Export a :class:`~stvm_sdk.models.SegModel` to ONNX for deployment.
+
+The exported graph wraps the model in :class:`DeployModule`, so what runs in the car is exactly:
+``image [B,3,H,W] float32 RGB in [0,1]`` -> (optional) ``(x - mean) / std`` -> model -> logits
+``[B,K,H,W] float32`` or, with ``argmax=True``, ``classes [B,H,W] uint8`` (K/4 bytes per pixel
+instead of 4K: far less output bandwidth on the vehicle bus and no host-side argmax).
+
+Exporter choice (measured on this project's CPUs, see ``shared/docs/env.md``):
+
+* ``legacy`` (TorchScript-based, ``dynamo=False``) is the default: < 1 s per export and it can emit
+  **opset 17**, the newest opset TensorRT 8.5/8.6 parse (JetPack 5 and DRIVE OS 6 ship those), so
+  one file builds on every car we target. It is deprecated upstream but works in torch <= 2.14.
+* ``dynamo`` (``torch.export``-based) takes 11-14 s and needs opset >= 18 (TensorRT >= 10). It is the
+  future-proof path, used by ``exporter="auto"`` only where the legacy exporter is gone.
+
+The graph is checked with ``onnx.checker`` (full check, with shape inference) before it is renamed
+into place; large models keep their weights in ``<name>.onnx.data`` (protobuf caps a file at 2 GiB).
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import time
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from stvm_sdk.errors import ConfigError, ModelLoadError
+from stvm_sdk.export.artifacts import publish, staging_dir
+from stvm_sdk.models.contract import forward_logits
+from stvm_sdk.models.io import SegModel
+
+Exporter = Literal["auto", "legacy", "dynamo"]
+INPUT_NAME = "image"
+LOGITS_NAME = "logits"
+CLASSES_NAME = "classes"
+DEFAULT_OPSET = 17
+IN_AXES = {0: "batch", 2: "height", 3: "width"}
+# Weights above this size go to an external-data file; protobuf refuses messages over 2 GiB.
+EXTERNAL_DATA_THRESHOLD = 1 << 30
+
+
+class DeployModule(nn.Module):
+    """The deployed computation: [0,1] RGB in, logits or a uint8 class map out.
+
+    Normalisation runs in float32 even for an fp16 model (the image statistics need the range);
+    the model body runs in the model's dtype and logits leave as float32 (fp32 I/O contract).
+    """
+
+    mean: Tensor
+    std: Tensor
+
+    def __init__(self, model: SegModel, *, bake_normalize: bool, argmax: bool, half: bool) -> None:
+        super().__init__()
+        self.net = model.module
+        self.bake_normalize, self.argmax, self.use_half = bake_normalize, argmax, half
+        self.register_buffer("mean", torch.tensor(model.mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(model.std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, image: Tensor) -> Tensor:
+        x = (image - self.mean) / self.std if self.bake_normalize else image
+        if self.use_half:
+            x = x.half()
+        logits = forward_logits(self.net, x)
+        if self.argmax:
+            return logits.argmax(1).to(torch.uint8)
+        return logits.float()
+
+
+@dataclass
+class OnnxExport:
+    """Where an export went and what it holds."""
+
+    path: Path
+    exporter: str
+    opset: int
+    precision: str
+    seconds: float
+    external_data: Path | None
+    output_name: str
+    op_counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def size_bytes(self) -> int:
+        extra = self.external_data.stat().st_size if self.external_data else 0
+        return self.path.stat().st_size + extra
+
+
+def export_onnx(
+    model: SegModel,
+    path: str | Path,
+    *,
+    opset: int = DEFAULT_OPSET,
+    exporter: Exporter = "auto",
+    dynamic: bool = True,
+    bake_normalize: bool = True,
+    argmax: bool = False,
+    fp16: bool = False,
+    example_hw: tuple[int, int] = (64, 128),
+    external_data: bool | None = None,
+) -> OnnxExport:
+    """Export ``model`` to ``path`` (atomically) and check the graph.
+
+    Args:
+        model: the model; never modified (a copy is exported).
+        path: destination ``.onnx`` file.
+        opset: ONNX opset; the dynamo exporter needs >= 18.
+        exporter: ``legacy``, ``dynamo`` or ``auto`` (legacy where available).
+        dynamic: dynamic batch/height/width axes (else fixed to ``example_hw`` and batch 1).
+        bake_normalize: input is [0,1] RGB and the graph normalises; else the input is normalised.
+        argmax: output ``classes [B,H,W] uint8`` instead of ``logits [B,K,H,W] float32``.
+        fp16: half-precision weights and compute with float32 input/output (for GPUs).
+        example_hw: the trace input size (any size the model accepts).
+        external_data: force (True) or forbid (False) ``<name>.onnx.data``; None decides by size.
+
+    Raises:
+        ConfigError: bad option combination. ModelLoadError: the model cannot be exported.
+    """
+    final = Path(path)
+    kind = _pick_exporter(exporter, opset)
+    if argmax and model.num_classes > 255:
+        raise ConfigError(
+            f"--argmax writes uint8 class ids; the model has {model.num_classes} classes (> 255)"
+        )
+    wrapper = _deploy_module(model, bake_normalize=bake_normalize, argmax=argmax, half=fp16)
+    out_name = CLASSES_NAME if argmax else LOGITS_NAME
+    start = time.perf_counter()
+    with staging_dir(final) as stage:
+        raw = stage / "raw" / final.name
+        raw.parent.mkdir()
+        _run_exporter(kind, wrapper, raw, opset, dynamic, out_name, example_hw)
+        staged, data = _finalise(raw, stage / final.name, external_data)
+        counts = _check(staged)
+        data_final = final.with_name(data.name) if data is not None else None
+        if data is not None and data_final is not None:
+            publish(data, data_final)  # the weights first, so model.onnx never points at a missing file
+        publish(staged, final)
+        if data is None:
+            # A weights file left by an earlier external-data export of the same name is now stale.
+            final.with_name(final.name + ".data").unlink(missing_ok=True)
+    return OnnxExport(
+        final,
+        kind,
+        opset,
+        "fp16" if fp16 else "fp32",
+        time.perf_counter() - start,
+        data_final,
+        out_name,
+        counts,
+    )
+
+
+def _pick_exporter(exporter: str, opset: int) -> str:
+    if exporter not in ("auto", "legacy", "dynamo"):
+        raise ConfigError(f"exporter must be auto, legacy or dynamo, got {exporter!r}")
+    if exporter == "dynamo" and opset < 18:
+        raise ConfigError(
+            f"the dynamo exporter emits opset >= 18 (asked for {opset}): use --opset 18 or --exporter legacy"
+        )
+    if exporter == "auto":
+        # Quiet fallback: only where this torch has no legacy exporter left.
+        has_legacy = hasattr(torch.onnx, "utils") and hasattr(torch.onnx.utils, "export")
+        return "legacy" if has_legacy or opset < 18 else "dynamo"
+    return exporter
+
+
+def _deploy_module(model: SegModel, *, bake_normalize: bool, argmax: bool, half: bool) -> DeployModule:
+    net = _copy_module(model.module).cpu().eval()
+    clone = replace(model, module=net.half() if half else net)
+    return DeployModule(clone, bake_normalize=bake_normalize, argmax=argmax, half=half).eval()
+
+
+def _copy_module(module: nn.Module) -> nn.Module:
+    """An independent copy (the caller's model is never touched, e.g. by ``.half()``)."""
+    if isinstance(module, torch.jit.ScriptModule):
+        # deepcopy of a ScriptModule yields one the tracer does not recognise as a submodule.
+        buf = io.BytesIO()
+        torch.jit.save(module, buf)
+        buf.seek(0)
+        return torch.jit.load(buf, map_location="cpu")
+    return copy.deepcopy(module)
+
+
+def _run_exporter(
+    kind: str,
+    module: nn.Module,
+    out: Path,
+    opset: int,
+    dynamic: bool,
+    out_name: str,
+    example_hw: tuple[int, int],
+) -> None:
+    from stvm_sdk.kernels import exporting  # reference kernels only: the graph must hold plain ONNX ops
+
+    example = torch.rand(1, 3, *example_hw, generator=torch.Generator().manual_seed(0))
+    axes = (
+        {0: "batch", 1: "height", 2: "width"}
+        if out_name == CLASSES_NAME
+        else {0: "batch", 2: "height", 3: "width"}
+    )
+    try:
+        with exporting(), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # deprecation + tracer warnings on every export
+            if kind == "legacy":
+                if any(isinstance(m, torch.jit.ScriptModule) for m in module.modules()):
+                    # The legacy exporter rejects a TorchScript submodule inside an eager wrapper;
+                    # tracing the wrapper first turns the whole thing into one graph it accepts.
+                    module = torch.jit.trace(module, (example,), check_trace=False, strict=False)
+                torch.onnx.export(
+                    module, (example,), str(out), dynamo=False, opset_version=opset,
+                    input_names=[INPUT_NAME], output_names=[out_name], do_constant_folding=True,
+                    dynamic_axes={INPUT_NAME: IN_AXES, out_name: axes} if dynamic else None,
+                )  # fmt: skip
+            else:
+                dim = torch.export.Dim
+                shapes = (
+                    {
+                        INPUT_NAME: {
+                            0: dim("batch", max=64),
+                            2: dim("height", min=32, max=4096),
+                            3: dim("width", min=32, max=4096),
+                        }
+                    }
+                    if dynamic
+                    else None
+                )
+                program = torch.onnx.export(
+                    module, (example,), dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
+                    output_names=[out_name], dynamic_shapes=shapes, external_data=False,
+                )  # fmt: skip
+                assert program is not None
+                program.save(str(out), external_data=True)
+    except Exception as exc:  # exporter failures are long; the user needs the gist and what to try
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if any(isinstance(m, torch.jit.ScriptModule) for m in module.modules()):
+            hint = "TorchScript models rarely export (dicts, scripted control flow): use a checkpoint dict"
+        else:
+            hint = f"try --exporter {'dynamo --opset 18' if kind == 'legacy' else 'legacy'}"
+        raise ModelLoadError(f"ONNX export ({kind}) failed: {first[:300]}; {hint}") from exc
+
+
+def _finalise(raw: Path, staged: Path, external_data: bool | None) -> tuple[Path, Path | None]:
+    """Re-save the exported graph in the layout we publish: one file, or one file + one data file."""
+    import onnx
+
+    proto = onnx.load(str(raw))  # pulls in any external tensors the exporter wrote
+    weight_bytes = sum(t.ByteSize() for t in proto.graph.initializer)
+    use_external = external_data if external_data is not None else weight_bytes > EXTERNAL_DATA_THRESHOLD
+    if not use_external:
+        onnx.save_model(proto, str(staged))
+        return staged, None
+    data_name = staged.name + ".data"
+    onnx.save_model(
+        proto,
+        str(staged),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=data_name,
+        size_threshold=1024,
+    )
+    return staged, staged.with_name(data_name)
+
+
+def _check(path: Path) -> dict[str, int]:
+    """``onnx.checker`` (by path, so external data works) and the graph's operator counts."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"the exported graph fails onnx.checker: {str(exc).splitlines()[0][:300]}"
+        ) from exc
+    proto = onnx.load(str(path), load_external_data=False)
+    return dict(Counter(n.op_type for n in proto.graph.node))
+
+
+def graph_opset(proto: object) -> int:
+    """The default-domain opset of a loaded ``onnx.ModelProto``."""
+    for entry in proto.opset_import:  # type: ignore[attr-defined]
+        if entry.domain in ("", "ai.onnx"):
+            return int(entry.version)
+    return 0

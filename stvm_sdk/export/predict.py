@@ -1,0 +1,175 @@
+"""`stvm predict`: run a `.pt`, `.onnx` or `.engine` on frames or a video and write what it sees.
+
+For every frame: ``<name>_color.png`` (class map in the Cityscapes palette), ``<name>_overlay.jpg``
+(colours blended over the frame) and, with ``confidence=True``, ``<name>_conf.png`` (max softmax
+probability, white = confident; needs a logits graph, not a baked-argmax one). Output names mirror
+the input tree. Video needs OpenCV (``cv2``), which is optional: without it the command says how to
+install it or how to extract frames instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from stvm_sdk.bench.runners import Runner
+from stvm_sdk.errors import BackendUnavailableError, DataError
+from stvm_sdk.export.palette import colorize, confidence_image, overlay, palette_for
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+CV2_HINT = (
+    "reading video needs OpenCV: pip install opencv-python-headless, or extract frames "
+    "(ffmpeg -i in.mp4 frames/%06d.png) and pass the folder with --input"
+)
+
+
+@dataclass
+class PredictSummary:
+    """How many frames were written where."""
+
+    frames: int
+    out_dir: Path
+    video: Path | None = None
+    skipped: int = 0
+
+
+def infer(
+    runner: Runner, image: np.ndarray, size: tuple[int, int] | None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Class map ``[H,W]`` (at the frame's size) and max-probability map (None for class outputs)."""
+    import torch
+    import torch.nn.functional as nnf
+
+    x = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1)[None] / 255.0
+    h, w = image.shape[:2]
+    if size is not None and size != (h, w):
+        x = nnf.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+    out = torch.from_numpy(np.asarray(runner(x.numpy())))
+    if out.dim() == 3:  # baked argmax: nearest back to the frame size
+        cls = nnf.interpolate(out[:, None].float(), size=(h, w), mode="nearest")[0, 0].to(torch.uint8)
+        return cls.numpy(), None
+    logits = nnf.interpolate(out.float(), size=(h, w), mode="bilinear", align_corners=False)
+    prob = logits.softmax(1)[0]
+    conf, cls = prob.max(0)
+    return cls.to(torch.uint8).numpy(), conf.numpy()
+
+
+def render(
+    image: np.ndarray, classes: np.ndarray, conf: np.ndarray | None, palette: list[list[int]]
+) -> dict[str, np.ndarray]:
+    """The images written per frame, keyed by suffix."""
+    colour = colorize(classes, palette)
+    out = {"color": colour, "overlay": overlay(image, colour)}
+    if conf is not None:
+        out["conf"] = confidence_image(conf)
+    return out
+
+
+def _write(images: dict[str, np.ndarray], stem: Path, confidence: bool) -> None:
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(images["color"]).save(stem.with_name(stem.name + "_color.png"))
+    Image.fromarray(images["overlay"]).save(stem.with_name(stem.name + "_overlay.jpg"), quality=90)
+    if confidence and "conf" in images:
+        Image.fromarray(images["conf"]).save(stem.with_name(stem.name + "_conf.png"))
+
+
+def _palette(runner: Runner) -> list[list[int]]:
+    return palette_for(runner.num_classes or 19)
+
+
+def predict_folder(
+    runner: Runner,
+    input_dir: Path,
+    out_dir: Path,
+    *,
+    size: tuple[int, int] | None = None,
+    confidence: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> PredictSummary:
+    """Predict every readable image under ``input_dir`` (see the module docstring for the outputs)."""
+    from stvm_sdk.data.frames import scan_frames
+    from stvm_sdk.data.images import read_image
+
+    if confidence and runner.output == "classes":
+        raise DataError(
+            "--confidence needs logits, but this graph outputs class ids (exported with --argmax)"
+        )
+    folder = scan_frames(input_dir)
+    palette = _palette(runner)
+    for i, frame in enumerate(folder.frames):
+        image = read_image(frame.image)
+        cls, conf = infer(runner, image, size)
+        _write(render(image, cls, conf, palette), out_dir / frame.rel.with_suffix(""), confidence)
+        if progress:
+            progress(i + 1, len(folder.frames))
+    return PredictSummary(len(folder.frames), out_dir, skipped=len(folder.skipped))
+
+
+def _video_frames(path: Path) -> tuple[Any, Iterator[np.ndarray], float, int]:
+    try:
+        import cv2
+    except ImportError:
+        raise BackendUnavailableError(CV2_HINT) from None
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise DataError(f"cannot open video {path}: check the file, or extract frames with ffmpeg")
+    fps = float(cap.get(cv2.CAP_PROP_FPS) or 25.0)
+    count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+
+    def frames() -> Iterator[np.ndarray]:
+        try:
+            while True:
+                ok, bgr = cap.read()
+                if not ok:
+                    return
+                yield bgr[:, :, ::-1].copy()
+        finally:
+            cap.release()
+
+    return cv2, frames(), fps, count
+
+
+def predict_video(
+    runner: Runner,
+    video: Path,
+    out_dir: Path,
+    *,
+    size: tuple[int, int] | None = None,
+    confidence: bool = False,
+    write_frames: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> PredictSummary:
+    """Predict every frame of ``video``; write ``<stem>_overlay.mp4`` (and per-frame images if asked)."""
+    if not video.is_file():
+        raise DataError(f"video not found: {video}")
+    cv2, frames, fps, count = _video_frames(video)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"{video.stem}_overlay.mp4"
+    tmp = target.with_name(f".{target.name}.tmp.mp4")
+    writer, n, palette = None, 0, _palette(runner)
+    try:
+        for image in frames:
+            cls, conf = infer(runner, image, size)
+            imgs = render(image, cls, conf, palette)
+            if writer is None:
+                h, w = image.shape[:2]
+                writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+            writer.write(imgs["overlay"][:, :, ::-1])
+            if write_frames:
+                _write(imgs, out_dir / f"{video.stem}_{n:06d}", confidence)
+            n += 1
+            if progress:
+                progress(n, count)
+    finally:
+        if writer is not None:
+            writer.release()
+    if n == 0:
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"no frames could be read from {video}")
+    tmp.replace(target)
+    return PredictSummary(n, out_dir, video=target)

@@ -1,0 +1,241 @@
+"""Check an exported graph against the eager PyTorch model it came from, on real frames.
+
+Figures (all on the same frames, at the same input size):
+
+* ``max_abs_diff``: largest |logit_onnx - logit_eager| (None for a baked-argmax graph);
+* ``argmax_agreement``: % of pixels whose class is the same in both;
+* ``miou_eager`` / ``miou_onnx`` / ``miou_delta`` (onnx - eager, in points) when labels exist.
+
+Labels are resized (nearest) to the inference size, so a baked-argmax graph is scored like the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from stvm_sdk.data.batches import load_frame, resize_label
+from stvm_sdk.errors import DataError, VerificationError
+from stvm_sdk.eval.metrics import confusion_matrix, mean_iou
+from stvm_sdk.models.contract import forward_logits, normalize
+from stvm_sdk.models.io import SegModel
+
+# Pass criteria per precision. fp32 differs only by kernel rounding; fp16 and int8 may flip pixels
+# whose two best logits are nearly tied, so they are judged on class agreement and mIoU instead.
+THRESHOLDS: dict[str, dict[str, float]] = {
+    "fp32": {"rel_max_abs_diff": 1e-3, "argmax_agreement": 99.9},
+    "fp16": {"argmax_agreement": 99.5},
+    "int8": {"argmax_agreement": 90.0, "miou_drop": 1.0},
+}
+
+
+@dataclass
+class VerifyFrame:
+    """One verification frame: ``image [3,H,W]`` in [0,1] and optional ``label [H,W]`` (255 = ignore)."""
+
+    image: torch.Tensor
+    label: torch.Tensor | None = None
+
+
+@dataclass
+class Verification:
+    """How an ONNX graph compares with eager PyTorch; ``passed`` applies :data:`THRESHOLDS`."""
+
+    precision: str
+    n_frames: int
+    input_size: tuple[int, int]
+    argmax_agreement: float
+    max_abs_diff: float | None = None
+    max_abs_logit: float | None = None
+    miou_eager: float | None = None
+    miou_onnx: float | None = None
+    miou_delta: float | None = None
+    source: str = ""
+    passed: bool = True
+    failures: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["input_size"] = list(self.input_size)
+        return d
+
+
+def load_frames(
+    folder: str | Path | None,
+    *,
+    size: tuple[int, int],
+    n: int = 8,
+    labels: str | Path | None = None,
+    seed: int = 0,
+) -> tuple[list[VerifyFrame], str]:
+    """Up to ``n`` frames (evenly spread over the folder) resized to ``size``; generated when no folder.
+
+    Returns the frames and a description of where they came from (for the sidecar).
+    """
+    if folder is None:
+        return generated_frames(n, size, seed), f"{n} generated synthetic target frames"
+    from stvm_sdk.data.frames import scan_frames
+
+    scanned = scan_frames(folder, labels if labels is not None else _cityscapes_labels(Path(folder)))
+    picks = np.linspace(0, len(scanned.frames) - 1, num=min(n, len(scanned.frames))).round().astype(int)
+    out = []
+    for i in sorted(set(picks.tolist())):
+        img, lab = load_frame(scanned.frames[i], size, with_label=True)
+        out.append(VerifyFrame(img, lab))
+    n_lab = sum(f.label is not None for f in out)
+    return out, f"{len(out)} frames of {folder} ({n_lab} labelled)"
+
+
+def _cityscapes_labels(root: Path) -> Path | None:
+    return root if (root / "gtFine").is_dir() else None
+
+
+def generated_frames(n: int, size: tuple[int, int], seed: int = 0) -> list[VerifyFrame]:
+    """Labelled synthetic target frames (validation split), rendered in memory."""
+    from stvm_sdk.data.synthetic import iter_frames
+
+    return [
+        VerifyFrame(
+            torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255.0,
+            torch.from_numpy(np.array(lab)).long(),
+        )
+        for img, lab in iter_frames("target", n, seed=seed, size=size, split="val")
+    ]
+
+
+def onnx_inputs(frames: Sequence[VerifyFrame], model: SegModel, *, baked_normalize: bool) -> list[np.ndarray]:
+    """Per-frame ``[1,3,H,W]`` float32 arrays in the graph's input space."""
+    out = []
+    for f in frames:
+        x = f.image[None]
+        out.append((x if baked_normalize else normalize(x, model.mean, model.std)).numpy().astype(np.float32))
+    return out
+
+
+def verify_onnx(
+    path: str | Path,
+    model: SegModel,
+    frames: Sequence[VerifyFrame],
+    *,
+    precision: str,
+    baked_normalize: bool = True,
+    source: str = "",
+    session: Any = None,
+) -> Verification:
+    """Run the graph in ONNX Runtime (CPU) and the eager model on ``frames``; compare and judge.
+
+    Raises:
+        DataError: no frames. (A failed comparison is reported in the result: see :func:`require_pass`.)
+    """
+    if not frames:
+        raise DataError("no frames to verify the export on")
+    from stvm_sdk.bench.runners import ort_session
+
+    sess = session or ort_session(Path(path))
+    acc = _Accumulator(model.num_classes)
+    for f, x in zip(frames, onnx_inputs(frames, model, baked_normalize=baked_normalize), strict=True):
+        with torch.no_grad():
+            eager = forward_logits(model.module.eval(), normalize(f.image[None], model.mean, model.std))
+        acc.add(
+            eager, torch.from_numpy(np.asarray(sess.run(None, {sess.get_inputs()[0].name: x})[0])), f.label
+        )
+    h, w = frames[0].image.shape[-2:]
+    v = Verification(precision, len(frames), (int(h), int(w)), 100.0 * acc.agree / acc.total,
+                     acc.max_diff if acc.logits else None, acc.max_logit, source=source)  # fmt: skip
+    if acc.labelled:
+        v.miou_eager, v.miou_onnx = 100.0 * mean_iou(acc.conf_e), 100.0 * mean_iou(acc.conf_o)
+        v.miou_delta = v.miou_onnx - v.miou_eager
+    return judge(v)
+
+
+class _Accumulator:
+    """Running comparison figures over frames (eager logits vs graph logits or class ids)."""
+
+    def __init__(self, k: int) -> None:
+        self.k, self.agree, self.total, self.labelled = k, 0, 0, 0
+        self.max_diff, self.max_logit, self.logits = 0.0, 0.0, True
+        self.conf_e = torch.zeros(k, k, dtype=torch.int64)
+        self.conf_o = torch.zeros(k, k, dtype=torch.int64)
+
+    def add(self, eager: torch.Tensor, out: torch.Tensor, label: torch.Tensor | None) -> None:
+        pred_e = eager.argmax(1)
+        self.logits = out.dim() == 4
+        if self.logits:
+            self.max_diff = max(self.max_diff, float((out.float() - eager).abs().max()))
+        pred_o = out.argmax(1) if self.logits else out.long()
+        self.max_logit = max(self.max_logit, float(eager.abs().max()))
+        self.agree += int((pred_e == pred_o).sum())
+        self.total += pred_e.numel()
+        if label is not None:
+            lab = resize_label(label, (int(pred_e.shape[-2]), int(pred_e.shape[-1])))
+            self.conf_e += confusion_matrix(pred_e[0], lab, self.k)
+            self.conf_o += confusion_matrix(pred_o[0], lab, self.k)
+            self.labelled += 1
+
+
+def judge(v: Verification, thresholds: dict[str, dict[str, float]] | None = None) -> Verification:
+    """Set ``v.passed``/``v.failures`` from the thresholds of its precision."""
+    t = (thresholds or THRESHOLDS).get(v.precision, THRESHOLDS["fp32"])
+    fails = []
+    if v.argmax_agreement < t.get("argmax_agreement", 0.0):
+        fails.append(f"argmax agreement {v.argmax_agreement:.3f}% < {t['argmax_agreement']}%")
+    if "rel_max_abs_diff" in t and v.max_abs_diff is not None:
+        limit = t["rel_max_abs_diff"] * max(1.0, v.max_abs_logit or 0.0)
+        if not v.max_abs_diff <= limit:
+            fails.append(f"max |logit diff| {v.max_abs_diff:.3g} > {limit:.3g}")
+    if "miou_drop" in t and v.miou_delta is not None and v.miou_delta < -t["miou_drop"]:
+        fails.append(
+            f"mIoU {v.miou_onnx:.2f} is {-v.miou_delta:.2f} points below eager ({v.miou_eager:.2f}), "
+            f"more than {t['miou_drop']}"
+        )
+    v.failures, v.passed = fails, not fails
+    return v
+
+
+def require_pass(v: Verification, path: Path) -> None:
+    """Raise :class:`VerificationError` with the numbers when ``v`` failed."""
+    if not v.passed:
+        raise VerificationError(
+            f"{path.name} ({v.precision}) does not match the PyTorch model on "
+            f"{v.n_frames} frames: {'; '.join(v.failures)}"
+        )
+
+
+def table_rows(results: Sequence[Verification]) -> list[list[str]]:
+    """Rows for the printed verification table (one per precision)."""
+
+    def fmt(x: float | None, spec: str) -> str:
+        return "-" if x is None else format(x, spec)
+
+    return [
+        [
+            v.precision,
+            str(v.n_frames),
+            f"{v.input_size[0]}x{v.input_size[1]}",
+            fmt(v.max_abs_diff, ".2e"),
+            f"{v.argmax_agreement:.3f}",
+            fmt(v.miou_eager, ".2f"),
+            fmt(v.miou_onnx, ".2f"),
+            fmt(v.miou_delta, "+.2f"),
+            "ok" if v.passed else "FAIL",
+        ]
+        for v in results
+    ]
+
+
+TABLE_HEADER = [
+    "precision",
+    "frames",
+    "size",
+    "max|Δlogit|",
+    "argmax agree %",
+    "mIoU eager",
+    "mIoU onnx",
+    "ΔmIoU",
+    "check",
+]
