@@ -142,6 +142,10 @@ class RunConfig:
     amp: bool = False  # bf16 autocast on CUDA
     bn_init_frames: int = 200  # frames used to re-estimate BN statistics (decision 0)
     eval_size: tuple[int, int] | None = None  # inference size for evaluation; None = native
+    # Multi-process runs only: normalise the student's BatchNorm with statistics over the global
+    # batch (all processes), so N processes with batch B train like one process with batch N*B.
+    # Off: each process normalises by its own B images (plain DDP); see stvm_sdk/distributed.py.
+    sync_bn: bool = False
 
     def __post_init__(self) -> None:
         _check(

@@ -1,7 +1,9 @@
 """Turning frames into tensors: resize, deterministic random crops, and batches.
 
 Randomness is a pure function of ``(seed, step)`` so a resumed run draws exactly the batches an
-uninterrupted one would (no RNG state to checkpoint), and nothing touches global RNGs.
+uninterrupted one would (no RNG state to checkpoint), and nothing touches global RNGs. A process of
+a multi-process run takes its slice of the global batch (B x world frames, drawn as one process with
+that batch would), so N processes with batch B see exactly the frames and crops of one with N*B.
 """
 
 from __future__ import annotations
@@ -66,9 +68,14 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int) -> list[int]:
 
 
 def random_crop(
-    img: Tensor, label: Tensor | None, crop: tuple[int, int], g: torch.Generator
+    img: Tensor, label: Tensor | None, crop: tuple[int, int], u: Tensor
 ) -> tuple[Tensor, Tensor | None]:
-    """Crop ``[3,H,W]`` (and its label) at a random offset; pad (label 255) if smaller than ``crop``."""
+    """Crop ``[3,H,W]`` (and its label) at offset ``u`` (2 uniforms in [0,1) for top, left).
+
+    Pads (label 255) if smaller than ``crop``. Offsets come from uniforms rather than from integer
+    draws bounded by the frame size so that how much randomness a sample consumes never depends on
+    its size: a process can skip the samples of the other processes without decoding them.
+    """
     ch, cw = crop
     h, w = img.shape[-2:]
     if h < ch or w < cw:
@@ -77,8 +84,8 @@ def random_crop(
         if label is not None:
             label = nnf.pad(label, (0, pw, 0, ph), value=IGNORE_INDEX)
         h, w = img.shape[-2:]
-    top = int(torch.randint(0, h - ch + 1, (1,), generator=g))
-    left = int(torch.randint(0, w - cw + 1, (1,), generator=g))
+    top = min(int(u[0] * (h - ch + 1)), h - ch)
+    left = min(int(u[1] * (w - cw + 1)), w - cw)
     img = img[:, top : top + ch, left : left + cw]
     if label is not None:
         label = label[top : top + ch, left : left + cw]
@@ -113,7 +120,9 @@ class BatchLoader:
         seed: int,
         workers: int = 2,
         with_labels: bool = False,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
+        """``shard=(rank, world)``: this process's slice of the global batch of ``batch_size * world``."""
         self.frames, self.batch_size, self.crop, self.resize, self.seed = (
             frames,
             batch_size,
@@ -122,6 +131,7 @@ class BatchLoader:
             seed,
         )
         self.with_labels = with_labels
+        self.rank, self.world = shard
         self.failed: set[int] = set()
         self._pool = ThreadPoolExecutor(max_workers=max(1, workers))
 
@@ -142,14 +152,17 @@ class BatchLoader:
 
     def labelled_batch(self, step: int) -> tuple[Tensor, Tensor | None]:
         """Images ``[B,3,h,w]`` and, with ``with_labels``, labels ``[B,h,w]`` (same crops and flips)."""
-        idx = batch_indices(len(self.frames), self.batch_size, self.seed, step)
+        idx = batch_indices(len(self.frames), self.batch_size * self.world, self.seed, step)
+        # Crop and flip draws for the whole global batch (3 per sample), then this process's slice.
+        u = torch.rand((len(idx), 3), generator=step_generator(self.seed, step, stream=2))
+        lo = self.rank * self.batch_size
+        idx, u = idx[lo : lo + self.batch_size], u[lo : lo + self.batch_size]
         pairs = list(self._pool.map(self._load, idx))
-        g = step_generator(self.seed, step, stream=2)
         images, labels = [], []
-        for img, label in pairs:
+        for (img, label), draws in zip(pairs, u, strict=True):
             if self.crop is not None:
-                img, label = random_crop(img, label, self.crop, g)
-            if bool(torch.rand((), generator=g) < 0.5):
+                img, label = random_crop(img, label, self.crop, draws[:2])
+            if bool(draws[2] < 0.5):
                 img = img.flip(-1)
                 label = label.flip(-1) if label is not None else None
             images.append(img)

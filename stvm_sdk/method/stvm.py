@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from stvm_sdk.config import SELF_TRAINING, AdaptConfig
 from stvm_sdk.kernels import proxy_reliability, weighted_cross_entropy
 from stvm_sdk.method.augment import strong_augment
+from stvm_sdk.method.collective import Collective
 from stvm_sdk.method.ema import ema_beta, ema_update
 from stvm_sdk.method.metric import MetricHead, balanced_pixel_mask, proxy_anchor_loss, proxy_nca_loss
 from stvm_sdk.method.mixing import mocm
@@ -99,6 +100,15 @@ class Adapter(nn.Module):
             self.metric = MetricHead(head, num_classes, cfg.metric.embed_dim, generator)
             self._teacher_hook = FeatureHook(self.teacher, classifier)  # type: ignore[arg-type]
         self.optimizer = self._make_optimizer(classifier)
+        # Set by stvm_sdk.distributed for multi-process runs: the DistributedDataParallel wrappers the
+        # step runs forward through, and the cross-process operations. A plain dict (not a module
+        # attribute) keeps the wrappers out of state_dict, so checkpoint keys never change.
+        self.wrappers: dict[str, nn.Module] = {}
+        self.comm = Collective()
+
+    def _net(self, name: str) -> nn.Module:
+        """The network to run forward: its DDP wrapper when there is one, else the network itself."""
+        return self.wrappers.get(name) or getattr(self, name)
 
     def _make_optimizer(self, classifier: str | None) -> torch.optim.Optimizer | None:
         o = self.cfg.optim
@@ -138,8 +148,15 @@ class Adapter(nn.Module):
             return self.teacher
         return self.student
 
-    def step(self, images: Tensor, step: int, g: torch.Generator) -> dict[str, Tensor]:
-        """One optimisation step on target images ``[B,3,H,W]`` in [0,1]; returns detached log tensors."""
+    def step(
+        self, images: Tensor, step: int, g: torch.Generator, g_batch: torch.Generator | None = None
+    ) -> dict[str, Tensor]:
+        """One optimisation step on target images ``[B,3,H,W]`` in [0,1]; returns detached log tensors.
+
+        ``g`` draws this process's per-sample randomness (MOCM, augmentation); ``g_batch`` draws over
+        the global batch (the metric's pixel sampling) and must be the same on every process. In one
+        process it defaults to ``g``: one stream, as before multi-process runs existed.
+        """
         if self.optimizer is None:
             return {}
         lr = self.lr_at(step)
@@ -150,11 +167,16 @@ class Adapter(nn.Module):
         amp = self.cfg.run.amp and images.is_cuda
         with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
             loss, logs = (
-                self._tent_loss(images) if self.cfg.method == "tent" else self._st_loss(images, step, g)
+                self._tent_loss(images)
+                if self.cfg.method == "tent"
+                else self._st_loss(images, step, g, g if g_batch is None else g_batch)
             )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        # BN running statistics are not gradients, so DDP leaves them per-process: average them so
+        # the teacher's EMA below sees the same student everywhere.
+        self.comm.sync_buffers(self.student)
         if self.teacher is not None and step >= self.warmup:
             ema_update(self.teacher, self.student, ema_beta(step - self.warmup, self.cfg.optim.ema_max))
         logs["loss"] = loss.detach()
@@ -162,12 +184,14 @@ class Adapter(nn.Module):
         return logs
 
     def _tent_loss(self, images: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        logits = forward_logits(self.student, normalize(images, self.mean, self.std)).float()
+        logits = forward_logits(self._net("student"), normalize(images, self.mean, self.std)).float()
         logp = nnf.log_softmax(logits, 1)
         entropy = -(logp.exp() * logp).sum(1).mean()
         return entropy, {"loss_entropy": entropy.detach()}
 
-    def _st_loss(self, images: Tensor, step: int, g: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+    def _st_loss(
+        self, images: Tensor, step: int, g: torch.Generator, g_batch: torch.Generator
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         assert self.teacher is not None
         cfg, backend = self.cfg, self.cfg.run.kernel_backend
         with torch.no_grad():
@@ -180,16 +204,19 @@ class Adapter(nn.Module):
         weights = torch.ones_like(conf)
         labels = pseudo
         if self.metric is not None:
-            z = self.metric(_detach(self._teacher_hook.pop()))
+            z = self._net("metric")(_detach(self._teacher_hook.pop()))
             y_feat = nnf.interpolate(
                 t_logits, size=z.shape[-2:], mode="bilinear", align_corners=False
             ).argmax(1)
-            mask = balanced_pixel_mask(y_feat, self.num_classes, cfg.metric.pixels_per_class, g)
+            # The metric loss is a set function of the batch (per-class caps, per-proxy sums): take it
+            # over the global batch, identical on every process (identity in one process).
+            z_all, y_all = self.comm.gather(z), self.comm.gather(y_feat)
+            mask = balanced_pixel_mask(y_all, self.num_classes, cfg.metric.pixels_per_class, g_batch)
             proxies = self.metric.unit_proxies()
             if cfg.metric.loss == "proxy_anchor":
-                l_metric = proxy_anchor_loss(z, y_feat, proxies, mask, cfg.metric.alpha, cfg.metric.delta)
+                l_metric = proxy_anchor_loss(z_all, y_all, proxies, mask, cfg.metric.alpha, cfg.metric.delta)
             else:
-                l_metric = proxy_nca_loss(z, y_feat, proxies, mask, cfg.metric.nca_scale)
+                l_metric = proxy_nca_loss(z_all, y_all, proxies, mask, cfg.metric.nca_scale)
             loss = loss + cfg.metric.weight * l_metric
             logs["loss_metric"] = l_metric.detach()
             r = reliability(z, proxies, y_feat, cfg.reliability.mode, cfg.reliability.scale, backend)
@@ -216,7 +243,7 @@ class Adapter(nn.Module):
             )  # fmt: skip
             logs["mix_fraction"] = mix.float().mean()
         x = strong_augment(x, cfg.aug, g)
-        s_logits = forward_logits(self.student, normalize(x, self.mean, self.std))
+        s_logits = forward_logits(self._net("student"), normalize(x, self.mean, self.std))
         l_st = weighted_cross_entropy(
             s_logits, labels, weights, normalize=cfg.reliability.normalize, backend=backend
         )
