@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ from stvm_sdk.cli.common import console, print_json, user_errors
 
 @user_errors
 def adapt_command(
+    ctx: typer.Context,
     source: Path = typer.Option(
         ..., "--source", "-s", help="Source model: checkpoint dict (.pt), TorchScript, or pickle."
     ),
@@ -48,12 +51,21 @@ def adapt_command(
         False, "--trust-pickle", help="Allow loading a pickled nn.Module (runs code)."
     ),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    nproc_per_node: int = typer.Option(
+        1,
+        "--nproc-per-node",
+        min=1,
+        help="Data-parallel processes on this machine (one per GPU); --batch-size is per process. "
+        "Several machines: run torchrun (README, 'Scaling out').",
+    ),
 ) -> None:
     """Adapt SOURCE to the frames in TARGET without source data (STvM by default)."""
     from stvm_sdk import AdaptConfig, adapt
     from stvm_sdk.config import parse_hw
+    from stvm_sdk.distributed import LAUNCHED_ENV, PeerLostError, RankZeroError, env_world
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    rank, world, _ = env_world()  # set by torchrun (or by --nproc-per-node's launcher) in workers
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s")
     cfg = AdaptConfig.from_file(config) if config else AdaptConfig()
     overrides: dict[str, Any] = {
         "method": method, "run.iters": iters, "data.batch_size": batch_size, "run.device": device,
@@ -66,14 +78,37 @@ def adapt_command(
         cfg = cfg.with_overrides({"data.crop": None})
     if resume and out is None:
         raise typer.BadParameter("--resume needs --out (the run directory to continue)")
-    result = adapt(
-        source, target, config=cfg, labels_dir=labels, out_dir=out, resume=resume, progress=not json_out,
-        trust_pickle=trust_pickle, num_classes=num_classes, classifier=classifier,
-    )  # fmt: skip
+    if nproc_per_node > 1 and world == 1:  # this process launches the workers and waits
+        from stvm_sdk.launch import launch
+
+        out = out or Path("runs") / time.strftime(f"{cfg.method}-%Y%m%d-%H%M%S")  # one dir for all
+        raise typer.Exit(launch(nproc_per_node, worker_args(ctx, out), out))
+    try:
+        result = adapt(
+            source, target, config=cfg, labels_dir=labels, out_dir=out, resume=resume,
+            progress=not json_out, trust_pickle=trust_pickle, num_classes=num_classes, classifier=classifier,
+        )  # fmt: skip
+    except (RankZeroError, PeerLostError) as exc:  # reported once: by rank 0, or by our launcher
+        if isinstance(exc, RankZeroError) or os.environ.get(LAUNCHED_ENV):
+            raise typer.Exit(exc.exit_code) from None
+        raise
+    if rank != 0:  # every process returns the same networks; rank 0 reports
+        return
     if json_out:
         print_json(result.metrics)
     else:
         print_summary(result.metrics, result.model.class_names)
+
+
+def worker_args(ctx: typer.Context, out: Path) -> list[str]:
+    """This command line again for the worker processes, rebuilt from the parsed options."""
+    args = [ctx.info_name or "adapt"]
+    for param in ctx.command.params:
+        value = out if param.name == "out" else ctx.params.get(param.name or "")
+        if param.name == "nproc_per_node" or value is None or value is False:
+            continue
+        args += [param.opts[0]] if value is True else [param.opts[0], str(value)]
+    return args
 
 
 def print_summary(metrics: dict[str, Any], class_names: list[str]) -> None:
