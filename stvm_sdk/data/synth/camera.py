@@ -37,6 +37,14 @@ class Camera:
         """Project a list of world points (a polygon's corners)."""
         return [self.project(*p) for p in pts]
 
+    def project_many(self, pts: np.ndarray) -> np.ndarray:
+        """Vectorised :meth:`project` of ``[..., 3]`` world points to ``[..., 2]`` pixels."""
+        z = np.maximum(pts[..., 2], MIN_DEPTH)
+        return np.stack(
+            [self.cx + self.f * pts[..., 0] / z, self.horizon + self.f * (self.height - pts[..., 1]) / z],
+            axis=-1,
+        )
+
     def scale(self, z: float) -> float:
         """Pixels per metre at depth ``z``."""
         return self.f / max(z, MIN_DEPTH)
@@ -59,9 +67,9 @@ class Camera:
 
 def bilinear(corners: tuple[Point3, Point3, Point3, Point3], u: float, v: float) -> Point3:
     """Point at ``(u, v)`` in [0, 1]^2 of a quad given as (bottom-left, bottom-right, top-right, top-left)."""
-    bl, br, tr, tl = (np.asarray(c, dtype=np.float64) for c in corners)
-    p = (1 - v) * ((1 - u) * bl + u * br) + v * ((1 - u) * tl + u * tr)
-    return float(p[0]), float(p[1]), float(p[2])
+    bl, br, tr, tl = corners
+    a, b, c, d = (1 - u) * (1 - v), u * (1 - v), u * v, (1 - u) * v  # plain floats: called thousands of times
+    return tuple(a * p + b * q + c * r + d * s for p, q, r, s in zip(bl, br, tr, tl, strict=True))  # type: ignore[return-value]
 
 
 def sub_quad(
@@ -77,8 +85,15 @@ def sub_quad(
 
 
 def hexa_faces(
-    x0: float, x1: float, z0: float, z1: float, y0: float, y1: float, inset_x: float = 0.0,
-    inset_front: float = 0.0, inset_back: float = 0.0,
+    x0: float,
+    x1: float,
+    z0: float,
+    z1: float,
+    y0: float,
+    y1: float,
+    inset_x: float = 0.0,
+    inset_front: float = 0.0,
+    inset_back: float = 0.0,
 ) -> dict[str, tuple[Point3, Point3, Point3, Point3]]:
     """Faces of a box whose top is inset (a tapered cabin, a roof): name -> quad corners.
 
@@ -101,11 +116,14 @@ def visible_faces(
     cam: Camera, faces: dict[str, tuple[Point3, Point3, Point3, Point3]]
 ) -> dict[str, tuple[Point3, Point3, Point3, Point3]]:
     """The faces of a convex solid that face the camera (back-face culling; they never overlap)."""
-    eye = np.array([0.0, cam.height, 0.0])
     out = {}
     for name, quad in faces.items():
-        p = np.asarray(quad, dtype=np.float64)
-        normal = np.cross(p[3] - p[0], p[1] - p[0])  # outward for the corner order above
-        if float(np.dot(normal, eye - p.mean(axis=0))) > 1e-9:
+        p0, p1, _, p3 = quad
+        a = (p3[0] - p0[0], p3[1] - p0[1], p3[2] - p0[2])
+        b = (p1[0] - p0[0], p1[1] - p0[1], p1[2] - p0[2])
+        normal = (a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0])  # outward
+        # Vector from the face to the eye at (0, height, 0); the face's first corner is on its plane.
+        eye = (-p0[0], cam.height - p0[1], -p0[2])
+        if normal[0] * eye[0] + normal[1] * eye[1] + normal[2] * eye[2] > 1e-9:
             out[name] = quad
     return out
