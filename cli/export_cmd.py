@@ -77,8 +77,10 @@ def export_command(
                 f"wrote {a.onnx_path} + {a.sidecar_path.name}"
                 + (f", {a.engine_path}" if a.engine_path else "")
             )
-            if trt:
-                console.print(f"  on the car: [bold]{a.trtexec}[/bold]")
+            engine_built_for = a.precision != "fp32" or len(report.artifacts) == 1  # as _build_engines does
+            if trt and engine_built_for:
+                # One unwrapped line: it is meant to be copied to the car as is.
+                console.print(f"  on the car: {a.trtexec}", soft_wrap=True, markup=False, highlight=False)
     if report.trt_error:
         raise BackendUnavailableError(f"ONNX written to {out}; {report.trt_error}")
 

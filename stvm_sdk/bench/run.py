@@ -10,6 +10,7 @@ backend named in ``backends`` must apply to some file, or the call fails saying 
 
 from __future__ import annotations
 
+import functools
 import platform
 import tempfile
 from collections.abc import Sequence
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from stvm_sdk.bench.runners import BACKENDS, Runner, open_runner
-from stvm_sdk.bench.timing import Stats, measure_interleaved
+from stvm_sdk.bench.timing import Stats, measure_interleaved, open_and_warm
 from stvm_sdk.errors import ConfigError, ModelLoadError
 
 
@@ -142,8 +143,14 @@ def bench_models(
     pairs = _pairs(files, parse_backends(backends))
     x = np.random.default_rng(seed).random(full, dtype=np.float32)
     with tempfile.TemporaryDirectory(prefix="stvm-bench-") as tmp:
-        runners = [_open(p, b, full, Path(tmp), threads, trust_pickle) for p, b in pairs]
-        rows = measure_interleaved(runners, x, warmup=warmup, iters=iters, names=[p.name for p, _ in pairs])
+        opened = [
+            open_and_warm(functools.partial(_open, p, b, full, Path(tmp), threads, trust_pickle), x, warmup)
+            for p, b in pairs
+        ]
+        runners, prepared, memory = (list(t) for t in zip(*opened, strict=True))
+        rows = measure_interleaved(
+            runners, prepared, iters=iters, batch=batch, names=[p.name for p, _ in pairs], memory=memory
+        )
         est = edge_estimate(runners, full, Path(tmp)) if edge else None
     return BenchReport(rows, full, est, machine_info())  # type: ignore[arg-type]
 

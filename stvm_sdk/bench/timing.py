@@ -1,8 +1,8 @@
 """Latency measurement: warm-up, per-call timings (CUDA events on GPU), percentiles, peak memory.
 
 On a shared CPU a neighbour's burst can slow whichever backend happens to run at that moment, so
-:func:`measure_interleaved` runs the backends round-robin, one call each per round: every backend
-sees the same machine load, which keeps their *ratios* honest even when absolute times drift.
+:func:`measure_interleaved` runs the backends round-robin in short chunks: every backend sees the
+same machine load, which keeps their *ratios* honest even when absolute times drift.
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -105,45 +106,67 @@ def timed_call(runner: Runner, x: Any) -> float:
     return (time.perf_counter() - t0) * 1000.0
 
 
-def measure_interleaved(
-    runners: Sequence[Runner], x01: np.ndarray, *, warmup: int, iters: int, names: Sequence[str] | None = None
-) -> list[Stats]:
-    """Warm every runner up, then time ``iters`` rounds of one call per runner.
+def open_and_warm(
+    open_fn: Callable[[], Runner], x01: np.ndarray, warmup: int
+) -> tuple[Runner, Any, float | None]:
+    """Open a runner and warm it up; return it, its prepared input and its memory footprint in MB.
 
-    Args:
-        runners: backends to compare; each gets the same images.
-        x01: images ``float32 [B,3,H,W]`` in [0,1].
-        warmup: untimed calls per runner (kernel selection, arena growth, caches).
-        iters: timed calls per runner.
-        names: model label per runner (for the rows).
+    The footprint is the peak resident (CPU) or allocated (CUDA, torch-owned) memory while it was
+    opened and warmed up, minus what the process held before: weights, arenas and workspaces of
+    this backend alone (measured before the next backend is opened).
     """
-    prepared = [r.prepare(x01) for r in runners]
-    for r, x in zip(runners, prepared, strict=True):
-        for _ in range(warmup):
-            timed_call(r, x)
-    cuda_peak = _reset_cuda_peak(runners)
-    times: list[list[float]] = [[] for _ in runners]
-    peaks = [0.0 for _ in runners]
+    cuda = _cuda_available()
+    base_rss = _rss_mb()
+    if cuda:
+        import torch
+
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base_cuda = torch.cuda.memory_allocated() / 2**20
     with _RssSampler() as sampler:
-        for _ in range(iters):
-            for i, (r, x) in enumerate(zip(runners, prepared, strict=True)):
-                sampler.peak = 0.0
-                times[i].append(timed_call(r, x))
-                peaks[i] = max(peaks[i], sampler.peak, _rss_mb())
-    rows = []
-    for i, r in enumerate(runners):
-        peak = cuda_peak() if r.device == "cuda" and cuda_peak else peaks[i]
-        rows.append(summarize(times[i], r, (names[i] if names else r.path.name), x01.shape[0], peak))
-    return add_ratios(rows)
+        runner = open_fn()
+        x = runner.prepare(x01)
+        for _ in range(max(1, warmup)):
+            timed_call(runner, x)
+        sampler.peak = max(sampler.peak, _rss_mb())
+    if runner.device == "cuda" and cuda:
+        return runner, x, torch.cuda.max_memory_allocated() / 2**20 - base_cuda
+    return runner, x, max(0.0, sampler.peak - base_rss)
 
 
-def _reset_cuda_peak(runners: Sequence[Runner]) -> Any:
-    if not any(r.device == "cuda" for r in runners):
-        return None
+def _cuda_available() -> bool:
     import torch
 
-    torch.cuda.reset_peak_memory_stats()
-    return lambda: torch.cuda.max_memory_allocated() / 2**20
+    return bool(torch.cuda.is_available())
+
+
+def measure_interleaved(
+    runners: Sequence[Runner], prepared: Sequence[Any], *, iters: int, batch: int,
+    names: Sequence[str] | None = None, memory: Sequence[float | None] | None = None,
+) -> list[Stats]:  # fmt: skip
+    """Time ``iters`` calls per runner, in rounds of a few consecutive calls per runner.
+
+    Each round starts with one untimed call: thread pools of the previous runtime (ONNX Runtime and
+    OpenMP spin for a while after a call) then no longer steal cores from the one being timed.
+
+    Args:
+        runners: warmed-up backends to compare; ``prepared``: their inputs (the same images).
+        iters: timed calls per runner.
+        batch: images per call (for throughput).
+        names: model label per runner; ``memory``: footprint per runner (from :func:`open_and_warm`).
+    """
+    chunk = max(1, min(10, iters // 4))
+    times: list[list[float]] = [[] for _ in runners]
+    while len(times[0]) < iters:
+        for i, (r, x) in enumerate(zip(runners, prepared, strict=True)):
+            r.run(x)
+            for _ in range(min(chunk, iters - len(times[i]))):
+                times[i].append(timed_call(r, x))
+    rows = []
+    for i, r in enumerate(runners):
+        mem = memory[i] if memory else None
+        rows.append(summarize(times[i], r, names[i] if names else Path(r.path).name, batch, mem))
+    return add_ratios(rows)
 
 
 def add_ratios(rows: list[Stats]) -> list[Stats]:

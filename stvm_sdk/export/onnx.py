@@ -20,7 +20,6 @@ into place; large models keep their weights in ``<name>.onnx.data`` (protobuf ca
 from __future__ import annotations
 
 import copy
-import io
 import time
 import warnings
 from collections import Counter
@@ -124,6 +123,13 @@ def export_onnx(
     """
     final = Path(path)
     kind = _pick_exporter(exporter, opset)
+    if any(isinstance(m, torch.jit.ScriptModule) for m in model.module.modules()):
+        # Neither exporter takes TorchScript inside the deploy wrapper (scripted dict outputs and
+        # control flow do not translate); say so up front instead of failing deep in the exporter.
+        raise ModelLoadError(
+            "TorchScript models cannot be exported to ONNX: export from a checkpoint dict "
+            "(stvm_sdk.models.save_model of the nn.Module) instead"
+        )
     if argmax and model.num_classes > 255:
         raise ConfigError(
             f"--argmax writes uint8 class ids; the model has {model.num_classes} classes (> 255)"
@@ -178,12 +184,6 @@ def _deploy_module(model: SegModel, *, bake_normalize: bool, argmax: bool, half:
 
 def _copy_module(module: nn.Module) -> nn.Module:
     """An independent copy (the caller's model is never touched, e.g. by ``.half()``)."""
-    if isinstance(module, torch.jit.ScriptModule):
-        # deepcopy of a ScriptModule yields one the tracer does not recognise as a submodule.
-        buf = io.BytesIO()
-        torch.jit.save(module, buf)
-        buf.seek(0)
-        return torch.jit.load(buf, map_location="cpu")
     return copy.deepcopy(module)
 
 
@@ -199,50 +199,35 @@ def _run_exporter(
     from stvm_sdk.kernels import exporting  # reference kernels only: the graph must hold plain ONNX ops
 
     example = torch.rand(1, 3, *example_hw, generator=torch.Generator().manual_seed(0))
-    axes = (
-        {0: "batch", 1: "height", 2: "width"}
-        if out_name == CLASSES_NAME
-        else {0: "batch", 2: "height", 3: "width"}
-    )
+    out_axes = {0: "batch", 1: "height", 2: "width"} if out_name == CLASSES_NAME else IN_AXES
     try:
         with exporting(), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # deprecation + tracer warnings on every export
             if kind == "legacy":
-                if any(isinstance(m, torch.jit.ScriptModule) for m in module.modules()):
-                    # The legacy exporter rejects a TorchScript submodule inside an eager wrapper;
-                    # tracing the wrapper first turns the whole thing into one graph it accepts.
-                    module = torch.jit.trace(module, (example,), check_trace=False, strict=False)
                 torch.onnx.export(
                     module, (example,), str(out), dynamo=False, opset_version=opset,
                     input_names=[INPUT_NAME], output_names=[out_name], do_constant_folding=True,
-                    dynamic_axes={INPUT_NAME: IN_AXES, out_name: axes} if dynamic else None,
+                    dynamic_axes={INPUT_NAME: IN_AXES, out_name: out_axes} if dynamic else None,
                 )  # fmt: skip
             else:
-                dim = torch.export.Dim
-                shapes = (
-                    {
-                        INPUT_NAME: {
-                            0: dim("batch", max=64),
-                            2: dim("height", min=32, max=4096),
-                            3: dim("width", min=32, max=4096),
-                        }
-                    }
-                    if dynamic
-                    else None
-                )
-                program = torch.onnx.export(
-                    module, (example,), dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
-                    output_names=[out_name], dynamic_shapes=shapes, external_data=False,
-                )  # fmt: skip
-                assert program is not None
-                program.save(str(out), external_data=True)
+                _export_dynamo(module, example, out, opset, dynamic, out_name)
     except Exception as exc:  # exporter failures are long; the user needs the gist and what to try
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if any(isinstance(m, torch.jit.ScriptModule) for m in module.modules()):
-            hint = "TorchScript models rarely export (dicts, scripted control flow): use a checkpoint dict"
-        else:
-            hint = f"try --exporter {'dynamo --opset 18' if kind == 'legacy' else 'legacy'}"
-        raise ModelLoadError(f"ONNX export ({kind}) failed: {first[:300]}; {hint}") from exc
+        other = "dynamo --opset 18" if kind == "legacy" else "legacy"
+        raise ModelLoadError(f"ONNX export ({kind}) failed: {first[:300]}; try --exporter {other}") from exc
+
+
+def _export_dynamo(
+    module: nn.Module, example: Tensor, out: Path, opset: int, dynamic: bool, out_name: str
+) -> None:
+    dim = torch.export.Dim
+    dims = {0: dim("batch", max=64), 2: dim("height", min=32, max=4096), 3: dim("width", min=32, max=4096)}
+    program = torch.onnx.export(
+        module, (example,), dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
+        output_names=[out_name], dynamic_shapes={INPUT_NAME: dims} if dynamic else None, external_data=False,
+    )  # fmt: skip
+    assert program is not None
+    program.save(str(out), external_data=True)
 
 
 def _finalise(raw: Path, staged: Path, external_data: bool | None) -> tuple[Path, Path | None]:

@@ -17,8 +17,9 @@ from typing import Any
 from stvm_sdk.errors import ConfigError, DataError, VerificationError
 from stvm_sdk.export import sidecar as sc
 from stvm_sdk.export.artifacts import publish, read_sidecar, sidecar_path, staging_dir, write_json_atomic
-from stvm_sdk.export.onnx import DEFAULT_OPSET, Exporter, OnnxExport, export_onnx
-from stvm_sdk.export.quantize import CALIBRATION_METHODS, Int8Result, quantize_int8
+from stvm_sdk.export.onnx import OnnxExport, export_onnx
+from stvm_sdk.export.quantize import quantize_int8
+from stvm_sdk.export.report import Artifact, ExportOptions, ExportReport
 from stvm_sdk.export.tensorrt import (
     Profile,
     build_engine,
@@ -38,78 +39,6 @@ from stvm_sdk.export.verify import (
 from stvm_sdk.models.io import SegModel
 
 Log = Callable[[str], None]
-
-
-@dataclass
-class ExportOptions:
-    """What `stvm export` was asked for (see the CLI help for each option)."""
-
-    out_dir: Path = Path("export")
-    name: str = "model"
-    fp16: bool = False
-    int8: bool = False
-    calib: Path | None = None
-    labels: Path | None = None
-    argmax: bool = False
-    opset: int = DEFAULT_OPSET
-    exporter: Exporter = "auto"
-    dynamic: bool = True
-    bake_normalize: bool = True
-    trt: bool = False
-    shape: str = "512x1024"
-    batch: int = 1
-    workspace_mib: int = 4096
-    verify_frames: int = 8
-    calib_frames: int = 16
-    calib_methods: tuple[str, ...] = CALIBRATION_METHODS
-    trust_pickle: bool = False
-
-
-@dataclass
-class Artifact:
-    """One verified ONNX file (and its engine, when one was built)."""
-
-    precision: str
-    onnx_path: Path
-    sidecar_path: Path
-    verification: Verification
-    trt_problems: list[str]
-    trtexec: str
-    engine_path: Path | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "precision": self.precision,
-            "onnx_path": str(self.onnx_path),
-            "sidecar_path": str(self.sidecar_path),
-            "verification": self.verification.to_dict(),
-            "tensorrt_parser_problems": self.trt_problems,
-            "trtexec": self.trtexec,
-            "engine_path": str(self.engine_path) if self.engine_path else None,
-        }
-
-
-@dataclass
-class ExportReport:
-    """Everything `stvm export` made; ``artifacts[-1]`` is the most specific precision asked for."""
-
-    artifacts: list[Artifact]
-    frames: str
-    calibration: Int8Result | None = None
-    trt_error: str | None = None
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        main = self.artifacts[-1]
-        cal = self.calibration
-        return {
-            **main.to_dict(),
-            "artifacts": [a.to_dict() for a in self.artifacts],
-            "frames": self.frames,
-            "calibration": {"method": cal.method, "scores": cal.scores} if cal else None,
-            "trt_error": self.trt_error,
-            "seconds": self.seconds,
-        }
 
 
 @dataclass

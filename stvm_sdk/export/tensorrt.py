@@ -141,31 +141,13 @@ def build_engine(
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    flags = (
-        0
-        if int(trt.__version__.split(".")[0]) >= 10
-        else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    )
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):  # by path: external-data files are found beside it
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise ModelLoadError(f"TensorRT cannot parse {onnx_path.name}: {errors[:300]}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
-    if precision in ("fp16", "int8"):
-        config.set_flag(trt.BuilderFlag.FP16)
-    if precision == "int8":
-        config.set_flag(trt.BuilderFlag.INT8)  # explicit quantization: scales come from the Q/DQ nodes
-    opt_profile = builder.create_optimization_profile()
-    opt_profile.set_shape(input_name, profile.min, profile.opt, profile.max)
-    config.add_optimization_profile(opt_profile)
+    network, parser = _parse(trt, builder, logger, onnx_path)
     cache_path = engine_path.with_name(engine_path.stem + ".timing.cache")
-    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    config = _config(trt, builder, profile, precision, workspace_mib, input_name, cache_path)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise ModelLoadError(f"TensorRT failed to build an engine from {onnx_path.name} (see the log above)")
+    del parser  # kept alive until the build: the network refers to weights the parser owns
     write_bytes_atomic(bytes(serialized), engine_path)
     write_bytes_atomic(bytes(config.get_timing_cache().serialize()), cache_path)
     return {
@@ -175,6 +157,35 @@ def build_engine(
         "workspace_mib": workspace_mib,
         "input_name": input_name,
     }
+
+
+def _parse(trt: Any, builder: Any, logger: Any, onnx_path: Path) -> tuple[Any, Any]:
+    """The network parsed from ``onnx_path`` (explicit batch: the default from TensorRT 10 on)."""
+    major = int(str(trt.__version__).split(".")[0])
+    flags = 0 if major >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):  # by path: external-data files are found beside it
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ModelLoadError(f"TensorRT cannot parse {onnx_path.name}: {errors[:300]}")
+    return network, parser
+
+
+def _config(trt: Any, builder: Any, profile: Profile, precision: str, workspace_mib: int, input_name: str,
+            cache_path: Path) -> Any:  # fmt: skip
+    """Builder config: workspace limit, precision flags, the optimisation profile, the timing cache."""
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
+    if precision in ("fp16", "int8"):
+        config.set_flag(trt.BuilderFlag.FP16)
+    if precision == "int8":
+        config.set_flag(trt.BuilderFlag.INT8)  # explicit quantization: scales come from the Q/DQ nodes
+    opt_profile = builder.create_optimization_profile()
+    opt_profile.set_shape(input_name, profile.min, profile.opt, profile.max)
+    config.add_optimization_profile(opt_profile)
+    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    return config
 
 
 class TrtRunner(Runner):
