@@ -24,7 +24,6 @@ def bench_command(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Benchmark MODELS on the same images: mean/p50/p90/p99 latency, throughput, peak memory."""
-    import torch
 
     from stvm_sdk.bench.run import bench_models
     from stvm_sdk.export.tensorrt import parse_profile
@@ -34,8 +33,6 @@ def bench_command(
         from stvm_sdk.errors import ConfigError
 
         raise ConfigError("--shape for bench is one HxW (the images are timed at that size)")
-    if threads:
-        torch.set_num_threads(threads)
     report = bench_models(
         models,
         backends=backend,

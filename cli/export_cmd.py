@@ -10,9 +10,9 @@ from stvm_sdk.cli.common import console, print_json, user_errors
 
 @user_errors
 def export_command(
-    model: Path = typer.Argument(..., help="Model file (.pt checkpoint, TorchScript)."),
+    model: Path = typer.Argument(..., help="Model file (a .pt checkpoint dict)."),
     onnx: bool = typer.Option(
-        True, "--onnx/--no-onnx", help="Write ONNX (always on: engines are built from it)."
+        True, "--onnx", help="Write ONNX (always on: engines are built from it and checked against it)."
     ),
     trt: bool = typer.Option(False, "--trt", help="Also build TensorRT engines (needs a GPU and TensorRT)."),
     fp16: bool = typer.Option(False, "--fp16", help="Also write a half-precision graph (float32 I/O)."),

@@ -10,10 +10,11 @@ backend named in ``backends`` must apply to some file, or the call fails saying 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import platform
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,7 +143,12 @@ def bench_models(
     full = (batch, 3, shape[0], shape[1])
     pairs = _pairs(files, parse_backends(backends))
     x = np.random.default_rng(seed).random(full, dtype=np.float32)
-    with tempfile.TemporaryDirectory(prefix="stvm-bench-") as tmp:
+    import torch
+
+    saved_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)  # eager torch gets the same thread budget as ONNX Runtime
+    with tempfile.TemporaryDirectory(prefix="stvm-bench-") as tmp, _restore_threads(saved_threads):
         opened = [
             open_and_warm(functools.partial(_open, p, b, full, Path(tmp), threads, trust_pickle), x, warmup)
             for p, b in pairs
@@ -153,6 +159,16 @@ def bench_models(
         )
         est = edge_estimate(runners, full, Path(tmp)) if edge else None
     return BenchReport(rows, full, est, machine_info())  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def _restore_threads(n: int) -> Iterator[None]:
+    import torch
+
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def edge_estimate(runners: Sequence[Runner], shape: tuple[int, ...], tmp: Path) -> dict[str, Any] | None:

@@ -139,7 +139,9 @@ def _stage_all(
             argmax=opts.argmax,
             bake_normalize=opts.bake_normalize,
             fp16=fp16,
-        )  # type: ignore[arg-type]
+            # A static graph is fixed to the trace size: trace at the profile's OPT shape.
+            example_hw=(64, 128) if opts.dynamic else (verify[0].image.shape[-2], verify[0].image.shape[-1]),
+        )
         say(f"exported {exp.path.name} ({exp.exporter}, opset {exp.opset}) in {exp.seconds:.1f} s")
         v = verify_onnx(
             exp.path,

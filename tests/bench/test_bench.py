@@ -37,7 +37,20 @@ def test_bench_json_has_a_row_per_backend_with_ratio_and_edge_estimate(model_fil
     pt, onnx_path = model_files
     res = runner.invoke(
         app,
-        ["bench", str(pt), str(onnx_path), "--shape", "64x128", "--warmup", "1", "--iters", "4", "--json"],
+        [
+            "bench",
+            str(pt),
+            str(onnx_path),
+            "--shape",
+            "64x128",
+            "--warmup",
+            "1",
+            "--iters",
+            "4",
+            "--threads",
+            "1",
+            "--json",
+        ],
     )
     assert res.exit_code == 0, res.output
     obj = json.loads(res.stdout.strip().splitlines()[-1])

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from PIL import Image
 from stvm_sdk.cli.app import _register, app
@@ -41,6 +42,7 @@ def test_export_json_reports_paths_precision_and_verification(checkpoint: Path, 
         "--verify-frames",
         "2",
         "--argmax",
+        "--static",
         "--json",
     )
     assert res.exit_code == 0, res.output
@@ -52,12 +54,9 @@ def test_export_json_reports_paths_precision_and_verification(checkpoint: Path, 
     )
     assert obj["verification"]["argmax_agreement"] == 100.0 and obj["verification"]["max_abs_diff"] is None
     meta = json.loads(Path(obj["sidecar_path"]).read_text())
-    assert meta["output"] == {
-        "name": "classes",
-        "dtype": "uint8",
-        "kind": "classes",
-        "shape": ["batch", "height", "width"],
-    }
+    assert meta["output"] == {"name": "classes", "dtype": "uint8", "kind": "classes", "shape": [1, 64, 128]}
+    graph = onnx.load(obj["onnx_path"]).graph
+    assert [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim] == [1, 3, 64, 128]  # --static
 
 
 def test_export_trt_without_gpu_keeps_onnx_and_says_what_is_missing(checkpoint: Path, tmp_path: Path) -> None:
