@@ -41,7 +41,9 @@ def parse() -> argparse.Namespace:
     p.add_argument("--shape", default="512x1024")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--iters-bench", type=int, default=30)
-    p.add_argument("--threads", type=int, default=1, help="torch and ONNX Runtime threads (1: robust on a busy machine)")
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch and ONNX Runtime threads (1: robust on a busy machine)"
+    )
     p.add_argument("--quick", action="store_true")
     p.add_argument("--prepare-only", action="store_true", help="make data and the demo model, then stop")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "deploy.md")
@@ -153,88 +155,115 @@ def targets(r: dict) -> list[tuple[str, str, str, bool]]:
     ]
 
 
-def write(a: argparse.Namespace, r: dict) -> None:
-    from stvm_sdk.export.verify import TABLE_HEADER  # noqa: F401  (same figures as `stvm export`)
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *["| " + " | ".join(r) + " |" for r in rows],
+    ]
 
+
+def _header(a: argparse.Namespace, r: dict) -> list[str]:
     m = r["bench"]["machine"]
-    t = targets(r)
-    lines = [
+    return [
         "# Deployment benchmark (issue 5)",
         "",
-        f"Machine: {m['cpu']}, {m['threads']} threads, GPU: {m['gpu'] or 'none'}; torch {m['torch']}, "
-        f"onnxruntime {m['onnxruntime']}, Python {m['python']}. Command: `python benchmarks/deploy.py"
-        f"{' --quick' if a.quick else ''}`.",
+        f"Machine: {m['cpu']} ({m.get('cores')} cores), {m['threads']} thread(s) for torch and ONNX Runtime, "
+        f"GPU: {m['gpu'] or 'none'}; torch {m['torch']}, onnxruntime {m['onnxruntime']}, "
+        f"Python {m['python']}. "
+        f"Command: `python benchmarks/deploy.py{' --quick' if a.quick else ''}`.",
         "",
         f"Demo model: lraspp_mobilenet_v3_large, 19 classes, trained {a.iters} steps on {a.n_train} labelled "
-        f"synthetic target frames; accuracy on {r['accuracy']['frames']} (held out); "
+        f"synthetic target frames; accuracy on {r['accuracy']['frames']} (held out, never calibrated on); "
         f"input {a.shape}, batch 1.",
         "",
-        "## Targets (this CPU)",
+    ]
+
+
+def _sections(r: dict) -> list[str]:
+    bench, acc, cal = r["bench"]["rows"], r["accuracy"], r["export"]["calibration"]
+    lat = [
+        [
+            x["model"],
+            x["backend"],
+            x["precision"],
+            *(f"{x[k]:.1f}" for k in ("mean_ms", "p50_ms", "p90_ms", "p99_ms")),
+            f"{x['throughput']:.2f}",
+            f"{x['ratio_to_torch']:.2f}",
+        ]
+        for x in bench
+    ]
+    accuracy = [
+        [
+            p,
+            f"{v['max_abs_diff']:.2e}",
+            f"{v['argmax_agreement']:.3f}",
+            f"{v['miou_eager']:.2f}",
+            f"{v['miou_onnx']:.2f}",
+            f"{v['miou_delta']:+.2f}",
+        ]
+        for p, v in acc.items()
+        if p != "frames"
+    ]
+    out = ["## Latency (interleaved in chunks, same images)", ""]
+    out += _table(["model", "backend", "precision", "mean ms", "p50", "p90", "p99", "img/s", "x torch"], lat)
+    out += ["", "## Accuracy vs eager PyTorch (ONNX Runtime CPU)", ""]
+    out += _table(
+        ["graph", "max abs logit diff", "argmax agreement %", "mIoU eager", "mIoU graph", "delta"], accuracy
+    )
+    out += [
         "",
-        "| target | measured | required | met |",
-        "|---|---|---|---|",
-        *[f"| {n} | {v} | {req} | {'yes' if ok else '**no**'} |" for n, v, req, ok in t],
-        "",
-        "TensorRT fp16 >= 3x eager torch fp32 on a GPU: **not measured** "
-        "(no GPU and no TensorRT were available).",
-        "",
-        "## Latency (interleaved, same images)",
-        "",
-        "| model | backend | precision | mean ms | p50 | p90 | p99 | img/s | x torch |",
-        "|---|---|---|---|---|---|---|---|---|",
-        *[
-            f"| {x['model']} | {x['backend']} | {x['precision']} | {x['mean_ms']:.1f} | {x['p50_ms']:.1f} | "
-            f"{x['p90_ms']:.1f} | {x['p99_ms']:.1f} | {x['throughput']:.2f} | {x['ratio_to_torch']:.2f} |"
-            for x in r["bench"]["rows"]
-        ],
-        "",
-        "## Accuracy vs eager PyTorch (ONNX Runtime CPU)",
-        "",
-        "| graph | max abs logit diff | argmax agreement % | mIoU eager | mIoU graph | delta |",
-        "|---|---|---|---|---|---|",
-        *[
-            f"| {p} | {v['max_abs_diff']:.2e} | {v['argmax_agreement']:.3f} | {v['miou_eager']:.2f} | "
-            f"{v['miou_onnx']:.2f} | {v['miou_delta']:+.2f} |"
-            for p, v in r["accuracy"].items()
-            if p != "frames"
-        ],
-        "",
-        f"INT8 calibration: {r['export']['calibration']['method']} chosen by mIoU on the "
-        f"calibration folder's "
-        f"verification frames; scores {json.dumps(r['export']['calibration']['scores'])}.",
+        f"INT8 calibration: {cal['method']} chosen by mIoU on the calibration folder's verification "
+        f"frames; scores {json.dumps({k: round(v, 2) for k, v in cal['scores'].items()})}.",
         "",
     ]
     edge = r["bench"]["edge_estimate"]
     if edge:
-        lines += [
+        rows = [
+            [
+                x["device"],
+                x["precision"],
+                f"{x['peak_tflops']:.1f}",
+                f"{x['bandwidth_gbs']:.0f}",
+                f"{x['lower_bound_ms']:.2f}",
+                f"{x['unfused_memory_ms']:.2f}",
+            ]
+            for x in edge["rows"]
+        ]
+        out += [
             f"## Edge estimate: {edge['label']}",
             "",
             f"{edge['gflops']:.2f} GFLOP per frame, {edge['params'] / 1e6:.2f} M parameters.",
             "",
-            "| device | precision | peak TFLOPS | GB/s | lower bound ms | unfused-memory ms |",
-            "|---|---|---|---|---|---|",
-            *[
-                f"| {x['device']} | {x['precision']} | {x['peak_tflops']:.1f} | {x['bandwidth_gbs']:.0f} | "
-                f"{x['lower_bound_ms']:.2f} | {x['unfused_memory_ms']:.2f} |"
-                for x in edge["rows"]
-            ],
-            "",
         ]
+        out += _table(
+            ["device", "precision", "peak TFLOPS", "GB/s", "lower bound ms", "unfused-memory ms"], rows
+        )
+    return out + [""]
+
+
+def write(a: argparse.Namespace, r: dict) -> None:
+    t = targets(r)
+    lines = _header(a, r) + ["## Targets (this CPU)", ""]
+    lines += _table(
+        ["target", "measured", "required", "met"], [[n, v, q, "yes" if ok else "**no**"] for n, v, q, ok in t]
+    )
+    lines += [
+        "",
+        "TensorRT fp16 >= 3x eager torch fp32 on a GPU: **not measured** (no GPU was lent to this "
+        "task, and TensorRT cannot be installed on these machines).",
+        "",
+    ]
+    lines += _sections(r)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text("\n".join(lines))
-    a.out.with_suffix(".json").write_text(
-        json.dumps(
-            {
-                **r,
-                "targets": t,
-                "settings": {k: str(v) for k, v in vars(a).items()},
-                "platform": platform.platform(),
-            },
-            indent=2,
-            default=str,
-        )
-        + "\n"
-    )
+    meta = {
+        **r,
+        "targets": t,
+        "settings": {k: str(v) for k, v in vars(a).items()},
+        "platform": platform.platform(),
+    }
+    a.out.with_suffix(".json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
     print("\n".join(lines))
 
 

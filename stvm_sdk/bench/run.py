@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import platform
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -69,6 +70,7 @@ def machine_info() -> dict[str, Any]:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {
         "cpu": cpu,
+        "cores": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "gpu": gpu,
         "torch": torch.__version__,
