@@ -25,9 +25,14 @@ What is kept identical on every process, and how:
 Every process checks that this holds (a digest of each tensor, compared at every checkpoint and at
 the end). Only rank 0 touches the run directory: it writes config, logs, checkpoints and models;
 other processes receive what they need (the run path, a checkpoint to resume) by broadcast, so
-several machines need no shared file system for outputs. Randomness: the global batch is drawn as
-one process would draw it; per-sample draws (MOCM choices, augmentation) come from a stream per
-process, rank 0's being the one-process stream. MOCM pairs samples within a process's batch.
+several machines need no shared file system for outputs (the frames and the source model must be
+readable on every machine). Decision 0's BN pass runs on every process with the global batch.
+
+Where N processes of batch B still differ from one process of batch N*B, by design: per-sample
+draws (MOCM choices, augmentation) come from a stream per process (so processes do not repeat each
+other's draws); MOCM pairs samples within a process's batch; ``threshold_st`` keeps the top-p% of
+each process's batch, and ``reliability.normalize="weights"`` divides by each process's weight sum.
+Without ``run.sync_bn`` the student's BN normalises by per-process batches (as in plain DDP).
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ from torch import Tensor, nn
 
 from stvm_sdk.data.batches import step_generator
 from stvm_sdk.dist_ops import all_gather_cat, convert_sync_batchnorm, revert_sync_batchnorm
-from stvm_sdk.errors import DataError, StvmError
+from stvm_sdk.errors import BackendUnavailableError, DataError, StvmError
 from stvm_sdk.method.collective import Collective
 
 if TYPE_CHECKING:
@@ -221,6 +226,11 @@ def join(device: torch.device) -> Iterator[DistContext]:
         yield DistContext(device)
         return
     if device.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise BackendUnavailableError(
+                f"process {local_rank} needs GPU {local_rank} but this machine has "
+                f"{torch.cuda.device_count()}: start at most one process per GPU"
+            )
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     owns = not dist.is_initialized()

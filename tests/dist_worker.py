@@ -1,0 +1,33 @@
+"""A torchrun entry point for tests/test_distributed.py (not a test module).
+
+Each process calls the public ``adapt()`` (which joins the process group torchrun describes) and
+saves the networks it ends with, so the test can compare processes with each other and with a
+one-process run. Usage: ``torchrun ... dist_worker.py SOURCE TARGET OUT DUMP_DIR CONFIG_JSON``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from stvm_sdk import AdaptConfig, adapt
+
+
+def main(source: str, target: str, out: str, dump: str, config: str) -> None:
+    cfg = AdaptConfig.from_dict(json.loads(Path(config).read_text()))
+    result = adapt(source, target, config=cfg, out_dir=out, progress=False)
+    assert result.teacher is not None and result.metric is not None
+    state = {
+        "student": result.student.module.state_dict(),
+        "teacher": result.teacher.module.state_dict(),
+        "metric": result.metric.state_dict(),  # includes the proxies
+    }
+    torch.save(state, Path(dump) / f"rank{os.environ['RANK']}.pt")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
