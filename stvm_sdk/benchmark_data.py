@@ -31,6 +31,19 @@ class DomainSpec:
         return f"{self.domain}-{self.split}-{self.n}-{self.size[0]}x{self.size[1]}-s{self.seed}"
 
 
+def generator_fingerprint() -> str:
+    """A hash of the generator's source: cached data is regenerated whenever the generator changes."""
+    import hashlib
+
+    import stvm_sdk.data.synthetic as synthetic
+
+    files = [Path(synthetic.__file__), *sorted((Path(synthetic.__file__).parent / "synth").glob("*.py"))]
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def _valid(path: Path, meta: dict[str, Any]) -> bool:
     f = path / "meta.json"
     return f.is_file() and json.loads(f.read_text()) == json.loads(json.dumps(meta))
@@ -41,7 +54,7 @@ def ensure_domain(spec: DomainSpec, cache: Path = DEFAULT_CACHE) -> Path:
     from stvm_sdk.data.synthetic import generate
 
     root = cache / "data" / spec.key
-    meta = {"kind": "synthetic", **asdict(spec)}
+    meta = {"kind": "synthetic", **asdict(spec), "generator": generator_fingerprint()}
     if not _valid(root, meta):
         shutil.rmtree(root, ignore_errors=True)
         generate(root, spec.domain, spec.n, seed=spec.seed, size=spec.size, split=spec.split)
@@ -55,7 +68,12 @@ def ensure_trained(data: DomainSpec, cfg: Any, cache: Path = DEFAULT_CACHE, *, p
 
     root = ensure_domain(data, cache)
     out = cache / "models" / f"{cfg.arch}-{data.key}-{cfg.iters}it-b{cfg.batch_size}-s{cfg.seed}"
-    meta = {"kind": "supervised", "data": asdict(data), "train": asdict(cfg)}
+    meta = {
+        "kind": "supervised",
+        "data": asdict(data),
+        "train": asdict(cfg),
+        "generator": generator_fingerprint(),
+    }
     if not _valid(out, meta):
         out.mkdir(parents=True, exist_ok=True)
         train_source(root, root, out / "model.pt", cfg, progress=progress)
