@@ -37,7 +37,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--cache", type=Path, default=ROOT / "cache" / "deploy")
     p.add_argument("--n-train", type=int, default=240, help="labelled target training frames (512x1024)")
     p.add_argument("--n-val", type=int, default=24, help="held-out labelled target frames (512x1024)")
-    p.add_argument("--iters", type=int, default=600, help="training steps of the demo model")
+    p.add_argument("--iters", type=int, default=300, help="training steps of the demo model")
     p.add_argument("--shape", default="512x1024")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--iters-bench", type=int, default=30)
@@ -117,7 +117,7 @@ def measure(a: argparse.Namespace, model_path: Path, val: Path, train: Path) -> 
         calib=calib_folder(a, train),
         shape=a.shape,
         verify_frames=8,
-        calib_frames=16,
+        calib_frames=8,
     )
     export = export_model(model, opts, source=model_path, log=lambda m: print(m, file=sys.stderr))
     export_s = time.perf_counter() - t0

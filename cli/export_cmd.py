@@ -38,6 +38,7 @@ def export_command(
     batch: int = typer.Option(1, "--batch", help="Batch size of the engine profile."),
     workspace: int = typer.Option(4096, "--workspace", help="TensorRT workspace limit in MiB."),
     verify_frames: int = typer.Option(8, "--verify-frames", help="Frames the checks run on."),
+    calib_frames: int = typer.Option(8, "--calib-frames", help="Frames INT8 ranges are calibrated on."),
     out: Path = typer.Option(Path("export"), "--out", help="Output folder."),
     name: str = typer.Option("model", "--name", help="Base file name (model.onnx, model_fp16.onnx, ...)."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle"),
@@ -65,6 +66,7 @@ def export_command(
         batch=batch,
         workspace_mib=workspace,
         verify_frames=verify_frames,
+        calib_frames=calib_frames,
         trust_pickle=trust_pickle,
     )
     seg = load_model(model, trust_pickle=trust_pickle)
