@@ -37,6 +37,9 @@ class TrainConfig:
     weight_decay: float = 1e-4
     seed: int = 0
     device: str = "auto"
+    # torchvision's MobileNet BNs use momentum 0.01: after a short training their running statistics
+    # still remember the initialisation. Re-estimate them on this many training frames at the end.
+    precise_bn_frames: int = 200
 
     def __post_init__(self) -> None:
         if self.iters < 1 or self.batch_size < 1 or self.lr <= 0:
@@ -88,6 +91,17 @@ def train_source(
                 bar.update(step + 1, {"loss_st": float(loss.detach())} if (step + 1) % 10 == 0 else None)
     finally:
         loader.close()
+    if cfg.precise_bn_frames:
+        from stvm_sdk.data.batches import load_frame
+        from stvm_sdk.method.norm import reestimate_bn
+
+        frames = folder.labelled[: cfg.precise_bn_frames]
+        batches = (
+            normalize(torch.stack([load_frame(f, cfg.resize)[0] for f in frames[i : i + 8]]).to(device), model.mean,
+                      model.std)
+            for i in range(0, len(frames), 8)
+        )  # fmt: skip
+        reestimate_bn(net, batches)
     net.cpu().eval()
     save_model(model, out_path)
     log.info("saved %s", out_path)
