@@ -96,12 +96,11 @@ def train_source(
         from stvm_sdk.method.norm import reestimate_bn
 
         frames = folder.labelled[: cfg.precise_bn_frames]
-        batches = (
-            normalize(torch.stack([load_frame(f, cfg.resize)[0] for f in frames[i : i + 8]]).to(device), model.mean,
-                      model.std)
+        chunks = (
+            torch.stack([load_frame(f, cfg.resize)[0] for f in frames[i : i + 8]])
             for i in range(0, len(frames), 8)
-        )  # fmt: skip
-        reestimate_bn(net, batches)
+        )
+        reestimate_bn(net, (normalize(x.to(device), model.mean, model.std) for x in chunks))
     net.cpu().eval()
     save_model(model, out_path)
     log.info("saved %s", out_path)
