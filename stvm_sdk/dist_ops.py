@@ -89,9 +89,10 @@ class CpuSyncBatchNorm(_BatchNorm):
     def _global_batch_norm(self, x: Tensor) -> Tensor:
         dims = [0, *range(2, x.dim())]
         shape = [1, -1] + [1] * (x.dim() - 2)
-        count = x.new_tensor(float(x.numel() // x.shape[1]))
-        dist.all_reduce(count)
-        mean = all_reduce_sum(x.sum(dims)) / count
+        # The pixel count rides along with the sums: one all-reduce, not two.
+        sums = all_reduce_sum(torch.cat([x.sum(dims), x.new_tensor([x.numel() // x.shape[1]])]))
+        count = sums[-1].detach()
+        mean = sums[:-1] / count
         centred = x - mean.view(shape)
         var = all_reduce_sum((centred * centred).sum(dims)) / count
         if self.track_running_stats and self.num_batches_tracked is not None:
