@@ -176,7 +176,7 @@ def adapt(
     with distributed.join(resolve_device(cfg.run.device)) as ddp:  # a world of one without torchrun
         device = ddp.device
         run = ddp.open_run(out_dir, cfg, resume)
-        before = _evaluate(source, folder, cfg, device) if labels_dir and ddp.is_main else None
+        before = _evaluate(source, folder, cfg, device) if labels_dir is not None and ddp.is_main else None
         adapter, start = _build(source, folder, run, cfg, ddp, resume)
         loader = BatchLoader(
             folder.frames,

@@ -108,7 +108,8 @@ class Adapter(nn.Module):
 
     def _net(self, name: str) -> nn.Module:
         """The network to run forward: its DDP wrapper when there is one, else the network itself."""
-        return self.wrappers.get(name) or getattr(self, name)
+        wrapper = self.wrappers.get(name)  # not `or`: an empty nn.Sequential is falsy
+        return wrapper if wrapper is not None else getattr(self, name)
 
     def _make_optimizer(self, classifier: str | None) -> torch.optim.Optimizer | None:
         o = self.cfg.optim
