@@ -18,11 +18,15 @@ their required types without hand-written graph surgery.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -65,7 +69,7 @@ def quantize_qdq(
     exclude: Sequence[str] = (),
 ) -> Path:
     """Write a symmetric per-channel Q/DQ int8 graph of ``fp32`` to ``out``, calibrated on ``inputs``."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import CalibrationMethod
 
     methods = {
         "minmax": CalibrationMethod.MinMax,
@@ -80,15 +84,36 @@ def quantize_qdq(
         raise DataError(
             "INT8 calibration needs at least one frame: point --calib at a folder of target frames"
         )
+    # ORT's calibrators print progress to stdout (which `--json` reserves for one JSON object) and
+    # log advice about its pre-processing step to the root logger: keep both out of the user's way.
+    with contextlib.redirect_stdout(io.StringIO()), _quiet_root_logger():
+        _quantize_static(fp32, out, inputs, methods[method], input_name, exclude)
+    return out
+
+
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def _quantize_static(fp32: Path, out: Path, inputs: Sequence[np.ndarray], method: Any, input_name: str,
+                     exclude: Sequence[str]) -> None:  # fmt: skip
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
     quantize_static(
         str(fp32), str(out), _Reader(input_name, inputs), quant_format=QuantFormat.QDQ,  # type: ignore[arg-type]
         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
-        op_types_to_quantize=QUANTIZED_OPS, nodes_to_exclude=list(exclude), calibrate_method=methods[method],
+        op_types_to_quantize=QUANTIZED_OPS, nodes_to_exclude=list(exclude), calibrate_method=method,
         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
                        # 99.99th percentile: clips the rare outliers that waste the int8 range.
                        "CalibPercentile": 99.99},
     )  # fmt: skip
-    return out
 
 
 def quantize_int8(

@@ -63,12 +63,13 @@ def test_int8_graph_is_symmetric_qdq_that_tensorrt_parses(full_export) -> None:
     assert meta["calibration"]["method"] == "minmax" and meta["calibration"]["score"] == "mIoU"
 
 
-def test_calibration_method_is_the_best_scoring_one(tmp_path: Path, tiny_onnx: Path) -> None:
+def test_calibration_method_is_the_best_scoring_one(tmp_path: Path, tiny_onnx: Path, capsys) -> None:
     inputs = [np.random.default_rng(i).random((1, 3, 64, 128), dtype=np.float32) for i in range(2)]
     prefer = {"minmax": 1.0, "percentile": 3.0, "entropy": 2.0}
     res = quantize_int8(tiny_onnx, tmp_path / "q.onnx", inputs, lambda p: prefer[p.stem])
     assert res.method == "percentile" and res.scores == prefer
     assert (tmp_path / "q.onnx").is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["q.onnx"]
+    assert capsys.readouterr().out == ""  # ORT's calibrator chatter must not reach stdout (--json)
 
 
 def test_verification_fails_with_numbers_when_the_graph_differs(tiny_model, tiny_onnx: Path) -> None:
