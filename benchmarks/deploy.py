@@ -11,7 +11,7 @@ frames so the accuracy figures mean something) at 512x1024, batch 1:
 Everything goes through the SDK (``export_model``, ``bench.measure``), i.e. what `stvm export` and
 `stvm bench` do. Writes ``benchmarks/results/deploy.{md,json}``.
 
-    python benchmarks/deploy.py              # ~15 min the first time (data + training), then ~5 min
+    python benchmarks/deploy.py              # ~35 min the first time (data + training), then ~10 min
     python benchmarks/deploy.py --quick      # smoke run: tiny data, 30 training steps
 
 Data and the trained model are cached under ``benchmarks/cache/deploy`` (git-ignored), keyed by
@@ -37,7 +37,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--cache", type=Path, default=ROOT / "cache" / "deploy")
     p.add_argument("--n-train", type=int, default=240, help="labelled target training frames (512x1024)")
     p.add_argument("--n-val", type=int, default=24, help="held-out labelled target frames (512x1024)")
-    p.add_argument("--iters", type=int, default=600, help="training steps of the demo model")
+    p.add_argument("--iters", type=int, default=300, help="training steps of the demo model")
     p.add_argument("--shape", default="512x1024")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--iters-bench", type=int, default=30)
@@ -275,6 +275,21 @@ def _sections(r: dict) -> list[str]:
     return out + [""]
 
 
+def _notes(r: dict) -> list[str]:
+    m = r["bench"]["machine"]
+    return [
+        "## Notes", "",
+        f"- Load average while measuring: {m.get('load_avg_1m')} on {m.get('cores')} cores (other jobs "
+        "shared the machine). Backends run interleaved in short chunks, so the *ratios* see the same load; "
+        "absolute milliseconds are higher than on an idle machine.",
+        f"- INT8 on this CPU: int8 dot-product instructions (VNNI/AMX) present: {m.get('int8_dot_product')}. "
+        "The Q/DQ graph is made for TensorRT (symmetric int8, zero points 0). ONNX Runtime's CPU kernels for "
+        "signed int8 activations run in NHWC and wrap each fused QLinearConv in transposes, and HardSwish "
+        "stays in float between them; on AVX2 without VNNI that costs more than the int8 arithmetic saves.",
+        "- Accuracy columns: same frames, same resolution; labels resized (nearest) to the input size.", "",
+    ]  # fmt: skip
+
+
 def write(a: argparse.Namespace, r: dict) -> None:
     t = targets(r)
     lines = _header(a, r) + ["## Targets (this CPU)", ""]
@@ -288,6 +303,7 @@ def write(a: argparse.Namespace, r: dict) -> None:
         "",
     ]
     lines += _sections(r)
+    lines += _notes(r)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text("\n".join(lines))
     meta = {

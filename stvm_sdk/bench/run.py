@@ -71,12 +71,25 @@ def machine_info() -> dict[str, Any]:
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
+        # Other processes compete for the cores on shared machines: absolute times depend on it.
+        "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "int8_dot_product": _has_vnni(),
         "threads": torch.get_num_threads(),
         "gpu": gpu,
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,
         "python": platform.python_version(),
     }
+
+
+def _has_vnni() -> bool | None:
+    """Whether the CPU has int8 dot-product instructions (AVX-VNNI/AVX512-VNNI/AMX); None if unknown."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = next((ln for ln in fh if ln.startswith("flags")), "")
+    except OSError:
+        return None
+    return any(f in flags.split() for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
 
 
 def _pairs(paths: Sequence[Path], wanted: list[str] | None) -> list[tuple[Path, str]]:
