@@ -28,28 +28,40 @@ _EXPORTS = {
     "save_model": "stvm_sdk.models",
     "train_source": "stvm_sdk.supervised",
     "TrainConfig": "stvm_sdk.supervised",
+    "export_model": "stvm_sdk.export.pipeline",
+    "ExportOptions": "stvm_sdk.export.pipeline",
+    "bench_models": "stvm_sdk.bench.run",
+    "load_run": "stvm_sdk.api",
+    "reliability_map": "stvm_sdk.api",
 }
 __all__ = [
     "METHODS",
     "AdaptConfig",
     "AdaptResult",
     "EvalResult",
+    "ExportOptions",
     "SegModel",
     "StvmError",
     "TrainConfig",
     "__version__",
     "adapt",
+    "bench_models",
     "evaluate",
+    "export_model",
     "load_model",
+    "load_run",
+    "reliability_map",
     "save_model",
     "train_source",
 ]
 
 if TYPE_CHECKING:
-    from stvm_sdk.api import AdaptResult, adapt
+    from stvm_sdk.api import AdaptResult, adapt, load_run, reliability_map
+    from stvm_sdk.bench.run import bench_models
     from stvm_sdk.config import METHODS, AdaptConfig
     from stvm_sdk.errors import StvmError
     from stvm_sdk.eval import EvalResult, evaluate
+    from stvm_sdk.export.pipeline import ExportOptions, export_model
     from stvm_sdk.models import SegModel, load_model, save_model
     from stvm_sdk.supervised import TrainConfig, train_source
 

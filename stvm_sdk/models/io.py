@@ -114,7 +114,7 @@ def from_module(
     if not isinstance(module, nn.Module):
         raise ModelLoadError(f"expected an nn.Module, got {type(module).__name__}")
     k = check_contract(module, num_classes)
-    if classifier is not None:
+    if classifier is not None and not isinstance(module, torch.jit.ScriptModule):
         get_submodule(module, classifier)  # fail now, with the module names, not mid-run
     elif not isinstance(module, torch.jit.ScriptModule):
         classifier = find_classifier(module, k, probe=torch.zeros(1, 3, 64, 128))
