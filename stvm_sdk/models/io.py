@@ -201,7 +201,13 @@ def _from_checkpoint(
     state = ckpt["state_dict"]
     aux = any(key.startswith("aux_classifier.") for key in state)
     module = build_torchvision(str(ckpt["arch"]), k, aux_loss=aux)
-    result = module.load_state_dict(state, strict=False)
+    try:
+        result = module.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches raise even when strict=False
+        first = str(exc).strip().splitlines()[1:2] or [""]
+        raise ModelLoadError(
+            f"checkpoint {p} does not fit arch '{ckpt['arch']}' with {k} classes: {first[0].strip()}"
+        ) from None
     if result.missing_keys or result.unexpected_keys:
         raise ModelLoadError(
             f"checkpoint {p} does not fit arch '{ckpt['arch']}' with {k} classes "
