@@ -18,10 +18,6 @@ app = typer.Typer(
 )
 
 
-def _register() -> None:
-    """Attach the commands (kept for callers of the old name; registration happens at import)."""
-
-
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -10,14 +10,13 @@ import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper
-from stvm_sdk.cli.app import _register, app
+from stvm_sdk.cli.app import app
 from typer.testing import CliRunner
 
 from stvm_sdk.bench.roofline import EDGE_DEVICES, edge_estimates, model_cost
 from stvm_sdk.bench.runners import Runner
 from stvm_sdk.bench.timing import add_ratios, summarize
 
-_register()
 runner = CliRunner()
 
 

@@ -9,10 +9,9 @@ import numpy as np
 import onnx
 import pytest
 from PIL import Image
-from stvm_sdk.cli.app import _register, app
+from stvm_sdk.cli.app import app
 from typer.testing import CliRunner
 
-_register()
 runner = CliRunner()
 
 
