@@ -158,10 +158,9 @@ def test_invalid_requests_raise_config_errors(tmp_path: Path, bad: dict) -> None
 
 
 def test_cli_synth_writes_n_frames(tmp_path: Path) -> None:
-    from stvm_sdk.cli.app import _register, app
+    from stvm_sdk.cli.app import app
     from typer.testing import CliRunner
 
-    _register()
     out = tmp_path / "cs"
     result = CliRunner().invoke(
         app,
@@ -192,10 +191,9 @@ def test_cli_synth_writes_n_frames(tmp_path: Path) -> None:
 
 
 def test_cli_synth_rejects_a_malformed_size(tmp_path: Path) -> None:
-    from stvm_sdk.cli.app import _register, app
+    from stvm_sdk.cli.app import app
     from typer.testing import CliRunner
 
-    _register()
     result = CliRunner().invoke(app, ["synth", "--out", str(tmp_path), "--size", "big", "--n", "1"])
     assert result.exit_code == 2
     assert "256x512" in result.output
