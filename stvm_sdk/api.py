@@ -63,9 +63,9 @@ def reliability_map(result: AdaptResult, images: torch.Tensor) -> tuple[torch.Te
 
     Only STvM runs have a metric network; for other methods this raises ``ValueError``.
     """
-    if result.metric is None or result.teacher is None or result.teacher.classifier is None:
-        raise ValueError("reliability maps need an STvM run (method stvm or stvm_no_mocm)")
     teacher = result.teacher
+    if result.metric is None or teacher is None or teacher.classifier is None:
+        raise ValueError("reliability maps need an STvM run (method stvm or stvm_no_mocm)")
     cfg = result.config.reliability
     x = normalize(images, teacher.mean, teacher.std)
     return pseudo_label_reliability(
