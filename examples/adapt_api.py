@@ -25,7 +25,9 @@ def _demo_inputs(root: Path) -> tuple[torch.nn.Module, Path]:
     frames = root / "frames"
     frames.mkdir(parents=True)
     for i in range(8):
-        Image.fromarray(rng.integers(0, 255, (128, 256, 3), dtype=np.uint8)).save(frames / f"frame_{i:03d}.png")
+        Image.fromarray(rng.integers(0, 255, (128, 256, 3), dtype=np.uint8)).save(
+            frames / f"frame_{i:03d}.png"
+        )
     model = torchvision.models.get_model(
         "lraspp_mobilenet_v3_large", weights=None, weights_backbone=None, num_classes=19
     )
@@ -46,7 +48,9 @@ def main() -> None:
         print({k: result.metrics[k] for k in ("method", "steps", "images_used", "seconds")})
         if labels:
             print("mIoU after:", evaluate(result.model, frames, labels).miou)
-        print("adapted model classes:", result.model.num_classes, "deliverable:", result.metrics["deliverable"])
+        print(
+            "adapted model classes:", result.model.num_classes, "deliverable:", result.metrics["deliverable"]
+        )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,144 @@
+"""Figures for the accuracy benchmark: threshold sweep, reliability vs correctness, qualitative frames.
+
+People look at these before they read the table. Uses matplotlib (dev extra).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from stvm_sdk.api import load_run, reliability_map
+from stvm_sdk.benchmark_data import DomainSpec, ensure_domain
+from stvm_sdk.data import scan_frames
+from stvm_sdk.data.batches import load_frame
+from stvm_sdk.eval import predict
+from stvm_sdk.export.palette import colorize, palette_for
+from stvm_sdk.models import load_model, normalize
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def sweep_plot(sweep: dict[str, float], reference: dict[str, float], path: Path) -> None:
+    """mIoU of threshold_st vs the share of confident pixels kept, with STvM as a line."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    keep = [float(k) * 100 for k in sweep]
+    ax.plot(keep, list(sweep.values()), "o-", label="threshold_st (top-p% confident, weight 1)")
+    for name, value in reference.items():
+        ax.axhline(value, ls="--", lw=1, label=name)
+    ax.set_xlabel("pseudo-labels kept (%)")
+    ax.set_ylabel("mIoU (%)")
+    ax.set_title("Too few pixels starve, all pixels add noise")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+@torch.no_grad()
+def reliability_vs_correctness(run_dir: Path, eval_root: Path, path: Path, bins: int = 10) -> dict[str, Any]:
+    """Bin teacher pseudo-labels by reliability; plot the share that is correct in each bin."""
+    result = load_run(run_dir)
+    folder = scan_frames(eval_root, eval_root)
+    correct = np.zeros(bins)
+    total = np.zeros(bins)
+    for frame in folder.labelled[:40]:
+        img, label = load_frame(frame, None, with_label=True)
+        assert label is not None
+        pseudo, rel = reliability_map(result, img[None])
+        valid = label != 255
+        idx = np.minimum((rel[0][valid].numpy() * bins).astype(int), bins - 1)
+        ok = (pseudo[0][valid] == label[valid]).numpy()
+        np.add.at(total, idx, 1)
+        np.add.at(correct, idx, ok)
+    acc = np.where(total > 0, correct / np.maximum(total, 1), np.nan)
+    plt = _plt()
+    fig, ax1 = plt.subplots(figsize=(5, 3.4))
+    centers = (np.arange(bins) + 0.5) / bins
+    ax1.bar(centers, total / total.sum(), width=0.9 / bins, alpha=0.3, label="share of pixels")
+    ax1.plot(centers, acc, "o-", color="C3", label="pseudo-label accuracy")
+    ax1.plot([0, 1], [0, 1], ":", color="gray", lw=1)
+    ax1.set_xlabel("reliability r (metric network)")
+    ax1.set_ylabel("fraction")
+    ax1.legend(fontsize=7)
+    ax1.set_title("Is reliability calibrated? (held-out target frames)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return {"bin_accuracy": acc.tolist(), "bin_share": (total / total.sum()).tolist()}
+
+
+@torch.no_grad()
+def qualitative(run_dir: Path, source_path: Path, eval_root: Path, path: Path, n: int = 3) -> None:
+    """image | ground truth | source-only | adapted | reliability (STvM) or teacher confidence."""
+    result = load_run(run_dir)
+    source = load_model(source_path)
+    palette = palette_for(source.num_classes)
+    frames = scan_frames(eval_root, eval_root).labelled[:n]
+    plt = _plt()
+    fig, axes = plt.subplots(n, 5, figsize=(15, 2.1 * n))
+    titles = ["image", "ground truth", "source-only", f"adapted ({result.config.method})", ""]
+    for row, frame in enumerate(frames):
+        img, label = load_frame(frame, None, with_label=True)
+        assert label is not None
+        x = img[None]
+        src = predict(source, x)[0].numpy()
+        ada = predict(result.model, x)[0].numpy()
+        if result.metric is not None:
+            _, rel = reliability_map(result, x)
+            extra, titles[4] = rel[0].numpy(), "reliability r"
+        else:
+            teacher = result.teacher or result.student
+            logits = teacher.module.eval()(normalize(x, teacher.mean, teacher.std))
+            logits = logits["out"] if isinstance(logits, dict) else logits
+            extra, titles[4] = logits.softmax(1).max(1).values[0].numpy(), "confidence (max softmax)"
+        gt = colorize(np.where(label.numpy() == 255, 0, label.numpy()), palette)
+        gt[label.numpy() == 255] = 0
+        panels = [
+            (img.permute(1, 2, 0).numpy(), None),
+            (gt, None),
+            (colorize(src, palette), None),
+            (colorize(ada, palette), None),
+            (extra, "viridis"),
+        ]
+        for col, (panel, cmap) in enumerate(panels):
+            ax = axes[row, col] if n > 1 else axes[col]
+            ax.imshow(panel, cmap=cmap, vmin=0 if cmap else None, vmax=1 if cmap else None)
+            ax.set_axis_off()
+            if row == 0:
+                ax.set_title(titles[col], fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_figures(
+    plan: Any, cache: Path, sweep: dict[str, float], table: dict[str, Any], out: Path, suffix: str
+) -> dict[str, Any]:
+    """Every figure of the benchmark; returns the reliability-calibration numbers."""
+    arch, domain = plan.sweep_arch, plan.domains[0]
+    block = table[arch][domain]
+    ref = {f"{m} ({block[m]['miou_mean']:.1f})": block[m]["miou_mean"] for m in ("stvm", "mean_teacher")}
+    sweep_plot(sweep, ref, out / f"threshold_sweep{suffix}.png")
+    eval_root = ensure_domain(DomainSpec(domain, "test", plan.n_test, plan.size, 0), cache)
+    source = cache / "models"
+    source_path = next(p for p in sorted(source.glob(f"{arch}-source-*/model.pt")))
+    runs = cache / "runs" / arch / domain / "test"
+    calib = reliability_vs_correctness(runs / "stvm" / "seed0", eval_root, out / f"reliability{suffix}.png")
+    figs = out / f"figures{suffix}"
+    figs.mkdir(exist_ok=True)
+    for method_dir in sorted(runs.iterdir()):
+        if (method_dir / "seed0" / "summary.json").is_file():
+            qualitative(method_dir / "seed0", source_path, eval_root, figs / f"{method_dir.name}.png")
+    return calib
