@@ -13,18 +13,12 @@ if not __import__("torch").cuda.is_available():
 
 from pathlib import Path  # noqa: E402
 
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+from frame_factory import make_frames  # noqa: E402
 from torch import nn  # noqa: E402
 
 torch.set_num_threads(2)
-
-# Class k is drawn with colour PALETTE[k] (+ noise): a model can learn it, and labels are exact.
-PALETTE = np.array(
-    [[128, 64, 128], [244, 35, 232], [70, 70, 70], [107, 142, 35], [70, 130, 180]], dtype=np.uint8
-)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -68,27 +62,6 @@ class TinySegNet(nn.Module):
 @pytest.fixture
 def tiny_net() -> TinySegNet:
     return TinySegNet()
-
-
-def make_frames(
-    root: Path, n: int = 6, size: tuple[int, int] = (32, 64), seed: int = 0, nested: bool = True
-) -> tuple[Path, Path]:
-    """Write ``n`` frames of coloured blocks to ``root/images`` and trainId labels to ``root/labels``."""
-    rng = np.random.default_rng(seed)
-    images, labels = root / "images", root / "labels"
-    for i in range(n):
-        h, w = size
-        lab = np.zeros(size, dtype=np.uint8)
-        lab[: h // 3] = 4
-        lab[h // 3 :, : w // 2] = rng.integers(0, 4)
-        lab[h // 3 :, w // 2 :] = rng.integers(0, 4)
-        img = PALETTE[lab].astype(np.int16) + rng.integers(-20, 20, (*size, 3))
-        sub = Path(f"seq{i % 2}") if nested else Path()
-        (images / sub).mkdir(parents=True, exist_ok=True)
-        (labels / sub).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(images / sub / f"f{i}.png")
-        Image.fromarray(lab).save(labels / sub / f"f{i}.png")
-    return images, labels
 
 
 @pytest.fixture
