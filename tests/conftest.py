@@ -15,8 +15,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from frame_factory import make_frames  # noqa: E402
-from torch import nn  # noqa: E402
+from support import TinySegNet, make_frames  # noqa: E402
 
 torch.set_num_threads(2)
 
@@ -37,26 +36,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
-
-
-class TinySegNet(nn.Module):
-    """A 5-class segmentation net with BatchNorm and a `classifier` head (conv-bn-relu-conv)."""
-
-    def __init__(self, num_classes: int = 5) -> None:
-        super().__init__()
-        self.backbone = nn.Sequential(
-            nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-            nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-        )  # fmt: skip
-        self.classifier = nn.Sequential(
-            nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, num_classes, 1)
-        )
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = self.classifier(self.backbone(x))
-        return {
-            "out": nn.functional.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        }
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from frame_factory import make_frames
+from support import make_frames
 
 from stvm_sdk import AdaptConfig, adapt
 from stvm_sdk.data import scan_frames

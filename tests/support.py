@@ -1,11 +1,13 @@
-"""Generated labelled frames for tests (importable by tests and by their subprocess workers)."""
+"""Test support that must be importable by name (pickled models, subprocess workers): not a conftest."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
+from torch import nn
 
 # Class k is drawn with colour PALETTE[k] (+ noise): a model can learn it, and labels are exact.
 PALETTE = np.array(
@@ -32,3 +34,23 @@ def make_frames(
         Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(images / sub / f"f{i}.png")
         Image.fromarray(lab).save(labels / sub / f"f{i}.png")
     return images, labels
+
+
+class TinySegNet(nn.Module):
+    """A 5-class segmentation net with BatchNorm and a `classifier` head (conv-bn-relu-conv)."""
+
+    def __init__(self, num_classes: int = 5) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(
+            nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        )  # fmt: skip
+        self.classifier = nn.Sequential(
+            nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, num_classes, 1)
+        )
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = self.classifier(self.backbone(x))
+        return {
+            "out": nn.functional.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        }
