@@ -37,10 +37,13 @@ from stvm_sdk.data.synth.styles import STYLES
 from stvm_sdk.errors import ConfigError
 
 __all__ = [
-    "DOMAINS", "SPLITS", "IGNORE", "LABEL_TO_TRAIN", "TRAIN_CLASSES", "TRAIN_TO_LABEL",
+    "DOMAINS", "GENERATOR_VERSION", "SPLITS", "IGNORE", "LABEL_TO_TRAIN", "TRAIN_CLASSES", "TRAIN_TO_LABEL",
     "city_name", "frame_rng", "frame_stem", "generate", "iter_frames", "render_frame", "render_scene",
 ]  # fmt: skip
 
+# Bumped whenever the same (seed, domain, split, index) would render a different frame: caches of
+# generated data should include it in their key.
+GENERATOR_VERSION = "2"
 DOMAINS = tuple(STYLES)
 SPLITS = ("train", "val", "test")
 
@@ -154,6 +157,7 @@ def generate(
         with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
             list(pool.map(_write_frame, jobs, chunksize=max(1, n // (4 * workers))))
     meta = {
+        "generator_version": GENERATOR_VERSION,
         "domain": domain,
         "city": city,
         "split": split,

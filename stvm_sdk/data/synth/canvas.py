@@ -80,48 +80,39 @@ class Canvas:
         self.mats.append(mat)
         return len(self.mats) - 1
 
-    def _grow(self, mat: int, xs: Sequence[float], ys: Sequence[float]) -> None:
-        # The material's bounding box anchors its local textures and gradients.
+    def _add_box(self, mat: int, x0: float, y0: float, x1: float, y1: float) -> bool:
+        """Grow the material's bounding box (it anchors local textures); False if off screen."""
+        if x1 < 0 or x0 >= self.w or y1 < 0 or y0 >= self.h:
+            return False
         b = self.mats[mat].box
-        b[0], b[1] = min(b[0], min(xs)), min(b[1], min(ys))
-        b[2], b[3] = max(b[2], max(xs)), max(b[3], max(ys))
-
-    def _on_screen(self, xs: Sequence[float], ys: Sequence[float]) -> bool:
-        return max(xs) >= 0 and min(xs) < self.w and max(ys) >= 0 and min(ys) < self.h
+        b[0], b[1], b[2], b[3] = min(b[0], x0), min(b[1], y0), max(b[2], x1), max(b[3], y1)
+        return True
 
     def polygon(self, pts: Pts, mat: int) -> None:
         """Fill a polygon given in pixel coordinates."""
-        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-        if len(pts) < 3 or not self._on_screen(xs, ys):
+        if len(pts) < 3:
             return
-        self._grow(mat, xs, ys)
-        self._draw.polygon([(float(x), float(y)) for x, y in pts], fill=mat)
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        if self._add_box(mat, min(xs), min(ys), max(xs), max(ys)):
+            self._draw.polygon(list(zip(xs, ys, strict=True)), fill=mat)
 
     def ellipse(self, cx: float, cy: float, rx: float, ry: float, mat: int) -> None:
         """Fill an axis-aligned ellipse (at least one pixel, so distant things do not vanish)."""
         rx, ry = max(rx, 0.5), max(ry, 0.5)
-        xs, ys = (cx - rx, cx + rx), (cy - ry, cy + ry)
-        if not self._on_screen(xs, ys):
-            return
-        self._grow(mat, xs, ys)
-        self._draw.ellipse([xs[0], ys[0], xs[1], ys[1]], fill=mat)
+        if self._add_box(mat, cx - rx, cy - ry, cx + rx, cy + ry):
+            self._draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=mat)
 
     def line(self, pts: Pts, width: float, mat: int) -> None:
         """A polyline of the given pixel width (bicycle frames, pole arms)."""
         xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-        if not self._on_screen(xs, ys):
-            return
-        self._grow(mat, xs, ys)
-        self._draw.line([(float(x), float(y)) for x, y in pts], fill=mat, width=max(1, round(width)))
+        if self._add_box(mat, min(xs), min(ys), max(xs), max(ys)):
+            self._draw.line(list(zip(xs, ys, strict=True)), fill=mat, width=max(1, round(width)))
 
     def ring(self, cx: float, cy: float, rx: float, ry: float, width: float, mat: int) -> None:
         """An ellipse outline (wheels seen from the side)."""
         rx, ry = max(rx, 1.0), max(ry, 1.0)
-        xs, ys = (cx - rx, cx + rx), (cy - ry, cy + ry)
-        if not self._on_screen(xs, ys):
-            return
-        self._grow(mat, xs, ys)
-        self._draw.ellipse([xs[0], ys[0], xs[1], ys[1]], outline=mat, width=max(1, round(width)))
+        if self._add_box(mat, cx - rx, cy - ry, cx + rx, cy + ry):
+            self._draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], outline=mat, width=max(1, round(width)))
 
     def shadow(self, pts: Pts, strength: float = 1.0) -> None:
         """Mark a cast-shadow polygon (pixel coordinates) on the shadow layer."""

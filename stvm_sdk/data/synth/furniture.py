@@ -49,7 +49,7 @@ def pole(ctx: Ctx, x: float, z: float, kind: str) -> None:
             ctx.mat("pole", POLE, z, rgb=(0.95, 0.9, 0.7), emit=2.0),
         )
     elif kind == "light":
-        over_road = ctx.rng.random() < 0.4
+        over_road = ctx.random() < 0.4
         hx = x + toward_road * ctx.u(2.0, 4.0) if over_road else x
         if over_road:
             ctx.canvas.line(
@@ -61,7 +61,7 @@ def pole(ctx: Ctx, x: float, z: float, kind: str) -> None:
         traffic_light(ctx, hx, y0, z)
     else:
         sign(ctx, x, ctx.u(2.0, top - 0.7), z)
-        if ctx.rng.random() < 0.3:
+        if ctx.random() < 0.3:
             sign(ctx, x, top - 0.35, z)
 
 
@@ -70,7 +70,7 @@ def traffic_light(ctx: Ctx, x: float, y0: float, z: float) -> None:
     box = ctx.hexa(
         x - 0.18, x + 0.18, z - 0.15, z + 0.15, y0, y0 + 0.95, {"*": ctx.mat("light_box", TRAFFIC_LIGHT, z)}
     )
-    on = int(ctx.rng.integers(3))
+    on = ctx.pick(3)
     s = ctx.cam.scale(z)
     for k in range(3):
         lu, lv = ctx.cam.project(x, y0 + 0.78 - 0.3 * k, z - 0.15)
@@ -91,7 +91,7 @@ def sign(ctx: Ctx, x: float, y: float, z: float) -> None:
     cu, cv = ctx.cam.project(x, y, z)
     r = ctx.u(0.3, 0.45) * s
     outer, inner = ctx.mat("sign", TRAFFIC_SIGN, z), ctx.mat("sign", TRAFFIC_SIGN, z)
-    shape = int(ctx.rng.integers(3))
+    shape = ctx.pick(3)
     if shape == 0:
         ctx.canvas.ellipse(cu, cv, r, r, outer)
         ctx.canvas.ellipse(cu, cv, 0.7 * r, 0.7 * r, inner)
@@ -132,11 +132,11 @@ def tree(ctx: Ctx, x: float, z: float) -> None:
         ctx.canvas.ellipse(cu, cv, crown_r * s, crown_r * s, ctx.mat("vegetation", VEGETATION, z))
         return
     shades = [ctx.mat("vegetation", VEGETATION, z, light=lt) for lt in (0.7, 0.9, 1.1)]
-    for _ in range(int(ctx.rng.integers(7, 15))):
+    for _ in range(7 + ctx.pick(8)):
         a, d = ctx.u(0, 2 * np.pi), ctx.u(0.0, 0.8) * crown_r
         du, dv = d * np.cos(a) * s * 1.2, d * np.sin(a) * s * 0.9
         rr = ctx.u(0.35, 0.7) * crown_r * s
-        shade = shades[min(2, int((dv < 0) + (ctx.rng.random() < 0.5)))]  # lit from above
+        shade = shades[min(2, int((dv < 0) + (ctx.random() < 0.5)))]  # lit from above
         ctx.canvas.ellipse(cu + du, cv + dv, rr * ctx.u(0.8, 1.3), rr, shade)
 
 
@@ -164,7 +164,7 @@ def barrier(ctx: Ctx, x: float, z0: float, z1: float, kind: str) -> None:
 
 def clutter(ctx: Ctx, x: float, z: float) -> None:
     """An ignored ("static") object: a bin, a bollard or an advertising column."""
-    kind = int(ctx.rng.choice(3, p=[0.5, 0.35, 0.15]))
+    kind = ctx.pick(3, [0.5, 0.35, 0.15])
     w, h = ((0.6, 1.0), (0.15, 0.9), (1.2, 2.8))[kind]
     mat = ctx.mat("clutter", STATIC, z)
     ctx.object_shadow(x - w / 2, x + w / 2, z - w / 2, z + w / 2, h)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -23,16 +25,43 @@ class Ctx:
     rng: np.random.Generator
     sun_dx: float = 0.0  # ground displacement of a cast shadow per metre of height (x, z)
     sun_dz: float = 0.0
+    _buf: list[float] = field(default_factory=list, init=False, repr=False)
+
+    def random(self) -> float:
+        """A uniform draw in [0, 1) from ``rng``.
+
+        Scenes make about a thousand scalar draws: taking them from a block drawn at once is ~20x
+        cheaper than one generator call each, and just as deterministic.
+        """
+        if not self._buf:
+            self._buf = self.rng.random(512).tolist()[::-1]
+        return self._buf.pop()
 
     def u(self, lo: float, hi: float) -> float:
         """A uniform draw in [lo, hi)."""
-        return float(self.rng.uniform(lo, hi))
+        return lo + (hi - lo) * self.random()
+
+    def exponential(self, mean: float) -> float:
+        """An exponential draw (distances of objects: many near, a few far)."""
+        return -mean * math.log(1.0 - self.random())
+
+    def pick(self, n: int, weights: Sequence[float] | None = None) -> int:
+        """An index in ``range(n)``, uniform or with the given (normalised) weights."""
+        r = self.random()
+        if weights is None:
+            return min(int(r * n), n - 1)
+        for i, w in enumerate(weights):
+            r -= w
+            if r < 0:
+                return i
+        return n - 1
 
     def colour(self, look: str) -> tuple[float, float, float]:
         """A colour of ``look``, jittered per instance, in [0, 1]."""
         lk = self.style.looks[look]
-        base = lk.colours[int(self.rng.integers(len(lk.colours)))]
-        n = self.rng.standard_normal(4).tolist()  # one brightness and three hue jitters
+        base = lk.colours[self.pick(len(lk.colours))]
+        # One brightness and three hue jitters, uniform with unit variance (the shape does not matter).
+        n = [3.46 * (self.random() - 0.5) for _ in range(4)]
         return tuple(
             min(1.0, max(0.0, c / 255.0 * (1.0 + lk.jitter * (n[0] + 0.5 * e))))
             for c, e in zip(base, n[1:], strict=True)
@@ -106,8 +135,8 @@ class Ctx:
         pts = (1 - v) * ((1 - u) * bl + u * br) + v * ((1 - u) * tl + u * tr)
         px = self.cam.project_many(pts).reshape(-1, 4, 2)
         size = np.minimum(np.ptp(px[..., 0], axis=1), np.ptp(px[..., 1], axis=1))
-        for quad in px[size >= min_px]:
-            self.canvas.polygon([(float(a), float(b)) for a, b in quad], mat)
+        for quad in px[size >= min_px].tolist():
+            self.canvas.polygon(quad, mat)
 
     def ground_shadow(self, pts: list[tuple[float, float]], strength: float = 1.0) -> None:
         """Cast-shadow polygon given as ground points (x, z)."""

@@ -71,8 +71,8 @@ def _upper_body(
     ctx.canvas.ellipse(
         hu, hv - 0.35 * head_r * s, 0.8 * head_r * s, 0.7 * head_r * s, ctx.mat("clothes", label, z)
     )  # hair or a hat
-    if ctx.rng.random() < 0.3:  # a bag or backpack belongs to the person's mask in Cityscapes
-        side = 1 if ctx.rng.random() < 0.5 else -1
+    if ctx.random() < 0.3:  # a bag or backpack belongs to the person's mask in Cityscapes
+        side = 1 if ctx.random() < 0.5 else -1
         ctx.canvas.polygon(
             [
                 p(side * 0.12, hip - 0.05),

@@ -35,10 +35,10 @@ def build_scene(style: Style, rng: np.random.Generator, size: tuple[int, int]) -
     ctx = Ctx(cam, canvas, style, rng)
     # Sun low enough to cast long shadows, from the left or the right. Drawn even when unused, so
     # that fog and night render exactly the target scene a given generator state describes.
-    k, ang, side = rng.uniform(0.4, 1.5), rng.uniform(0.3, 1.2), 1 if rng.random() < 0.5 else -1
+    k, ang, side = rng.uniform(0.4, 1.5), rng.uniform(0.3, 1.2), 1 if ctx.random() < 0.5 else -1
     if style.sensor.shadows > 0:
         ctx.sun_dx, ctx.sun_dz = side * k * np.cos(ang), k * np.sin(ang)
-    st = sample_street(ctx, (rng.random() < lay.parked_prob, rng.random() < lay.parked_prob))
+    st = sample_street(ctx, (ctx.random() < lay.parked_prob, ctx.random() < lay.parked_prob))
     draw_sky_and_ground(ctx, st)
     draw_buildings(ctx, st)
     _barriers(ctx, st)
@@ -52,12 +52,17 @@ def build_scene(style: Style, rng: np.random.Generator, size: tuple[int, int]) -
 def _barriers(ctx: Ctx, st: Street) -> None:
     """Walls, fences and hedges on the outer edge of the sidewalks (behind everything on them)."""
     for side in (-1, 1):
-        if ctx.rng.random() >= ctx.style.layout.barrier_prob:
+        if ctx.random() >= ctx.style.layout.barrier_prob:
             continue
         x = st.edge(side) + side * st.sidewalk[(side + 1) // 2]
         z0 = ctx.u(1.0, 30.0)
-        kind = ("wall", "fence", "hedge")[int(ctx.rng.integers(3))]
-        furniture.barrier(ctx, x, z0, z0 + ctx.u(8.0, 50.0), kind)
+        z1 = z0 + ctx.u(8.0, 50.0)
+        if st.crossing and st.crosses(z0, z1):  # stop at the side street
+            z0, z1 = (
+                (z0, st.crossing[0]) if z0 < st.crossing[0] else (st.crossing[1], max(z1, st.crossing[1] + 5))
+            )
+        kind = ("wall", "fence", "hedge")[ctx.pick(3)]
+        furniture.barrier(ctx, x, z0, z1, kind)
 
 
 class _Lanes:
@@ -83,11 +88,11 @@ def _vehicles(ctx: Ctx, st: Street) -> list[Item]:
         lanes.take([-1, 0], z0, z0 + RESERVE["train"])
         items.append((z0, partial(vehicles.big_vehicle, ctx, "train", st.centre, z0)))
     kinds = ["car"] * int(rng.poisson(lay.moving_cars))
-    kinds += ["truck"] * int(rng.random() < lay.truck_prob) + ["bus"] * int(rng.random() < lay.bus_prob)
+    kinds += ["truck"] * int(ctx.random() < lay.truck_prob) + ["bus"] * int(ctx.random() < lay.bus_prob)
     for kind in kinds:
         for _ in range(6):  # a few tries to find a free stretch of some lane
-            k = int(rng.integers(-st.lanes, st.lanes))
-            z0 = (7.0 if k >= 0 else 4.0) + float(rng.exponential(25.0))
+            k = ctx.pick(2 * st.lanes) - st.lanes
+            z0 = (7.0 if k >= 0 else 4.0) + ctx.exponential(25.0)
             if k >= 0 and abs(st.lane_x(k)) < 1.0:
                 z0 += 4.0  # keep a gap in front of the ego vehicle
             if z0 < 150 and lanes.take([k], z0, z0 + RESERVE[kind]):
@@ -103,7 +108,7 @@ def _vehicles(ctx: Ctx, st: Street) -> list[Item]:
         if st.park[(side + 1) // 2] > 0:
             z = ctx.u(1.5, 6.0)
             while z < 90.0:
-                if rng.random() > 0.15:
+                if ctx.random() > 0.15 and not st.crosses(z - 1.0, z + RESERVE["car"]):
                     items.append((z, partial(vehicles.car, ctx, st.edge(side) - side * 1.15, z)))
                 z += RESERVE["car"] + ctx.u(0.3, 3.0)
     return items
@@ -118,22 +123,22 @@ def _objects(ctx: Ctx, st: Street) -> list[Item]:
         return st.edge(side) + side * ctx.u(lo, max(lo + 0.1, st.sidewalk[(side + 1) // 2] - 0.3))
 
     def z_near() -> float:
-        return 3.5 + min(float(rng.exponential(16.0)), 80.0)
+        return 3.5 + min(ctx.exponential(16.0), 80.0)
 
-    sides = lambda: -1 if rng.random() < 0.5 else 1  # noqa: E731
+    sides = lambda: -1 if ctx.random() < 0.5 else 1  # noqa: E731
     for _ in range(int(rng.poisson(lay.people))):
-        if st.crossing and rng.random() < 0.15:
+        if st.crossing and ctx.random() < 0.15:
             x, z = ctx.u(st.edge(-1), st.edge(1)), st.crossing[0] - ctx.u(1.5, 3.5)
         else:
             x, z = on_walk(sides()), z_near()
         items.append((z, partial(people.person, ctx, x, z)))
     for _ in range(int(rng.poisson(lay.riders))):
-        side = 1 if rng.random() < 0.75 else -1
+        side = 1 if ctx.random() < 0.75 else -1
         x, z = st.edge(side) - side * (st.park[(side + 1) // 2] + 0.8), 5.0 + z_near()
-        items.append((z, partial(people.rider, ctx, x, z, bool(rng.random() < 0.4))))
+        items.append((z, partial(people.rider, ctx, x, z, bool(ctx.random() < 0.4))))
     for _ in range(int(rng.poisson(lay.parked_bikes))):
         z = z_near()
-        items.append((z, partial(people.bike, ctx, on_walk(sides(), 0.2), z, bool(rng.random() < 0.4), True)))
+        items.append((z, partial(people.bike, ctx, on_walk(sides(), 0.2), z, bool(ctx.random() < 0.4), True)))
     for _ in range(int(rng.poisson(lay.clutter))):
         z = z_near()
         items.append((z, partial(furniture.clutter, ctx, on_walk(sides()), z)))
@@ -148,19 +153,18 @@ def _side_furniture(ctx: Ctx, st: Street, side: int) -> list[Item]:
     items: list[Item] = []
     z = ctx.u(2.0, lay.pole_spacing[1])
     while z < 120.0:
-        near_crossing = st.crossing is not None and abs(z - st.crossing[0]) < 6.0
-        kind = (
-            "light"
-            if near_crossing
-            else ("lamp", "sign", "light")[int(ctx.rng.choice(3, p=[0.5, 0.35, 0.15]))]
-        )
+        kind = ("lamp", "sign", "light")[ctx.pick(3, [0.5, 0.35, 0.15])]
+        if st.crossing and st.crosses(z - 6.0, z + 0.5):  # traffic lights at the corner instead
+            z, kind = st.crossing[0] - 0.8, "light"
         items.append((z, partial(furniture.pole, ctx, st.edge(side) + side * 0.45, z, kind)))
+        z = max(z, st.crossing[1] + 0.8) if st.crossing and z == st.crossing[0] - 0.8 else z
         z += ctx.u(*lay.pole_spacing)
-    if ctx.rng.random() < lay.tree_prob:
+    if ctx.random() < lay.tree_prob:
         x = st.edge(side) + side * 0.65 * st.sidewalk[(side + 1) // 2]
         z = ctx.u(2.0, lay.tree_spacing[1])
         while z < 100.0:
-            items.append((z, partial(furniture.tree, ctx, x, z)))
+            if not st.crosses(z - 1.5, z + 1.5):
+                items.append((z, partial(furniture.tree, ctx, x, z)))
             z += ctx.u(*lay.tree_spacing)
     return items
 

@@ -120,15 +120,16 @@ def shade(
         gx=cam.ground_x(gz),
     )
     mod = np.ones((h, w), dtype=np.float32)
-    tex = t.tex[index]
-    for kind in np.unique(tex):
-        if kind == 0:
-            continue
-        ys, xs = np.nonzero(tex == kind)
-        mod[ys, xs] += _texture(int(kind), t, index[ys, xs], ys, xs, f)
-    ys, xs = np.nonzero(t.grad[index] != 0)
-    m = index[ys, xs]
-    mod[ys, xs] += t.grad[m] * (_local(t, m, ys.astype(np.float32), xs.astype(np.float32))[2] - 0.5)
+    flat_mod, flat_index = mod.reshape(-1), index.reshape(-1)
+    tex = t.tex[flat_index]
+    for kind in np.flatnonzero(np.bincount(tex, minlength=CLOUDS + 1)[1:]) + 1:  # kinds in use, not FLAT
+        idx = np.flatnonzero(tex == kind)
+        ys, xs = np.divmod(idx, w)
+        flat_mod[idx] += _texture(int(kind), t, flat_index[idx], ys, xs, f)
+    idx = np.flatnonzero(t.grad[flat_index] != 0)
+    ys, xs = np.divmod(idx, w)
+    m = flat_index[idx]
+    flat_mod[idx] += t.grad[m] * (_local(t, m, ys.astype(np.float32), xs.astype(np.float32))[2] - 0.5)
     light = t.light[index]
     if shadow_strength > 0:
         soft = np.asarray(shadow.filter(ImageFilter.GaussianBlur(1.2)), dtype=np.float32) / 255.0

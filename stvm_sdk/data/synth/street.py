@@ -36,6 +36,10 @@ class Street:
         half = self.lanes * self.lane_width + self.park[(side + 1) // 2]
         return self.centre + side * half
 
+    def crosses(self, z0: float, z1: float) -> bool:
+        """Whether the stretch ``[z0, z1]`` overlaps the side street (nothing stands in it)."""
+        return self.crossing is not None and z0 < self.crossing[1] and self.crossing[0] < z1
+
     def lane_x(self, k: int) -> float:
         """Centre x of lane ``k``: 0..lanes-1 go our way (right), negative ones oncoming."""
         return self.centre + (k + 0.5) * self.lane_width
@@ -44,21 +48,21 @@ class Street:
 def sample_street(ctx: Ctx, parked: tuple[bool, bool]) -> Street:
     """Draw a street cross-section from the layout priors; the camera is in one of our lanes."""
     lay = ctx.style.layout
-    lanes = int(ctx.rng.integers(lay.lanes[0], lay.lanes[1] + 1))
+    lanes = lay.lanes[0] + ctx.pick(lay.lanes[1] - lay.lanes[0] + 1)
     lw = ctx.u(*lay.lane_width)
-    ego = int(ctx.rng.integers(lanes))
+    ego = ctx.pick(lanes)
     centre = -(ego + 0.5) * lw + ctx.u(-0.3, 0.3)
     park = tuple(ctx.u(2.0, 2.4) if p else 0.0 for p in parked)
     sidewalk = (ctx.u(*lay.sidewalk), ctx.u(*lay.sidewalk))
     st = Street(centre, lanes, lw, park, sidewalk, (0.0, 0.0), FAR, None, False)  # type: ignore[arg-type]
-    setback = [ctx.u(0.0, 4.0) if ctx.rng.random() < lay.terrain_prob else 0.0 for _ in range(2)]
+    setback = [ctx.u(0.0, 4.0) if ctx.random() < lay.terrain_prob else 0.0 for _ in range(2)]
     st.face = (-(st.edge(-1) - sidewalk[0] - setback[0]), st.edge(1) + sidewalk[1] + setback[1])
-    if ctx.rng.random() < 0.6:
+    if ctx.random() < 0.6:
         st.z_end = ctx.u(70.0, 180.0)
-    if ctx.rng.random() < 0.35:
+    if ctx.random() < 0.35:
         z0 = ctx.u(15.0, 45.0)
         st.crossing = (z0, z0 + ctx.u(8.0, 14.0))
-    st.tram = ctx.rng.random() < lay.train_prob
+    st.tram = ctx.random() < lay.train_prob
     return st
 
 
@@ -80,9 +84,9 @@ def draw_sky_and_ground(ctx: Ctx, st: Street) -> None:
     )
     for side in (-1, 1):
         kerb, outer = st.edge(side), side * st.face[(side + 1) // 2]
-        paved = outer if ctx.rng.random() < 0.5 else st.edge(side) + side * st.sidewalk[(side + 1) // 2]
+        paved = outer if ctx.random() < 0.5 else st.edge(side) + side * st.sidewalk[(side + 1) // 2]
         walk = ctx.mat("sidewalk", SIDEWALK, 0.0, ground=True)
-        far_x = side * wide if ctx.rng.random() < 0.5 else paved
+        far_x = side * wide if ctx.random() < 0.5 else paved
         ctx.quad(
             [
                 (kerb, 0.12, 0.3),
@@ -142,7 +146,7 @@ def draw_buildings(ctx: Ctx, st: Street) -> None:
             z1 = z + ctx.u(*lay.building_length)
             if st.crossing and z1 > st.crossing[0] and z < st.crossing[1]:
                 z1 = st.crossing[0]
-            gap = ctx.rng.random() < lay.gap_prob or z1 - z < 2.0
+            gap = ctx.random() < lay.gap_prob or z1 - z < 2.0
             blocks.append((z, z1, gap))
             z = max(z1, st.crossing[1]) if st.crossing and z1 == st.crossing[0] else z1
         face = st.face[(side + 1) // 2]
@@ -161,7 +165,7 @@ def draw_buildings(ctx: Ctx, st: Street) -> None:
 
 def _gap_fill(ctx: Ctx, x: float, z0: float, z1: float) -> None:
     """What shows between buildings: open sky, or a mass of trees behind the building line."""
-    if ctx.rng.random() < 0.5:
+    if ctx.random() < 0.5:
         ctx.hexa(
             x - 4.0,
             x + 4.0,
@@ -181,7 +185,7 @@ def _building(ctx: Ctx, x0: float, x1: float, z0: float, z1: float, height: floa
     road_face = ctx.mat("building", BUILDING, depth, light=light, rgb=colour)
     front = ctx.mat("building", BUILDING, depth, light=1.0 - 0.3 * ctx.style.sensor.face_contrast, rgb=colour)
     faces = ctx.hexa(x0, x1, z0, z1, 0.0, height, {"*": road_face, "back": front})
-    glass = ctx.mat("window", BUILDING, depth, emit=0.7 if ctx.rng.random() < 0.3 else 0.0)  # lit at night
+    glass = ctx.mat("window", BUILDING, depth, emit=0.7 if ctx.random() < 0.3 else 0.0)  # lit at night
     detailed = ctx.style.shapes.facade == "detailed"
     for name, face in faces.items():
         if name == "top":
