@@ -12,6 +12,7 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -70,8 +71,7 @@ def main() -> None:
         f"torch {torch.__version__}, "
         f"{threads} threads; 1-min load average at the end {load:.1f} (other jobs were running if > 2).",
         "",
-        f"Command: `python benchmarks/step_time.py --arch {args.arch} --batch {args.batch} "
-        f"--size {args.size}`",
+        "Command: `python benchmarks/step_time.py " + " ".join(sys.argv[1:]) + "`",
         "",
         "| method | wall s/step (median) | process CPU s/step |",
         "|---|---|---|",
