@@ -21,9 +21,9 @@ LABEL_ID_TO_TRAIN_ID = {
     7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12,
     26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18,
 }  # fmt: skip
-_LUT = np.full(65536, IGNORE_INDEX, dtype=np.uint8)
+LABEL_ID_LUT = np.full(65536, IGNORE_INDEX, dtype=np.uint8)  # labelId -> trainId lookup
 for _lid, _tid in LABEL_ID_TO_TRAIN_ID.items():
-    _LUT[_lid] = _tid
+    LABEL_ID_LUT[_lid] = _tid
 TRAIN_ID_TO_LABEL_ID = np.full(256, 0, dtype=np.uint8)
 for _lid, _tid in LABEL_ID_TO_TRAIN_ID.items():
     TRAIN_ID_TO_LABEL_ID[_tid] = _lid
@@ -71,7 +71,7 @@ def read_label(path: str | Path) -> np.ndarray:
     if arr.ndim != 2:
         raise DataError(f"label {path} has shape {arr.shape}: expected a single-channel id map")
     if Path(path).name.endswith("_labelIds.png"):
-        return _LUT[arr.astype(np.int64)]
+        return LABEL_ID_LUT[arr.astype(np.int64)]
     if arr.max(initial=0) > 255:
         raise DataError(f"label {path} has ids above 255: expected trainIds (0..K-1, 255 = ignore)")
     return arr.astype(np.uint8)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from stvm_sdk.data.images import LABEL_ID_LUT, TRAIN_ID_TO_LABEL_ID
+
 IGNORE = 255
 
 TRAIN_CLASSES = (
@@ -17,8 +19,8 @@ TRAIN_CLASSES = (
     "bicycle",
 )  # fmt: skip
 
-# labelId of each trainId 0..18.
-TRAIN_TO_LABEL = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
+# labelId of each trainId 0..18 (one table for the whole SDK: stvm_sdk.data.images).
+TRAIN_TO_LABEL = tuple(int(v) for v in TRAIN_ID_TO_LABEL_ID[: len(TRAIN_CLASSES)])
 
 # Named labelIds the scene code paints with (train classes and the ignored ones we draw).
 UNLABELED, EGO_VEHICLE, STATIC, DYNAMIC = 0, 1, 4, 5
@@ -29,15 +31,8 @@ VEGETATION, TERRAIN, SKY = 21, 22, 23
 PERSON, RIDER, CAR, TRUCK, BUS, TRAIN, MOTORCYCLE, BICYCLE = 24, 25, 26, 27, 28, 31, 32, 33
 
 
-def _label_to_train() -> np.ndarray:
-    lut = np.full(256, IGNORE, dtype=np.uint8)
-    for train_id, label_id in enumerate(TRAIN_TO_LABEL):
-        lut[label_id] = train_id
-    return lut
-
-
 # labelId -> trainId lookup table (256 entries; everything not a train class maps to 255).
-LABEL_TO_TRAIN = _label_to_train()
+LABEL_TO_TRAIN = LABEL_ID_LUT[:256]
 
 
 def to_train_ids(label_ids: np.ndarray) -> np.ndarray:
