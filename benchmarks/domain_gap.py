@@ -261,6 +261,13 @@ def header(a: argparse.Namespace, wall: float) -> list[str]:
         f"lr {a.lr} (one-cycle), flip augmentation, BN statistics recomputed on each model's own training "
         f"frames afterwards (precise BN); {a.n_val} held-out target frames (split `val`); seed {a.seed}.",
         "",
+        "What differs (see `stvm_sdk/data/synth/styles.py`): per-class materials and palettes (flat, "
+        "saturated game colours vs. asphalt, paving, bricks, glass, foliage in a realistic palette where "
+        "classes overlap differently), silhouettes and sizes (boxy vs. tapered cars, blocky vs. slim people, "
+        "round vs. clumped trees), layout priors (higher camera over wide streets vs. a lower one over "
+        "narrow, denser streets with parked cars, clutter and the ego bonnet), sun and cast shadows, and "
+        "the camera (blur, noise, vignetting, JPEG, colour response).",
+        "",
     ]
 
 

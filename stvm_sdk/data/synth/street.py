@@ -69,8 +69,9 @@ def sample_street(ctx: Ctx, parked: tuple[bool, bool]) -> Street:
 def draw_sky_and_ground(ctx: Ctx, st: Street) -> None:
     """Sky bands (a vertical colour gradient), then the ground from the far end to the camera."""
     cam, lk = ctx.cam, ctx.style.looks["sky"]
-    top, bottom = (np.asarray(c, dtype=np.float64) / 255.0 for c in lk.colours[:2])
-    tint = 1.0 + lk.jitter * ctx.rng.standard_normal(3)
+    pair = 2 * ctx.pick(len(lk.colours) // 2)  # sky colours come as (zenith, horizon) pairs
+    top, bottom = (np.asarray(c, dtype=np.float64) / 255.0 for c in lk.colours[pair : pair + 2])
+    tint = 1.0 + lk.jitter * 3.46 * (np.array([ctx.random() for _ in range(3)]) - 0.5)
     bands = 12
     for k in range(bands):
         rgb = np.clip(((1 - k / (bands - 1)) * top + k / (bands - 1) * bottom) * tint, 0.0, 1.0)

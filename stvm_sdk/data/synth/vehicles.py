@@ -60,7 +60,7 @@ def car(ctx: Ctx, xc: float, z0: float, oncoming: bool = False) -> float:
         for u0 in (0.03, 0.82):
             ctx.panel(back, u0, u0 + 0.15, 0.6, 0.85, lamp)
         return z1
-    rear_slope, front_slope = (0.55, 0.35) if oncoming else (0.35, 0.55)
+    rear_slope, front_slope = (0.45, 0.3) if oncoming else (0.3, 0.45)
     back = ctx.hexa(x0, x1, z0, z1, 0.22, belt, {"*": body}, inset_x=0.06, inset_back=0.1, inset_front=0.35)[
         "back"
     ]
@@ -72,7 +72,7 @@ def car(ctx: Ctx, xc: float, z0: float, oncoming: bool = False) -> float:
         belt,
         h,
         {"*": body},
-        inset_x=0.14,
+        inset_x=0.1,
         inset_back=rear_slope,
         inset_front=front_slope,
     )
