@@ -58,6 +58,8 @@ def test_unknown_keys_and_bad_values_are_rejected(tmp_path: Path) -> None:
         AdaptConfig.from_dict({"run": {"iters": "many"}})
     with pytest.raises(ConfigError, match="tau"):
         AdaptConfig.from_dict({"mix": {"tau": 3.0}})
+    with pytest.raises(ConfigError, match="student_bn"):
+        AdaptConfig.from_dict({"student_bn": "sometimes"})
     p = tmp_path / "c.ini"
     p.write_text("x")
     with pytest.raises(ConfigError, match="toml"):

@@ -35,6 +35,7 @@ ITERS = 6
 # rest: sharding, DDP averaging, the global-batch metric loss and its pixel sampling (8 per class:
 # random), sync BN, the decision-0 pass, BN buffer averaging and the teacher's EMA.
 CONFIG = {
+    "student_bn": "train",  # BN in train mode: batch statistics, sync BN and buffer averaging are exercised
     "data": {"batch_size": 2, "crop": [32, 64]},
     "metric": {"warmup": 1, "pixels_per_class": 8},
     "mix": {"patch": 8, "class_fraction": 1.0, "tau": 0.0},

@@ -29,7 +29,7 @@ from stvm_sdk.method.collective import Collective
 from stvm_sdk.method.ema import ema_beta, ema_update
 from stvm_sdk.method.metric import MetricHead, balanced_pixel_mask, proxy_anchor_loss, proxy_nca_loss
 from stvm_sdk.method.mixing import mocm
-from stvm_sdk.method.norm import configure_tent
+from stvm_sdk.method.norm import batchnorms, configure_tent
 from stvm_sdk.models.contract import FeatureHook, capture_features, forward_logits, get_submodule, normalize
 
 IGNORE = 255
@@ -87,6 +87,9 @@ class Adapter(nn.Module):
         self.student = copy.deepcopy(source).train()
         for p in self.student.parameters():
             p.requires_grad_(True)
+        if cfg.student_bn == "frozen" and cfg.method in SELF_TRAINING:
+            for bn in batchnorms(self.student):  # affine parameters still learn; statistics stay put
+                bn.eval()
         self.teacher: nn.Module | None = None
         self.metric: MetricHead | None = None
         if cfg.method in SELF_TRAINING:

@@ -26,7 +26,7 @@ def _images(b: int = 2) -> torch.Tensor:
 
 
 def test_teacher_is_ema_of_student_including_buffers(tiny_net: torch.nn.Module) -> None:
-    a = _adapter(tiny_net)
+    a = _adapter(tiny_net, student_bn="train")
     a.step(_images(), 0, torch.Generator().manual_seed(0))
     teacher_before = copy.deepcopy(a.teacher.state_dict())
     a.step(_images(), 1, torch.Generator().manual_seed(1))
@@ -42,6 +42,24 @@ def test_teacher_is_ema_of_student_including_buffers(tiny_net: torch.nn.Module) 
     assert not torch.equal(
         a.teacher.state_dict()["backbone.1.running_mean"], teacher_before["backbone.1.running_mean"]
     )
+
+
+@pytest.mark.parametrize("method", ["stvm", "mean_teacher"])
+def test_frozen_student_bn_keeps_the_start_statistics_in_student_and_teacher(
+    tiny_net: torch.nn.Module, method: str
+) -> None:
+    """``student_bn="frozen"``: BN normalises by the (target) statistics it started with; its affine
+    parameters still learn, and the teacher's BN buffers (EMA of the student's) stay equal to them."""
+    a = _adapter(tiny_net, method, student_bn="frozen")
+    start = {k: v.clone() for k, v in a.student.state_dict().items() if "running_" in k}
+    weight_before = a.student.state_dict()["backbone.1.weight"].clone()
+    for t in range(3):
+        a.step(_images(), t, torch.Generator().manual_seed(t))
+    for name, value in start.items():
+        torch.testing.assert_close(a.student.state_dict()[name], value, msg=f"student {name} moved")
+        torch.testing.assert_close(a.teacher.state_dict()[name], value, msg=f"teacher {name} moved")
+    assert not torch.equal(a.student.state_dict()["backbone.1.weight"], weight_before)
+    assert a.student.training  # only the BN layers are in eval mode
 
 
 def test_ema_beta_schedule() -> None:
