@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import statistics
@@ -41,6 +42,13 @@ LADDER = [
     "stvm",
 ]
 SWEEP = (0.2, 0.4, 0.6, 0.8, 1.0)
+# (name, overrides) compared by --tune on the `val` split; the table uses the defaults in stvm_sdk.config.
+TUNING: list[tuple[str, dict[str, Any]]] = [
+    ("stvm@train_bn", {"student_bn": "train"}),  # method.md's decision: student BN in train mode
+    ("stvm@frozen_bn", {"student_bn": "frozen"}),
+    ("mean_teacher@train_bn", {"student_bn": "train"}),
+    ("mean_teacher@frozen_bn", {"student_bn": "frozen"}),
+]
 
 
 @dataclass(frozen=True)
@@ -52,14 +60,14 @@ class Plan:
     seeds: tuple[int, ...] = (0, 1, 2)
     size: tuple[int, int] = (128, 256)
     n_source: int = 400
-    n_target: int = 300  # unlabeled adaptation frames (also the oracle's labelled training set)
-    n_tune: int = 40  # labelled tuning split (`val`)
-    n_test: int = 100  # labelled held-out split (`test`): the table
+    n_target: int = 200  # unlabeled adaptation frames (also the oracle's labelled training set)
+    n_tune: int = 30  # labelled tuning split (`val`)
+    n_test: int = 60  # labelled held-out split (`test`): the table
     source_iters: int = 800
     adapt_iters: dict[str, int] = field(
-        default_factory=lambda: {"lraspp_mobilenet_v3_large": 300, "deeplabv3_mobilenet_v3_large": 150}
+        default_factory=lambda: {"lraspp_mobilenet_v3_large": 120, "deeplabv3_mobilenet_v3_large": 80}
     )
-    warmup: int = 50
+    warmup: int = 30
     sweep_arch: str = "lraspp_mobilenet_v3_large"
 
     @classmethod
@@ -91,19 +99,55 @@ class Plan:
         return AdaptConfig(method=method).with_overrides({**base, **over})
 
 
+def source_model(plan: Plan, arch: str, cache: Path) -> Path:
+    """The plan's source model for ``arch`` (trained on first use, then cached)."""
+    spec = DomainSpec("source", "train", plan.n_source, plan.size, 0)
+    return ensure_trained(spec, plan.train_cfg(arch), cache, progress=False)
+
+
+def _cell_path(cache: Path, arch: str, domain: str, split: str, name: str, seed: int) -> Path:
+    return cache / "cells" / arch / domain / split / name / f"seed{seed}.json"
+
+
+def _settings(
+    plan: Plan, arch: str, name: str, seed: int, split: str, over: dict[str, Any]
+) -> dict[str, Any]:
+    """Everything a cell's number depends on: a cached cell is reused only while these are unchanged."""
+    data = {
+        "size": plan.size,
+        "n_target": plan.n_target,
+        "n_eval": plan.n_test if split == "test" else plan.n_tune,
+    }
+    train = asdict(plan.train_cfg(arch))
+    if name == "oracle":
+        return json.loads(json.dumps({"oracle_train": train, **data}))
+    adapt_cfg = plan.adapt_cfg(arch, name.split("@")[0], seed, **over).to_dict()
+    return json.loads(
+        json.dumps({"adapt": adapt_cfg, "source_train": train, "n_source": plan.n_source, **data})
+    )
+
+
+def _cached_cell(
+    cache: Path, plan: Plan, arch: str, domain: str, name: str, seed: int, split: str, over: dict[str, Any]
+) -> dict[str, Any] | None:
+    path = _cell_path(cache, arch, domain, split, name, seed)
+    if not path.is_file():
+        return None
+    cell: dict[str, Any] = json.loads(path.read_text())
+    return cell if cell.get("settings") == _settings(plan, arch, name, seed, split, over) else None
+
+
 def _cell(
     cache: Path, plan: Plan, arch: str, domain: str, name: str, seed: int, split: str, **over: Any
 ) -> dict[str, Any]:
-    """Run (or read from cache) one adaptation and evaluate teacher, student and deliverable on ``split``."""
-    key = f"{arch}/{domain}/{split}/{name}/seed{seed}"
-    path = cache / "cells" / f"{key}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
+    """Run (or read from cache) one adaptation and evaluate its teacher and student on ``split``."""
+    cached = _cached_cell(cache, plan, arch, domain, name, seed, split, over)
+    if cached is not None:
+        return cached
+    path = _cell_path(cache, arch, domain, split, name, seed)
     t0 = time.perf_counter()
     spec = lambda d, s, n: DomainSpec(d, s, n, plan.size, 0)  # noqa: E731
-    source = ensure_trained(
-        spec("source", "train", plan.n_source), plan.train_cfg(arch), cache, progress=False
-    )
+    source = source_model(plan, arch, cache)
     target = ensure_domain(spec(domain, "train", plan.n_target), cache)
     n_eval = plan.n_test if split == "test" else plan.n_tune
     evaluation = ensure_domain(spec(domain, split, n_eval), cache)
@@ -116,19 +160,28 @@ def _cell(
     else:
         method = name.split("@")[0]
         cfg = plan.adapt_cfg(arch, method, seed, **over)
-        run_dir = cache / "runs" / key
+        run_dir = cache / "runs" / arch / domain / split / name / f"seed{seed}"
         shutil.rmtree(run_dir, ignore_errors=True)
         result = adapt(source, target, config=cfg, out_dir=run_dir, progress=False)
-        res = evaluate(result.model, evaluation, evaluation)
+        scores = {"teacher": None, "student": None}
+        for role in scores:
+            net = getattr(result, role)
+            if net is not None:  # the deliverable is one of the two: evaluate each network once
+                scores[role] = evaluate(net, evaluation, evaluation)
+        deliverable = result.metrics["deliverable"]
+        res = scores[deliverable] or scores["student"]
+        assert res is not None
         out = {
             "miou": res.miou,
             "per_class_iou": res.per_class_iou,
-            "deliverable": result.metrics["deliverable"],
+            "deliverable": deliverable,
+            "miou_teacher": scores["teacher"].miou if scores["teacher"] else None,
+            "miou_student": scores["student"].miou if scores["student"] else None,
+            "per_class_iou_teacher": scores["teacher"].per_class_iou if scores["teacher"] else None,
+            "per_class_iou_student": scores["student"].per_class_iou if scores["student"] else None,
+            "config": cfg.to_dict(),
         }
-        if result.teacher is not None:
-            out["miou_teacher"] = evaluate(result.teacher, evaluation, evaluation).miou
-            out["miou_student"] = evaluate(result.student, evaluation, evaluation).miou
-        out["config"] = cfg.to_dict()
+    out["settings"] = _settings(plan, arch, name, seed, split, over)
     out["seconds"] = round(time.perf_counter() - t0, 1)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out))
@@ -164,88 +217,141 @@ def methods(plan: Plan) -> list[tuple[str, dict[str, Any]]]:
     return rows
 
 
-def run_table(plan: Plan, cache: Path) -> dict[str, Any]:
+def sweep_cells(plan: Plan) -> list[tuple[str, dict[str, Any]]]:
+    """threshold_st with the kept share of confident pixels swept (the paper's Figure 1)."""
+    default = AdaptConfig().optim.threshold_keep
+    return [
+        ("threshold_st" if keep == default else f"threshold_st@{keep}", {"optim.threshold_keep": keep})
+        for keep in SWEEP
+    ]
+
+
+def schedule(plan: Plan) -> list[tuple[str, str, str, int, dict[str, Any]]]:
+    """Every cell: arch by arch, seed-major within an arch (a run cut off early has every domain and
+    method of the first arch once before any repeat), the threshold sweep after the first seed."""
+    cells: list[tuple[str, str, str, int, dict[str, Any]]] = []
+    for arch in plan.archs:
+        for i, seed in enumerate(plan.seeds):
+            for domain in plan.domains:
+                for name, over in methods(plan):
+                    if i == 0 or name not in ("source_only", "adabn"):  # deterministic: one run
+                        cells.append((arch, domain, name, seed, over))
+                if i == 0:
+                    cells.append((arch, domain, "oracle", seed, {}))
+            if i == 0 and arch == plan.sweep_arch:
+                done = {c[:4] for c in cells}  # the default-threshold cell is already a table cell
+                cells += [
+                    (arch, plan.domains[0], n, seed, o)
+                    for n, o in sweep_cells(plan)
+                    if (arch, plan.domains[0], n, seed) not in done
+                ]
+    return cells
+
+
+def run_cells(plan: Plan, cache: Path, budget_s: float | None) -> int:
+    """Run the schedule; with a budget, start no new cell after it is spent. Returns cells skipped."""
+    t0, skipped = time.perf_counter(), 0
+    for arch, domain, name, seed, over in schedule(plan):
+        if _cached_cell(cache, plan, arch, domain, name, seed, "test", over) is not None:
+            continue
+        if budget_s is not None and time.perf_counter() - t0 > budget_s:
+            skipped += 1
+            continue
+        cell = _cell(cache, plan, arch, domain, name, seed, "test", **over)
+        print(f"{arch:30s} {domain:7s} {name:20s} seed {seed}  mIoU {cell['miou']:6.2f}  "
+              f"({cell['seconds']:.0f}s)", flush=True)  # fmt: skip
+    return skipped
+
+
+def _cached(
+    cache: Path, plan: Plan, arch: str, domain: str, name: str, over: dict[str, Any], seeds: tuple[int, ...]
+) -> list[dict[str, Any]]:
+    cells = [_cached_cell(cache, plan, arch, domain, name, s, "test", over) for s in seeds]
+    return [c for c in cells if c is not None]
+
+
+def build_table(plan: Plan, cache: Path) -> dict[str, Any]:
+    """{arch: {domain: {method: summary}}} from the finished cells (rows without any are left out)."""
     table: dict[str, Any] = {}
     for arch in plan.archs:
         for domain in plan.domains:
             block: dict[str, Any] = {}
-            for name, over in methods(plan):
-                seeds = plan.seeds if name not in ("source_only", "adabn") else plan.seeds[:1]
-                cells = [_cell(cache, plan, arch, domain, name, s, "test", **over) for s in seeds]
-                block[name] = _summary(cells)
-                print(
-                    f"{arch:32s} {domain:7s} {name:20s} {block[name]['miou_mean']:6.2f} "
-                    f"± {block[name]['miou_std']:.2f}",
-                    flush=True,
-                )
-            block["oracle"] = _summary([_cell(cache, plan, arch, domain, "oracle", 0, "test")])
-            print(f"{arch:32s} {domain:7s} {'oracle':20s} {block['oracle']['miou_mean']:6.2f}", flush=True)
-            table.setdefault(arch, {})[domain] = block
+            for name, over in [*methods(plan), ("oracle", {})]:
+                cells = _cached(cache, plan, arch, domain, name, over, plan.seeds)
+                if cells:
+                    block[name] = _summary(cells)
+            if block:
+                table.setdefault(arch, {})[domain] = block
     return table
 
 
-def run_sweep(plan: Plan, cache: Path) -> dict[str, float]:
-    """threshold_st with the kept share of confident pixels swept (the paper's Figure 1)."""
+def build_sweep(plan: Plan, cache: Path) -> dict[str, float]:
     out = {}
-    for keep in SWEEP:
-        cell = _cell(
-            cache,
-            plan,
-            plan.sweep_arch,
-            plan.domains[0],
-            f"threshold_st@{keep}",
-            plan.seeds[0],
-            "test",
-            **{"optim.threshold_keep": keep},
-        )
-        out[f"{keep:.1f}"] = cell["miou"]
-        print(f"sweep keep={keep:.1f}: {cell['miou']:.2f}", flush=True)
+    for keep, (name, over) in zip(SWEEP, sweep_cells(plan), strict=True):
+        cells = _cached(cache, plan, plan.sweep_arch, plan.domains[0], name, over, plan.seeds[:1])
+        if cells:
+            out[f"{keep:.1f}"] = cells[0]["miou"]
     return out
 
 
+def _gap_line(block: dict[str, Any]) -> str:
+    if not all(k in block for k in ("source_only", "oracle", "stvm")):
+        return "Gap closed: not computed (source_only, oracle or stvm missing)."
+    src, orc, stvm = (block[k]["miou_mean"] for k in ("source_only", "oracle", "stvm"))
+    gap = orc - src
+    closed = (stvm - src) / gap * 100 if gap > 0 else float("nan")
+    best = max((m for m in block if m not in ("stvm", "oracle")), key=lambda m: block[m]["miou_mean"])
+    verdict = "above" if stvm > block[best]["miou_mean"] else "NOT above"
+    return (
+        f"STvM closes **{closed:.0f}%** of the source-only → oracle gap ({src:.1f} → {orc:.1f}); "
+        f"it is {verdict} the best other method ({best}, {block[best]['miou_mean']:.2f})."
+    )
+
+
 def write_markdown(
-    plan: Plan, table: dict[str, Any], sweep: dict[str, float], path: Path, seconds: float
+    plan: Plan, table: dict[str, Any], sweep: dict[str, float], path: Path, seconds: float, skipped: int
 ) -> None:
     lines = [
         "# Accuracy on the synthetic domain-shift benchmark",
         "",
-        f"Machine: {platform.machine()}, {torch.get_num_threads()} threads, {platform.processor() or 'CPU'}; "
-        f"torch {torch.__version__}. Wall time {seconds / 60:.1f} min (cached cells are not re-run).",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads; "
+        f"torch {torch.__version__}. Wall time of this invocation {seconds / 60:.1f} min "
+        "(cells cached by earlier invocations are not re-run; per-cell seconds are in the JSON cache).",
         "",
         f"Setup: {plan.size[0]}x{plan.size[1]} frames; source model trained {plan.source_iters} iters on "
         f"{plan.n_source} labelled `source` frames; adaptation on {plan.n_target} unlabeled target frames "
         f"(iters per arch: {plan.adapt_iters}, batch 4, metric warm-up {plan.warmup}); mIoU on {plan.n_test} "
         f"held-out labelled frames (`test` split, never used for tuning); seeds {list(plan.seeds)} "
         "(source_only/adabn are deterministic: one run); oracle = same arch trained on the target "
-        "frames' labels.",
+        "frames' labels. `mIoU` is the deliverable network's (decision 10); teacher and student columns "
+        "are both networks of the same runs.",
         "",
         "Command: `python benchmarks/accuracy.py" + (" --quick" if plan == Plan.quick() else "") + "`",
         "",
     ]
+    if skipped:
+        lines += [
+            f"**Incomplete:** {skipped} cells were not run (time budget); rows show how many seeds finished.",
+            "",
+        ]
     for arch, domains in table.items():
         for domain, block in domains.items():
             lines += [
                 f"## {arch} — {domain}",
                 "",
-                "| method | mIoU mean ± std | per seed | teacher | student |",
-                "|---|---|---|---|---|",
+                "| method | mIoU mean ± std | seeds | per seed | teacher | student |",
+                "|---|---|---|---|---|---|",
             ]
             for name, s in block.items():
                 seeds = ", ".join(f"{m:.1f}" for m in s["miou_per_seed"])
                 t = f"{s['miou_teacher_mean']:.2f}" if s["miou_teacher_mean"] is not None else "-"
                 st = f"{s['miou_student_mean']:.2f}" if s["miou_student_mean"] is not None else "-"
                 lines.append(
-                    f"| {name} | {s['miou_mean']:.2f} ± {s['miou_std']:.2f} | {seeds} | {t} | {st} |"
+                    f"| {name} | {s['miou_mean']:.2f} ± {s['miou_std']:.2f} | {len(s['miou_per_seed'])} "
+                    f"| {seeds} | {t} | {st} |"
                 )
-            src, orc, stvm = (block[k]["miou_mean"] for k in ("source_only", "oracle", "stvm"))
-            gap = orc - src
-            closed = (stvm - src) / gap * 100 if gap > 0 else float("nan")
-            lines += [
-                "",
-                f"STvM closes {closed:.0f}% of the source-only → oracle gap ({src:.1f} → {orc:.1f}).",
-                "",
-            ]
-            names = list(block["oracle"]["per_class_iou"])
+            lines += ["", _gap_line(block), ""]
+            names = list(next(iter(block.values()))["per_class_iou"])
             lines += ["| class | " + " | ".join(block) + " |", "|---|" + "---|" * len(block)]
             for cls in names:
                 vals = [block[m]["per_class_iou"].get(cls) for m in block]
@@ -257,6 +363,8 @@ def write_markdown(
         lines += [
             "## threshold_st: share of confident pixels kept (Figure 1)",
             "",
+            f"{plan.sweep_arch}, {plan.domains[0]}, seed {plan.seeds[0]}.",
+            "",
             "| kept | mIoU |",
             "|---|---|",
         ]
@@ -264,28 +372,65 @@ def write_markdown(
     path.write_text("\n".join(lines) + "\n")
 
 
+def run_tuning(plan: Plan, cache: Path) -> Path:
+    """STvM's decisions compared on the tuning split (`val`) only: lraspp, first domain, first seed."""
+    arch, domain, seed = plan.archs[0], plan.domains[0], plan.seeds[0]
+    lines = [
+        f"# STvM decisions on the tuning split (`val`, {plan.n_tune} frames)",
+        "",
+        f"{arch}, {domain}, seed {seed}, {plan.adapt_iters[arch]} iters; everything else as in accuracy.md.",
+        "",
+        "| variant | overrides | deliverable mIoU | teacher | student |",
+        "|---|---|---|---|---|",
+    ]
+    for name, over in TUNING:
+        cell = _cell(cache, plan, arch, domain, name, seed, "val", **over)
+        t, st = cell.get("miou_teacher"), cell.get("miou_student")
+        lines.append(
+            f"| {name} | `{json.dumps(over)}` | {cell['miou']:.2f} | "
+            f"{'-' if t is None else f'{t:.2f}'} | {'-' if st is None else f'{st:.2f}'} |"
+        )
+        print(lines[-1], flush=True)
+    path = RESULTS / "accuracy_tuning.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--tune", action="store_true", help="compare STvM variants on the tuning split only")
     ap.add_argument("--cache", type=Path, default=Path(".stvm_cache"))  # shared with `stvm demo`
+    ap.add_argument(
+        "--budget-min",
+        type=float,
+        default=None,
+        help="start no new cell after this many minutes; the table is written from the finished cells",
+    )
     ap.add_argument("--no-figures", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     plan = Plan.quick() if args.quick else Plan()
-    t0 = time.perf_counter()
-    table = run_table(plan, args.cache)
-    sweep = run_sweep(plan, args.cache)
-    suffix = "_quick" if args.quick else ""
     RESULTS.mkdir(parents=True, exist_ok=True)
+    if args.tune:
+        print(run_tuning(plan, args.cache))
+        return 0
+    t0 = time.perf_counter()
+    skipped = run_cells(plan, args.cache, None if args.budget_min is None else args.budget_min * 60)
+    table, sweep = build_table(plan, args.cache), build_sweep(plan, args.cache)
+    suffix = "_quick" if args.quick else ""
     # accuracy.json is exactly {arch: {domain: {method: {...}}}}; the rest goes to a sidecar.
     (RESULTS / f"accuracy{suffix}.json").write_text(json.dumps(table, indent=1))
-    extra: dict[str, Any] = {"plan": asdict(plan), "threshold_sweep": sweep}
+    extra: dict[str, Any] = {"plan": asdict(plan), "threshold_sweep": sweep, "cells_not_run": skipped}
     if not args.no_figures:
         from accuracy_figures import write_figures  # type: ignore[import-not-found]
 
-        extra["reliability_calibration"] = write_figures(plan, args.cache, sweep, table, RESULTS, suffix)
+        source = source_model(plan, plan.sweep_arch, args.cache)
+        extra["reliability_calibration"] = write_figures(
+            plan, args.cache, source, sweep, table, RESULTS, suffix
+        )
     (RESULTS / f"accuracy{suffix}_meta.json").write_text(json.dumps(extra, indent=1))
-    write_markdown(plan, table, sweep, RESULTS / f"accuracy{suffix}.md", time.perf_counter() - t0)
+    write_markdown(plan, table, sweep, RESULTS / f"accuracy{suffix}.md", time.perf_counter() - t0, skipped)
     return 0
 
 

@@ -124,21 +124,34 @@ def qualitative(run_dir: Path, source_path: Path, eval_root: Path, path: Path, n
 
 
 def write_figures(
-    plan: Any, cache: Path, sweep: dict[str, float], table: dict[str, Any], out: Path, suffix: str
+    plan: Any,
+    cache: Path,
+    source_path: Path,
+    sweep: dict[str, float],
+    table: dict[str, Any],
+    out: Path,
+    suffix: str,
 ) -> dict[str, Any]:
     """Every figure of the benchmark; returns the reliability-calibration numbers."""
     arch, domain = plan.sweep_arch, plan.domains[0]
     block = table[arch][domain]
-    ref = {f"{m} ({block[m]['miou_mean']:.1f})": block[m]["miou_mean"] for m in ("stvm", "mean_teacher")}
-    sweep_plot(sweep, ref, out / f"threshold_sweep{suffix}.png")
+    ref = {
+        f"{m} ({block[m]['miou_mean']:.1f})": block[m]["miou_mean"]
+        for m in ("stvm", "mean_teacher")
+        if m in block
+    }
+    if sweep:
+        sweep_plot(sweep, ref, out / f"threshold_sweep{suffix}.png")
     eval_root = ensure_domain(DomainSpec(domain, "test", plan.n_test, plan.size, 0), cache)
-    source = cache / "models"
-    source_path = next(p for p in sorted(source.glob(f"{arch}-source-*/model.pt")))
     runs = cache / "runs" / arch / domain / "test"
-    calib = reliability_vs_correctness(runs / "stvm" / "seed0", eval_root, out / f"reliability{suffix}.png")
+    calib: dict[str, Any] = {}
+    if (runs / "stvm" / "seed0" / "summary.json").is_file():
+        calib = reliability_vs_correctness(
+            runs / "stvm" / "seed0", eval_root, out / f"reliability{suffix}.png"
+        )
     figs = out / f"figures{suffix}"
     figs.mkdir(exist_ok=True)
-    for method_dir in sorted(runs.iterdir()):
+    for method_dir in sorted(p for p in runs.iterdir() if "@" not in p.name):
         if (method_dir / "seed0" / "summary.json").is_file():
             qualitative(method_dir / "seed0", source_path, eval_root, figs / f"{method_dir.name}.png")
     return calib

@@ -1,0 +1,102 @@
+"""benchmarks/accuracy.py's bookkeeping: schedule order, cached cells -> table, partial runs.
+
+The adaptations themselves are tested in tests/method and tests/test_api.py; here cells are written
+by hand so the reporting code (what a reader of accuracy.md/json sees) is checked without training.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def acc():
+    sys.path.insert(0, str(BENCH))
+    try:
+        yield importlib.import_module("accuracy")
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def _write_cell(
+    acc, cache: Path, arch: str, domain: str, name: str, seed: int, miou: float, plan=None
+) -> None:
+    plan = plan or acc.Plan()
+    path = acc._cell_path(cache, arch, domain, "test", name, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cell = {"miou": miou, "per_class_iou": {"road": miou + 1.0, "wall": None}, "seconds": 1.0}
+    cell["settings"] = acc._settings(plan, arch, name, seed, "test", {})
+    if name not in ("oracle", "source_only", "adabn"):
+        cell |= {"miou_teacher": miou, "miou_student": miou - 1.0, "deliverable": "teacher"}
+    path.write_text(json.dumps(cell))
+
+
+def test_schedule_is_seed_major_within_each_arch_and_runs_deterministic_methods_once(acc) -> None:
+    plan = acc.Plan()
+    cells = acc.schedule(plan)
+    archs = [arch for arch, *_ in cells]
+    assert archs == sorted(archs, key=plan.archs.index), "one arch after the other"
+    for arch in plan.archs:
+        seeds = [seed for a, _, _, seed, _ in cells if a == arch]
+        assert seeds == sorted(seeds), "every seed-0 cell of an arch comes before any seed-1 cell"
+    names = [(arch, domain, name, seed) for arch, domain, name, seed, _ in cells]
+    assert len(names) == len(set(names)), "no cell twice"
+    for arch in plan.archs:
+        for domain in plan.domains:
+            for name in ("source_only", "adabn", "oracle"):
+                assert sum(1 for a, d, n, _ in names if (a, d, n) == (arch, domain, name)) == 1
+            assert sum(1 for a, d, n, _ in names if (a, d, n) == (arch, domain, "stvm")) == len(plan.seeds)
+    # the sweep reuses the default threshold_st cell instead of running it twice
+    sweep = [name for name, _ in acc.sweep_cells(plan)]
+    assert "threshold_st" in sweep and len(sweep) == len(acc.SWEEP)
+
+
+def test_table_json_shape_and_partial_markdown(acc, tmp_path: Path) -> None:
+    plan = acc.Plan()
+    arch, domain = plan.archs[0], plan.domains[0]
+    values = {"source_only": 10.0, "adabn": 12.0, "mean_teacher": 14.0, "oracle": 40.0}
+    for name, miou in values.items():
+        _write_cell(acc, tmp_path, arch, domain, name, 0, miou)
+    for seed, miou in zip(plan.seeds[:2], (20.0, 24.0), strict=True):
+        _write_cell(acc, tmp_path, arch, domain, "stvm", seed, miou)
+
+    table = acc.build_table(plan, tmp_path)
+    assert list(table) == [arch] and list(table[arch]) == [domain]  # blocks without cells are left out
+    stvm = table[arch][domain]["stvm"]
+    assert stvm["miou_per_seed"] == [20.0, 24.0]
+    assert stvm["miou_mean"] == pytest.approx(22.0) and stvm["miou_std"] == pytest.approx(2.0)
+    assert stvm["miou_teacher_mean"] == pytest.approx(22.0)
+    assert stvm["miou_student_mean"] == pytest.approx(21.0)
+    assert set(stvm) >= {"miou_mean", "miou_std", "miou_per_seed", "per_class_iou"}
+    assert table[arch][domain]["oracle"]["per_class_iou"] == {"road": 41.0, "wall": None}
+
+    out = tmp_path / "accuracy.md"
+    acc.write_markdown(plan, table, {}, out, seconds=60.0, skipped=5)
+    text = out.read_text()
+    assert "**Incomplete:** 5 cells were not run" in text
+    # (22 - 10) / (40 - 10) = 40% of the gap, above mean_teacher's 14
+    assert "closes **40%**" in text and "it is above the best other method (mean_teacher, 14.00)" in text
+    assert "| stvm | 22.00 ± 2.00 | 2 | 20.0, 24.0 | 22.00 | 21.00 |" in text
+
+
+def test_gap_line_when_rows_are_missing(acc) -> None:
+    block = {"source_only": {"miou_mean": 10.0}}
+    assert "not computed" in acc._gap_line(block)
+
+
+def test_a_cached_cell_is_reused_only_while_its_settings_are_unchanged(acc, tmp_path: Path) -> None:
+    plan = acc.Plan()
+    arch, domain = plan.archs[0], plan.domains[0]
+    _write_cell(acc, tmp_path, arch, domain, "stvm", 0, 20.0)
+    assert acc._cached_cell(tmp_path, plan, arch, domain, "stvm", 0, "test", {}) is not None
+    longer = acc.Plan(adapt_iters={**plan.adapt_iters, arch: plan.adapt_iters[arch] + 1})
+    assert acc._cached_cell(tmp_path, longer, arch, domain, "stvm", 0, "test", {}) is None
+    assert acc._cached_cell(tmp_path, plan, arch, domain, "stvm", 0, "test", {"mix.tau": 0.1}) is None
+    assert acc.build_table(longer, tmp_path) == {}  # stale cells never reach the table
