@@ -1,0 +1,44 @@
+"""`stvm demo` end to end at toy size: generate -> train source -> adapt -> eval -> export -> bench.
+
+Every stage is the real one (synthetic generator, supervised training, STvM, the ONNX checker and an
+ONNX Runtime session, the benchmark); only the sizes are tiny. The second call must reuse the cache.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from stvm_sdk.demo import DemoSettings, run_demo
+
+TINY = DemoSettings(
+    size=(64, 128), n_source=6, n_target=6, n_val=3, source_iters=3, adapt_iters=3, warmup=1, bench_iters=2
+)
+
+
+def test_demo_runs_every_stage_and_caches_data_and_source_model(tmp_path: Path) -> None:
+    cache, out = tmp_path / "cache", tmp_path / "runs"
+    summary = run_demo(TINY, cache=cache, out_dir=out, progress=False)
+
+    assert 0.0 <= summary["miou_before"] <= 100.0 and 0.0 <= summary["miou_after"] <= 100.0
+    assert summary["val_frames"] == TINY.n_val
+    for key in ("source_model", "model_path", "onnx_path", "sidecar_path"):
+        assert Path(summary[key]).is_file(), key
+    assert summary["verification"]["argmax_agreement"] > 99.0  # the ONNX graph computes the same model
+    sidecar = json.loads(Path(summary["sidecar_path"]).read_text())
+    assert sidecar["num_classes"] == 19
+    assert {(r["backend"], r["precision"]) for r in summary["bench"]} >= {("torch", "fp32"), ("ort", "fp32")}
+    assert set(summary["timings_s"]) == {
+        "data_s",
+        "source_model_s",
+        "adapt_s",
+        "eval_s",
+        "export_s",
+        "bench_s",
+    }
+    json.dumps(summary)  # `stvm demo --json` prints exactly this
+
+    model_mtime = Path(summary["source_model"]).stat().st_mtime_ns
+    again = run_demo(TINY, cache=cache, out_dir=tmp_path / "runs2", progress=False)
+    assert again["source_model"] == summary["source_model"]
+    assert Path(again["source_model"]).stat().st_mtime_ns == model_mtime  # cached, not retrained
