@@ -77,6 +77,8 @@ def run_once(
     procs, threads, sync_bn = config
     cfg = out.with_suffix(".toml")
     cfg.write_text(
+        # BN in train mode, as when scaling.md was measured (sync_bn only matters then)
+        'student_bn = "train"\n'
         f"[run]\niters = {a.iters}\nlog_every = {a.iters // 4}\ncheckpoint_every = {a.iters}\n"
         f"sync_bn = {'true' if sync_bn else 'false'}\n[metric]\nwarmup = 2\n"
     )
