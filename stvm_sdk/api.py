@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -28,7 +29,7 @@ from stvm_sdk import distributed
 from stvm_sdk.config import AdaptConfig
 from stvm_sdk.data.batches import BatchLoader, load_frame
 from stvm_sdk.data.frames import FrameFolder, scan_frames
-from stvm_sdk.errors import BackendUnavailableError, DataError, ModelLoadError
+from stvm_sdk.errors import BackendUnavailableError, DataError, DivergedError, ModelLoadError
 from stvm_sdk.eval.evaluate import EvalResult, evaluate_frames
 from stvm_sdk.method.metric import MetricHead
 from stvm_sdk.method.norm import reestimate_bn
@@ -302,6 +303,7 @@ def _loop(
             done = step + 1
             if done % cfg.run.log_every == 0 or done == iters:
                 record = meter.record(done, ddp.average_logs)  # every process takes part
+                _check_finite(record.get("loss"), done, run)
                 if ddp.is_main:
                     run.log(record)
                     if on_log is not None:
@@ -310,9 +312,21 @@ def _loop(
             else:
                 bar.update(done, None)
             if done % cfg.run.checkpoint_every == 0 and done < iters:
+                if "loss" in logs:  # one host sync per checkpoint: never save a diverged state
+                    _check_finite(float(logs["loss"]), done, run)
                 ddp.check_replicas(adapter)  # never save a state the other processes do not hold
                 if ddp.is_main:
                     _checkpoint(adapter, run, done, ddp.world)
+
+
+def _check_finite(loss: float | None, step: int, run: RunDir) -> None:
+    """Stop with one actionable line when the loss is NaN/inf (every process sees the same value)."""
+    if loss is not None and not math.isfinite(loss):
+        raise DivergedError(
+            f"adaptation diverged at step {step} (loss {loss}); nothing after the last checkpoint in "
+            f'{run.path} was saved. Lower optim.lr, or set student_bn = "train" if the source model\'s '
+            "BatchNorm statistics do not suit these frames, and start a new run"
+        )
 
 
 def _evaluate(

@@ -32,3 +32,7 @@ class BackendUnavailableError(StvmError):
 
 class VerificationError(StvmError):
     """An exported artifact does not match the model it came from."""
+
+
+class DivergedError(StvmError):
+    """The adaptation produced a non-finite loss; nothing non-finite is saved."""

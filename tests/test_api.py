@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from stvm_sdk import AdaptConfig, adapt, load_model
-from stvm_sdk.errors import DataError, ModelLoadError
+from stvm_sdk.errors import DataError, DivergedError, ModelLoadError
 
 TINY = {
     "run.iters": 4,
@@ -118,3 +118,13 @@ def test_existing_run_needs_resume_and_resume_needs_same_config(
 def test_wrong_class_count_is_rejected(tiny_net: torch.nn.Module, frames: tuple[Path, Path]) -> None:
     with pytest.raises(ModelLoadError, match="outputs 5 classes but --num-classes is 19"):
         adapt(tiny_net, frames[0], config=_cfg(), num_classes=19, progress=False)
+
+
+def test_divergence_stops_with_one_actionable_error_and_saves_nothing(
+    tiny_net: torch.nn.Module, frames: tuple[Path, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    with pytest.raises(DivergedError, match=r"diverged at step \d+ \(loss (nan|inf)\).*optim.lr") as err:
+        adapt(tiny_net, frames[0], config=_cfg(**{"optim.lr": 1e12, "run.log_every": 1}), out_dir=out)
+    assert "\n" not in str(err.value)
+    assert not (out / "model.pt").exists() and not (out / "student.pt").exists()

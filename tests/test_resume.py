@@ -34,7 +34,12 @@ def _cmd(source: Path, target: Path, out: Path, *extra: str) -> list[str]:
 
 def _env(tmp: Path) -> dict[str, str]:
     cfg = tmp / "every2.toml"
-    cfg.write_text("[run]\ncheckpoint_every = 2\nlog_every = 2\n[metric]\nwarmup = 2\n[mix]\npatch = 8\n")
+    # student_bn = "train": this random-weight lraspp with BN statistics from six 32x64 frames diverges
+    # when its student keeps them frozen (the default; fine for trained models, see benchmarks/).
+    cfg.write_text(
+        'student_bn = "train"\n'
+        "[run]\ncheckpoint_every = 2\nlog_every = 2\n[metric]\nwarmup = 2\n[mix]\npatch = 8\n"
+    )
     # One thread per process: the comparison is bit-exact either way, and 1 thread is far faster on a
     # loaded 2-core machine (the parent pytest process competes for the cores).
     return {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -243,3 +243,15 @@ def test_cuda_requested_without_gpu(
         ],
         "no CUDA GPU",
     )
+
+
+def test_diverging_run_is_one_line_error(
+    lraspp_checkpoint: Path, frames: tuple[Path, Path], tmp_path: Path
+) -> None:
+    cfg = tmp_path / "hot.toml"
+    cfg.write_text("[optim]\nlr = 1e12\n[metric]\nwarmup = 0\n[run]\nlog_every = 1\n")
+    _expect_user_error(
+        ["adapt", "--source", str(lraspp_checkpoint), "--target", str(frames[0]), "--config", str(cfg),
+         "--out", str(tmp_path / "run"), "--json", *FAST],  # --json: no progress lines on stderr
+        "adaptation diverged at step",
+    )  # fmt: skip
