@@ -46,37 +46,64 @@ def sweep_plot(sweep: dict[str, float], reference: dict[str, float], path: Path)
     plt.close(fig)
 
 
+def _auroc(score: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve of ``score`` separating correct (positive) from wrong pixels."""
+    order = np.argsort(score, kind="stable")
+    ranks = np.empty(len(score))
+    ranks[order] = np.arange(1, len(score) + 1)
+    n_pos, n_neg = positive.sum(), (~positive).sum()
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
 @torch.no_grad()
 def reliability_vs_correctness(run_dir: Path, eval_root: Path, path: Path, bins: int = 10) -> dict[str, Any]:
-    """Bin teacher pseudo-labels by reliability; plot the share that is correct in each bin."""
+    """Bin the teacher's pseudo-labels by metric reliability and, for comparison, by the teacher's own
+    max-softmax confidence; plot the share that is correct per bin and report each score's AUROC."""
     result = load_run(run_dir)
+    teacher = result.teacher
+    assert teacher is not None
     folder = scan_frames(eval_root, eval_root)
-    correct = np.zeros(bins)
-    total = np.zeros(bins)
+    rels, confs, oks = [], [], []
     for frame in folder.labelled[:40]:
         img, label = load_frame(frame, None, with_label=True)
         assert label is not None
         pseudo, rel = reliability_map(result, img[None])
+        logits = teacher.module.eval()(normalize(img[None], teacher.mean, teacher.std))
+        logits = logits["out"] if isinstance(logits, dict) else logits
+        conf = logits.softmax(1).max(1).values
         valid = label != 255
-        idx = np.minimum((rel[0][valid].numpy() * bins).astype(int), bins - 1)
-        ok = (pseudo[0][valid] == label[valid]).numpy()
-        np.add.at(total, idx, 1)
-        np.add.at(correct, idx, ok)
-    acc = np.where(total > 0, correct / np.maximum(total, 1), np.nan)
+        rels.append(rel[0][valid].numpy())
+        confs.append(conf[0][valid].numpy())
+        oks.append((pseudo[0][valid] == label[valid]).numpy())
+    ok = np.concatenate(oks)
+    scores = {"metric reliability": np.concatenate(rels), "teacher confidence": np.concatenate(confs)}
     plt = _plt()
-    fig, ax1 = plt.subplots(figsize=(5, 3.4))
+    fig, ax = plt.subplots(figsize=(5, 3.4))
     centers = (np.arange(bins) + 0.5) / bins
-    ax1.bar(centers, total / total.sum(), width=0.9 / bins, alpha=0.3, label="share of pixels")
-    ax1.plot(centers, acc, "o-", color="C3", label="pseudo-label accuracy")
-    ax1.plot([0, 1], [0, 1], ":", color="gray", lw=1)
-    ax1.set_xlabel("reliability r (metric network)")
-    ax1.set_ylabel("fraction")
-    ax1.legend(fontsize=7)
-    ax1.set_title("Is reliability calibrated? (held-out target frames)")
+    out: dict[str, Any] = {"pseudo_label_accuracy": float(ok.mean())}
+    for k, (name, score) in enumerate(scores.items()):
+        idx = np.minimum((score * bins).astype(int), bins - 1)
+        total = np.bincount(idx, minlength=bins).astype(float)
+        correct = np.bincount(idx, weights=ok.astype(float), minlength=bins)
+        acc = np.where(total > 0, correct / np.maximum(total, 1), np.nan)
+        auroc = _auroc(score, ok)
+        ax.bar(
+            centers + (k - 0.5) * 0.4 / bins, total / total.sum(), width=0.4 / bins, alpha=0.3, color=f"C{k}"
+        )
+        ax.plot(centers, acc, "o-", color=f"C{k}", label=f"{name} (AUROC {auroc:.2f})")
+        key = name.split()[1]
+        out[key] = {"auroc": auroc, "bin_accuracy": acc.tolist(), "bin_share": (total / total.sum()).tolist()}
+    ax.plot([0, 1], [0, 1], ":", color="gray", lw=1)
+    ax.set_xlabel("score bin (bars: share of pixels)")
+    ax.set_ylabel("pseudo-label accuracy")
+    ax.legend(fontsize=7)
+    ax.set_title(f"Which pseudo-labels are right? (pixel acc. {100 * ok.mean():.0f}%)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-    return {"bin_accuracy": acc.tolist(), "bin_share": (total / total.sum()).tolist()}
+    return out
 
 
 @torch.no_grad()
