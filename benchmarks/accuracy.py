@@ -220,6 +220,7 @@ def _summary(cells: list[dict[str, Any]]) -> dict[str, Any]:
         "per_class_iou": per_class,
         "miou_teacher_mean": _mean([c.get("miou_teacher") for c in cells]),
         "miou_student_mean": _mean([c.get("miou_student") for c in cells]),
+        "seconds_total": sum(c.get("seconds", 0.0) for c in cells),
     }
 
 
@@ -348,9 +349,17 @@ def write_markdown(
         "",
     ]
     lines += DECISIONS + [""]
+    cell_s = sum(s["seconds_total"] for d in table.values() for b in d.values() for s in b.values())
+    lines += [
+        f"Compute in the table's cells: {cell_s / 60:.0f} min (adaptation + evaluation per cell, oracle "
+        "training included; the source model's training is not in a cell).",
+        "",
+    ]
     if skipped:
+        missing = [f"{a} — {d}" for a in plan.archs for d in plan.domains if d not in table.get(a, {})]
         lines += [
-            f"**Incomplete:** {skipped} cells were not run (time budget); rows show how many seeds finished.",
+            f"**Incomplete:** {skipped} cells were not run (time budget); the `seeds` column shows how many "
+            "finished per row." + (f" Blocks with no cell: {'; '.join(missing)}." if missing else ""),
             "",
         ]
     for arch, domains in table.items():
