@@ -312,8 +312,8 @@ def _loop(
             else:
                 bar.update(done, None)
             if done % cfg.run.checkpoint_every == 0 and done < iters:
-                if "loss" in logs:  # one host sync per checkpoint: never save a diverged state
-                    _check_finite(float(logs["loss"]), done, run)
+                if "loss" in logs:  # never save a diverged state; averaged so every process agrees
+                    _check_finite(float(ddp.average_logs({"loss": logs["loss"]})["loss"]), done, run)
                 ddp.check_replicas(adapter)  # never save a state the other processes do not hold
                 if ddp.is_main:
                     _checkpoint(adapter, run, done, ddp.world)

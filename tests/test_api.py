@@ -120,11 +120,20 @@ def test_wrong_class_count_is_rejected(tiny_net: torch.nn.Module, frames: tuple[
         adapt(tiny_net, frames[0], config=_cfg(), num_classes=19, progress=False)
 
 
+@pytest.mark.parametrize(
+    "when",
+    [{"run.log_every": 1}, {"run.log_every": 100, "run.checkpoint_every": 1}],
+    ids=["at-log-record", "at-checkpoint"],
+)
 def test_divergence_stops_with_one_actionable_error_and_saves_nothing(
-    tiny_net: torch.nn.Module, frames: tuple[Path, Path], tmp_path: Path
+    tiny_net: torch.nn.Module, frames: tuple[Path, Path], tmp_path: Path, when: dict[str, int]
 ) -> None:
     out = tmp_path / "run"
     with pytest.raises(DivergedError, match=r"diverged at step \d+ \(loss (nan|inf)\).*optim.lr") as err:
-        adapt(tiny_net, frames[0], config=_cfg(**{"optim.lr": 1e12, "run.log_every": 1}), out_dir=out)
+        adapt(tiny_net, frames[0], config=_cfg(**{"optim.lr": 1e12, **when}), out_dir=out)
     assert "\n" not in str(err.value)
     assert not (out / "model.pt").exists() and not (out / "student.pt").exists()
+    ckpt = out / "checkpoints" / "last.pt"
+    if ckpt.exists():  # a checkpoint from before the divergence holds only finite numbers
+        state = torch.load(ckpt, weights_only=True)["adapter"]
+        assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())
