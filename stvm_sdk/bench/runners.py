@@ -8,6 +8,7 @@ input to the backend once, so a timed ``run`` measures inference, not host-side 
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from stvm_sdk.export.artifacts import read_sidecar
 BACKENDS = ("torch", "ort", "trt")
 
 
-class Runner:
+class Runner(ABC):
     """Base class: ``prepare`` (untimed) then ``run``; ``device`` is ``cpu`` or ``cuda``."""
 
     backend = "?"
@@ -36,8 +37,9 @@ class Runner:
     def prepare(self, x: np.ndarray) -> Any:
         return x
 
+    @abstractmethod
     def run(self, prepared: Any) -> Any:
-        raise NotImplementedError
+        """Inference on a prepared input (the timed part); each backend implements it."""
 
     def to_numpy(self, out: Any) -> np.ndarray:
         return out.detach().float().cpu().numpy() if isinstance(out, torch.Tensor) else np.asarray(out)

@@ -98,7 +98,12 @@ def test_missing_model_file_is_a_one_line_error(tmp_path: Path) -> None:
 
 
 class _Fake(Runner):
+    """Only its labels matter to ``summarize``; inference is the identity."""
+
     backend, precision = "ort", "fp32"
+
+    def run(self, prepared: np.ndarray) -> np.ndarray:
+        return prepared
 
 
 def test_stats_percentiles_throughput_and_ratio() -> None:
