@@ -100,3 +100,31 @@ def test_a_cached_cell_is_reused_only_while_its_settings_are_unchanged(acc, tmp_
     assert acc._cached_cell(tmp_path, longer, arch, domain, "stvm", 0, "test", {}) is None
     assert acc._cached_cell(tmp_path, plan, arch, domain, "stvm", 0, "test", {"mix.tau": 0.1}) is None
     assert acc.build_table(longer, tmp_path) == {}  # stale cells never reach the table
+
+
+def test_cells_run_in_two_processes_are_cached_and_a_spent_budget_runs_none(acc, tmp_path: Path) -> None:
+    """The real pipeline at toy size through the process pool: data, models, every cell of the
+    schedule; a re-run finds everything cached, and a plan whose budget is spent starts no cell."""
+    arch = "lraspp_mobilenet_v3_large"
+    plan = acc.Plan(
+        archs=(arch,),
+        domains=("target",),
+        seeds=(0,),
+        size=(32, 64),
+        n_source=8,
+        n_target=8,
+        n_test=4,
+        source_iters=2,
+        adapt_iters={arch: 2},
+        warmup=1,
+    )
+    assert acc.run_cells(plan, tmp_path, None, jobs=2) == 0
+    table = acc.build_table(plan, tmp_path)
+    assert set(table[arch]["target"]) == {name for name, _ in acc.methods(plan)} | {"oracle"}
+    assert len(acc.build_sweep(plan, tmp_path)) == len(acc.SWEEP)
+    assert acc.run_cells(plan, tmp_path, None, jobs=2) == 0  # all cached: nothing re-run
+
+    other = acc.Plan(**{**plan.__dict__, "n_test": 5})  # new settings: every cell is stale
+    n_cells = len(acc.schedule(other))
+    assert acc.run_cells(other, tmp_path, budget_s=0.0, jobs=2) == n_cells
+    assert acc.build_table(other, tmp_path) == {}
