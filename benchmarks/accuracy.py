@@ -156,7 +156,10 @@ def _cached_cell(
     path = _cell_path(cache, arch, domain, split, name, seed)
     if not path.is_file():
         return None
-    cell: dict[str, Any] = json.loads(path.read_text())
+    try:
+        cell: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):  # unreadable: treated as not run
+        return None
     return cell if cell.get("settings") == _settings(plan, arch, name, seed, split, over) else None
 
 
@@ -207,7 +210,9 @@ def _cell(
     out["settings"] = _settings(plan, arch, name, seed, split, over)
     out["seconds"] = round(time.perf_counter() - t0, 1)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out))
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(out))
+    tmp.replace(path)  # atomic: a run killed mid-write leaves no half-written cell
     return out
 
 
@@ -328,13 +333,18 @@ def run_cells(plan: Plan, cache: Path, budget_s: float | None, jobs: int = 1) ->
             pool.submit(_timed_cell, deadline, cache, plan, arch, domain, name, seed, "test", **over)
             for arch, domain, name, seed, over in todo
         ]
-        for (arch, domain, name, seed, _), fut in zip(todo, futures, strict=True):
-            cell = fut.result()
-            if cell is None:
-                skipped += 1
-                continue
-            print(f"{arch:30s} {domain:7s} {name:20s} seed {seed}  mIoU {cell['miou']:6.2f}  "
-                  f"({cell['seconds']:.0f}s)", flush=True)  # fmt: skip
+        try:
+            for (arch, domain, name, seed, _), fut in zip(todo, futures, strict=True):
+                cell = fut.result()
+                if cell is None:
+                    skipped += 1
+                    continue
+                print(f"{arch:30s} {domain:7s} {name:20s} seed {seed}  mIoU {cell['miou']:6.2f}  "
+                      f"({cell['seconds']:.0f}s)", flush=True)  # fmt: skip
+        except BaseException:  # Ctrl-C or a failed cell: do not start the queued cells on the way out
+            for fut in futures:
+                fut.cancel()
+            raise
     return skipped
 
 

@@ -100,6 +100,8 @@ def test_a_cached_cell_is_reused_only_while_its_settings_are_unchanged(acc, tmp_
     assert acc._cached_cell(tmp_path, longer, arch, domain, "stvm", 0, "test", {}) is None
     assert acc._cached_cell(tmp_path, plan, arch, domain, "stvm", 0, "test", {"mix.tau": 0.1}) is None
     assert acc.build_table(longer, tmp_path) == {}  # stale cells never reach the table
+    acc._cell_path(tmp_path, arch, domain, "test", "stvm", 0).write_text('{"miou": 2')  # cut off mid-write
+    assert acc._cached_cell(tmp_path, plan, arch, domain, "stvm", 0, "test", {}) is None
 
 
 def test_cells_run_in_two_processes_are_cached_and_a_spent_budget_runs_none(acc, tmp_path: Path) -> None:
