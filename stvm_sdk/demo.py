@@ -7,6 +7,8 @@ against PyTorch -> benchmark eager PyTorch vs ONNX Runtime -> one summary with e
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,6 +58,22 @@ class DemoSettings:
         return TrainConfig(arch=self.arch, iters=self.source_iters, batch_size=8, crop=None, seed=self.seed)
 
 
+def _resumable(adapt_dir: Path, cfg: AdaptConfig, source: Path, say: Callable[[str], None]) -> bool:
+    """Continue an interrupted demo adaptation only if it is this one (same config and source model);
+    an earlier demo's run with other settings is the demo's own scratch output: start afresh."""
+    marker = adapt_dir / "demo_source.json"
+    mine = {"config": cfg.to_dict(), "source": str(source), "source_mtime_ns": source.stat().st_mtime_ns}
+    mine = json.loads(json.dumps(mine))
+    if marker.is_file() and json.loads(marker.read_text()) == mine:
+        return (adapt_dir / "checkpoints" / "last.pt").is_file()
+    if adapt_dir.exists():
+        say(f"{adapt_dir}: an earlier demo run with other settings or another source model; starting afresh")
+        shutil.rmtree(adapt_dir)
+    adapt_dir.mkdir(parents=True)
+    marker.write_text(json.dumps(mine))
+    return False
+
+
 def run_demo(
     settings: DemoSettings,
     *,
@@ -78,13 +96,14 @@ def run_demo(
     source_path = ensure_trained(source_spec, s.train_config(), cache, progress=progress)
     timings["source_model_s"] = time.perf_counter() - t0 - sum(timings.values())
     say(f"source model: {source_path}")
+    cfg, adapt_dir = s.adapt_config(), out_dir / "adapt"
     result = adapt(
         source_path,
         target_root,
-        config=s.adapt_config(),
-        out_dir=out_dir / "adapt",
+        config=cfg,
+        out_dir=adapt_dir,
         progress=progress,
-        resume=(out_dir / "adapt" / "checkpoints" / "last.pt").is_file(),
+        resume=_resumable(adapt_dir, cfg, source_path, say),
     )
     timings["adapt_s"] = time.perf_counter() - t0 - sum(timings.values())
     from stvm_sdk.eval import evaluate

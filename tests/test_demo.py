@@ -7,6 +7,7 @@ ONNX Runtime session, the benchmark); only the sizes are tiny. The second call m
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from stvm_sdk.demo import DemoSettings, run_demo
@@ -42,3 +43,9 @@ def test_demo_runs_every_stage_and_caches_data_and_source_model(tmp_path: Path) 
     again = run_demo(TINY, cache=cache, out_dir=tmp_path / "runs2", progress=False)
     assert again["source_model"] == summary["source_model"]
     assert Path(again["source_model"]).stat().st_mtime_ns == model_mtime  # cached, not retrained
+
+    # a demo run left by other settings (an older SDK, --quick vs full) is replaced, not an error
+    other = run_demo(
+        replace(TINY, adapt_iters=TINY.adapt_iters + 1), cache=cache, out_dir=out, progress=False
+    )
+    assert other["settings"]["adapt_iters"] == TINY.adapt_iters + 1
