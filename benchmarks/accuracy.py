@@ -1,7 +1,7 @@
 """Accuracy benchmark on the synthetic domain-shift benchmark: every method, seeds, two archs, two domains.
 
-    python benchmarks/accuracy.py            # the full table (sized for < 2 h on a 2-core CPU)
-    python benchmarks/accuracy.py --quick    # a ~10-minute subset (one arch, one domain, one seed)
+    python benchmarks/accuracy.py            # the full table (111 min from a fresh cache, 2-core CPU)
+    python benchmarks/accuracy.py --quick    # a subset: one arch, one domain, one seed (8 min fresh)
     python benchmarks/accuracy.py --tune     # STvM decisions compared on the *tuning* split only
 
 Writes benchmarks/results/accuracy{,_quick}.{md,json}, the threshold sweep plot, a reliability-vs-
