@@ -44,7 +44,8 @@ LADDER = [
     "stvm",
 ]
 SWEEP = (0.2, 0.4, 0.6, 0.8, 1.0)
-# Training-step time relative to lraspp (batch 8, 128x256, this CPU: 0.48 s vs 0.83 s): schedules models.
+# Training time relative to lraspp on this CPU (batch 8, 128x256: ~1.8x per step with 2 threads, 20 vs
+# 10 min per 800-iter model in a 1-thread process): orders model training, slowest first.
 ARCH_COST = {"lraspp_mobilenet_v3_large": 1.0, "deeplabv3_mobilenet_v3_large": 1.8}
 # Decisions changed from shared/docs/method.md, with the evidence (tuning split only).
 DECISIONS = [
@@ -70,8 +71,8 @@ TUNING: list[tuple[str, dict[str, Any]]] = [
     # 0.12 -> 0.87 over 480 steps): does a 10x smaller lambda (slower M) keep it discriminative?
     ("stvm@lambda0.1", {"metric.weight": 0.1}),
     ("stvm@480it_lambda0.1", {"run.iters": 480, "metric.weight": 0.1}),
-    # Is 17% of the gap a matter of knobs? Reliability sharpness (gamma), MOCM's patch threshold,
-    # a longer metric warm-up, the proxies' lr and the student's lr, one at a time.
+    # Is the small share of the gap STvM closes a matter of knobs? Reliability sharpness (gamma),
+    # MOCM's patch threshold, a longer metric warm-up, the proxies' lr, the student's lr; one at a time.
     ("stvm@gamma8", {"reliability.scale": 8.0}),
     ("stvm@gamma32", {"reliability.scale": 32.0}),
     ("stvm@tau0.7", {"mix.tau": 0.7}),
@@ -321,7 +322,7 @@ def _worker_init(threads: int) -> None:
 
 
 def _pool(jobs: int) -> ProcessPoolExecutor:
-    """``jobs`` processes sharing the cores: on 2 cores, two 1-thread processes did ~25% more work
+    """``jobs`` processes sharing the cores: on 2 cores, two 1-thread processes did ~26% more work
     per minute than one 2-thread process (small convolutions scale poorly across threads)."""
     threads = max(1, (os.cpu_count() or 1) // jobs)
     return ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init,
