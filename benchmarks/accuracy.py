@@ -23,6 +23,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -62,9 +63,9 @@ DECISIONS = [
 # (name, overrides) compared by --tune on the `val` split; the table uses the defaults in stvm_sdk.config.
 TUNING: list[tuple[str, dict[str, Any]]] = [
     ("stvm@train_bn", {"student_bn": "train"}),  # method.md's decision: student BN in train mode
-    ("stvm@frozen_bn", {"student_bn": "frozen"}),
+    ("stvm", {}),  # the default: student_bn = "frozen"
     ("mean_teacher@train_bn", {"student_bn": "train"}),
-    ("mean_teacher@frozen_bn", {"student_bn": "frozen"}),
+    ("mean_teacher", {}),
     ("adabn", {}),  # the start of every self-training run
     ("stvm@480it", {"run.iters": 480}),  # does the gain grow with a 4x longer run?
     # The metric net learns the pseudo-labels (noise included) and reliability saturates (mean weight
@@ -84,8 +85,6 @@ TUNING: list[tuple[str, dict[str, Any]]] = [
     # short run does not also shrink the student's step (deeplabv3, 50 student steps: STvM 14.30 ended
     # below mean_teacher 15.03 on test seed 0, barely moving from AdaBN's 14.37).
     ("stvm@normalize_weights", {"reliability.normalize": "weights"}),
-    ("mean_teacher", {}),
-    ("stvm", {}),
 ]
 TUNING_OTHER_ARCH = ("adabn", "mean_teacher", "stvm", "stvm@normalize_weights")
 
@@ -121,6 +120,11 @@ class Plan:
             warmup=20,
         )
 
+    def spec(self, domain: str, split: str) -> DomainSpec:
+        """One generated split of the plan: its size follows from the split."""
+        n = {"train": self.n_source if domain == "source" else self.n_target, "val": self.n_tune}
+        return DomainSpec(domain, split, n.get(split, self.n_test), self.size, 0)
+
     def train_cfg(self, arch: str) -> TrainConfig:
         return TrainConfig(arch=arch, iters=self.source_iters, batch_size=8, crop=None, seed=0)
 
@@ -141,8 +145,7 @@ class Plan:
 
 def source_model(plan: Plan, arch: str, cache: Path) -> Path:
     """The plan's source model for ``arch`` (trained on first use, then cached)."""
-    spec = DomainSpec("source", "train", plan.n_source, plan.size, 0)
-    return ensure_trained(spec, plan.train_cfg(arch), cache, progress=False)
+    return ensure_trained(plan.spec("source", "train"), plan.train_cfg(arch), cache, progress=False)
 
 
 def _cell_path(cache: Path, arch: str, domain: str, split: str, name: str, seed: int) -> Path:
@@ -189,15 +192,11 @@ def _cell(
         return cached
     path = _cell_path(cache, arch, domain, split, name, seed)
     t0 = time.perf_counter()
-    spec = lambda d, s, n: DomainSpec(d, s, n, plan.size, 0)  # noqa: E731
     source = source_model(plan, arch, cache)
-    target = ensure_domain(spec(domain, "train", plan.n_target), cache)
-    n_eval = plan.n_test if split == "test" else plan.n_tune
-    evaluation = ensure_domain(spec(domain, split, n_eval), cache)
+    target = ensure_domain(plan.spec(domain, "train"), cache)
+    evaluation = ensure_domain(plan.spec(domain, split), cache)
     if name == "oracle":
-        oracle = ensure_trained(
-            spec(domain, "train", plan.n_target), plan.train_cfg(arch), cache, progress=False
-        )
+        oracle = ensure_trained(plan.spec(domain, "train"), plan.train_cfg(arch), cache, progress=False)
         res = evaluate(load_model(oracle), evaluation, evaluation)
         out: dict[str, Any] = {"miou": res.miou, "per_class_iou": res.per_class_iou}
     else:
@@ -297,36 +296,26 @@ def schedule(plan: Plan) -> list[tuple[str, str, str, int, dict[str, Any]]]:
 def _prepare(plan: Plan, cache: Path, jobs: int) -> None:
     """Generate every split and train every model (source and oracle per arch) before the cells, so
     parallel cells never train the same model twice. Models go longest first over ``jobs`` processes."""
-    specs = [DomainSpec("source", "train", plan.n_source, plan.size, 0)]
-    for d in plan.domains:
-        specs += [
-            DomainSpec(d, s, n, plan.size, 0) for s, n in (("train", plan.n_target), ("test", plan.n_test))
-        ]
-    for spec in specs:
+    for spec in [plan.spec(d, s) for d in plan.domains for s in ("train", "test")]:
         ensure_domain(spec, cache)
-    models = [(specs[0], plan.train_cfg(a)) for a in plan.archs]
-    models += [(DomainSpec(d, "train", plan.n_target, plan.size, 0), plan.train_cfg(a))
-               for a in plan.archs for d in plan.domains]  # fmt: skip
-    models.sort(key=lambda m: -ARCH_COST.get(m[1].arch, 1.0))  # the slow ones first
+    # (training data, arch): the source model and one oracle per domain, for every arch
+    models = [(plan.spec(d, "train"), a) for a in plan.archs for d in ("source", *plan.domains)]
+    models.sort(key=lambda m: -ARCH_COST.get(m[1], 1.0))  # the slow ones first
+    train = partial(ensure_trained, cache=cache, progress=False)
     with _pool(jobs) as pool:
-        list(pool.map(_train_model, *zip(*models, strict=True), [cache] * len(models)))
+        list(pool.map(train, [spec for spec, _ in models], [plan.train_cfg(a) for _, a in models]))
 
 
-def _train_model(spec: DomainSpec, cfg: TrainConfig, cache: Path) -> Path:
-    return ensure_trained(spec, cfg, cache, progress=False)
-
-
-def _worker_init(threads: int) -> None:
-    torch.set_num_threads(threads)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+def _threads(jobs: int) -> int:
+    """Intra-op threads per process when ``jobs`` processes share the cores."""
+    return max(1, (os.cpu_count() or 1) // jobs)
 
 
 def _pool(jobs: int) -> ProcessPoolExecutor:
     """``jobs`` processes sharing the cores: on 2 cores, two 1-thread processes did ~26% more work
     per minute than one 2-thread process (small convolutions scale poorly across threads)."""
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    return ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init,
-                               initargs=(threads,))  # fmt: skip
+    return ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=torch.set_num_threads,
+                               initargs=(_threads(jobs),))  # fmt: skip
 
 
 def _timed_cell(deadline: float | None, *args: Any, **over: Any) -> dict[str, Any] | None:
@@ -424,7 +413,7 @@ def write_markdown(
         "# Accuracy on the synthetic domain-shift benchmark",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores; cells in {jobs} process(es) of "
-        f"{max(1, (os.cpu_count() or 1) // jobs)} thread(s); "
+        f"{_threads(jobs)} thread(s); "
         f"torch {torch.__version__}. Wall time of this invocation {seconds / 60:.1f} min "
         "(cells cached by earlier invocations are not re-run; per-cell seconds are in the JSON cache).",
         "",

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from stvm_sdk.api import load_run, reliability_map
-from stvm_sdk.benchmark_data import DomainSpec, ensure_domain
+from stvm_sdk.benchmark_data import ensure_domain
 from stvm_sdk.data import scan_frames
 from stvm_sdk.data.batches import load_frame
 from stvm_sdk.eval import predict
@@ -174,7 +174,7 @@ def write_figures(
     }
     if sweep:
         sweep_plot(sweep, ref, out / f"threshold_sweep{suffix}.png")
-    eval_root = ensure_domain(DomainSpec(domain, "test", plan.n_test, plan.size, 0), cache)
+    eval_root = ensure_domain(plan.spec(domain, "test"), cache)
     runs = cache / "runs" / arch / domain / "test"
     calib: dict[str, Any] = {}
     if (runs / "stvm" / "seed0" / "summary.json").is_file():
