@@ -183,7 +183,7 @@ def _cached_cell(
     return cell if cell.get("settings") == _settings(plan, arch, name, seed, split, over) else None
 
 
-def _cell(
+def cell(
     cache: Path, plan: Plan, arch: str, domain: str, name: str, seed: int, split: str, **over: Any
 ) -> dict[str, Any]:
     """Run (or read from cache) one adaptation and evaluate its teacher and student on ``split``."""
@@ -322,7 +322,7 @@ def _timed_cell(deadline: float | None, *args: Any, **over: Any) -> dict[str, An
     """A cell, or None when the run's time budget is spent before it starts."""
     if deadline is not None and time.time() > deadline:
         return None
-    return _cell(*args, **over)
+    return cell(*args, **over)
 
 
 def run_cells(plan: Plan, cache: Path, budget_s: float | None, jobs: int = 1) -> int:
@@ -496,10 +496,10 @@ def run_tuning(plan: Plan, cache: Path, arch: str | None = None) -> Path:
         "|---|---|---|---|---|",
     ]
     for name, over in variants:
-        cell = _cell(cache, plan, arch, domain, name, seed, "val", **over)
-        t, st = cell.get("miou_teacher"), cell.get("miou_student")
+        res = cell(cache, plan, arch, domain, name, seed, "val", **over)
+        t, st = res.get("miou_teacher"), res.get("miou_student")
         lines.append(
-            f"| {name} | `{json.dumps(over)}` | {cell['miou']:.2f} | "
+            f"| {name} | `{json.dumps(over)}` | {res['miou']:.2f} | "
             f"{'-' if t is None else f'{t:.2f}'} | {'-' if st is None else f'{st:.2f}'} |"
         )
         print(lines[-1], flush=True)

@@ -130,3 +130,24 @@ def test_cells_run_in_two_processes_are_cached_and_a_spent_budget_runs_none(acc,
     n_cells = len(acc.schedule(other))
     assert acc.run_cells(other, tmp_path, budget_s=0.0, jobs=2) == n_cells
     assert acc.build_table(other, tmp_path) == {}
+
+
+def test_domain_gap_reports_the_accuracy_cells_and_the_issue_3_verdict(acc, tmp_path: Path) -> None:
+    """benchmarks/domain_gap.py reads the accuracy benchmark's cells: its figures are the table's."""
+    gap_mod = importlib.import_module("domain_gap")
+    plan = acc.Plan()
+    scores = {  # arch 0: gap 30, AdaBN closes 20% (met); arch 1: gap 15 (not met)
+        plan.archs[0]: {"source_only": 10.0, "adabn": 16.0, "oracle": 40.0},
+        plan.archs[1]: {"source_only": 10.0, "adabn": 12.0, "oracle": 25.0},
+    }
+    for arch, by_model in scores.items():
+        for domain in plan.domains:
+            for name, miou in by_model.items():
+                _write_cell(acc, tmp_path, arch, domain, name, plan.seeds[0], miou)
+    out = tmp_path / "domain_gap.md"
+    assert gap_mod.main(["--cache", str(tmp_path), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert f"| {plan.archs[0]} | target | 10.00 | 16.00 | 40.00 | 30.00 | 20% | met |" in text
+    assert f"| {plan.archs[1]} | target | 10.00 | 12.00 | 25.00 | 15.00 | 13% | **not met** |" in text
+    res = json.loads(out.with_suffix(".json").read_text())
+    assert res[plan.archs[0]]["fog"]["adabn"]["miou"] == 16.0
