@@ -55,6 +55,17 @@ def reliability(z: Tensor, proxies: Tensor, labels: Tensor, mode: str, scale: fl
     return torch.where(labels == IGNORE, torch.zeros_like(cos), (1 + cos) / 2)
 
 
+def class_balance(labels: Tensor, num_classes: int) -> Tensor:
+    """Weight factor per label value (a ``[256]`` tensor to index with labels) for decision 6's
+    ``normalize="class"``: ``N / (K' * n_k)`` for a class k with n_k of the N valid pixels (K' classes
+    present), 0 for absent classes and the ignore index. Scaling each pixel's weight by it turns the mean
+    over valid pixels into the mean over present classes of each class's mean weighted loss."""
+    counts = torch.bincount(labels.flatten().long(), minlength=IGNORE + 1)[: IGNORE + 1].float()
+    counts[num_classes:] = 0.0  # the ignore index carries no weight
+    present = counts > 0
+    return torch.where(present, counts.sum() / (present.sum().clamp_min(1) * counts.clamp_min(1)), 0.0)
+
+
 def pseudo_label_reliability(
     teacher: nn.Module, classifier: str, metric: MetricHead, x: Tensor, mode: str, scale: float
 ) -> tuple[Tensor, Tensor]:
@@ -248,8 +259,10 @@ class Adapter(nn.Module):
             logs["mix_fraction"] = mix.float().mean()
         x = strong_augment(x, cfg.aug, g)
         s_logits = forward_logits(self._net("student"), normalize(x, self.mean, self.std))
-        l_st = weighted_cross_entropy(
-            s_logits, labels, weights, normalize=cfg.reliability.normalize, backend=backend
-        )
+        norm = cfg.reliability.normalize
+        if norm == "class":  # counts over the global batch, like the metric loss's sampling
+            weights = weights * class_balance(self.comm.gather(labels), self.num_classes)[labels.long()]
+            norm = "valid"
+        l_st = weighted_cross_entropy(s_logits, labels, weights, normalize=norm, backend=backend)
         logs["loss_st"] = l_st.detach()
         return loss + l_st, logs

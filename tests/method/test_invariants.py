@@ -10,7 +10,7 @@ import torch
 from stvm_sdk.config import METHODS, AdaptConfig
 from stvm_sdk.method.ema import ema_beta, ema_update
 from stvm_sdk.method.mixing import mocm
-from stvm_sdk.method.stvm import Adapter, reliability
+from stvm_sdk.method.stvm import Adapter, class_balance, reliability
 from stvm_sdk.models import IMAGENET_MEAN, IMAGENET_STD
 
 MEAN, STD = IMAGENET_MEAN, IMAGENET_STD
@@ -176,3 +176,33 @@ def test_threshold_st_ignores_the_least_confident_pixels(tiny_net: torch.nn.Modu
         conf = forward_logits(a.teacher, normalize(_images(), MEAN, STD)).softmax(1).max(1).values
     thr = torch.quantile(conf.flatten(), 0.8)
     assert 0.1 < float((conf >= thr).float().mean()) < 0.3
+
+
+def test_class_normalisation_is_the_mean_over_classes_of_each_class_mean_weighted_loss() -> None:
+    """Decision 6's ``normalize="class"``: scaling each weight by ``class_balance`` and dividing by the
+    valid pixels gives, in float64, mean_k (mean_{i: y_i = k} w_i CE_i) over the classes present."""
+    g = torch.Generator().manual_seed(3)
+    k = 5
+    logits = torch.randn(2, k, 7, 9, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, k - 1, (2, 7, 9), generator=g)  # class k-1 absent
+    labels[0, :2] = 255
+    labels[1, 0, 0] = 2  # a class with very few pixels still counts as one class
+    weights = torch.rand(2, 7, 9, generator=g, dtype=torch.float64)
+    ce = torch.nn.functional.cross_entropy(logits, labels, ignore_index=255, reduction="none")
+    expected = torch.stack([(weights * ce)[labels == c].mean() for c in labels.unique() if c != 255]).mean()
+    factor = class_balance(labels, k)
+    assert factor[k - 1] == 0 and factor[255] == 0
+    scaled = weights * factor[labels].to(weights)
+    got = (scaled * ce).sum() / (labels != 255).sum()
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-9)  # the factor is float32
+    # the weights still average to the valid-pixel mean of the original scale (mean factor 1)
+    torch.testing.assert_close(factor[labels][labels != 255].mean(), torch.tensor(1.0))
+
+
+@pytest.mark.parametrize("method", ["mean_teacher", "stvm"])
+def test_class_normalised_step_moves_the_student(tiny_net: torch.nn.Module, method: str) -> None:  # noqa: E501
+    a = _adapter(tiny_net, method=method, **{"reliability.normalize": "class"})
+    before = copy.deepcopy(a.student.state_dict())
+    logs = a.step(_images(), 0, torch.Generator().manual_seed(0))
+    assert torch.isfinite(logs["loss_st"])
+    assert any(not torch.equal(v, before[k]) for k, v in a.student.state_dict().items())
