@@ -151,3 +151,20 @@ def test_domain_gap_reports_the_accuracy_cells_and_the_issue_3_verdict(acc, tmp_
     assert f"| {plan.archs[1]} | target | 10.00 | 12.00 | 25.00 | 15.00 | 13% | **not met** |" in text
     res = json.loads(out.with_suffix(".json").read_text())
     assert res[plan.archs[0]]["fog"]["adabn"]["miou"] == 16.0
+
+
+def test_seed_check_reports_every_seed_of_each_decision_6_variant(acc, tmp_path: Path, monkeypatch) -> None:
+    """--tune-seeds reads (or runs) the `val` cells of SEED_CHECK for every seed: mean ± std per variant."""
+    plan = acc.Plan()
+    arch, domain, variants = plan.archs[0], plan.domains[0], dict(acc.TUNING)
+    for i, name in enumerate(acc.SEED_CHECK):
+        for seed in plan.seeds:
+            path = acc._cell_path(tmp_path, arch, domain, "val", name, seed)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            settings = acc._settings(plan, arch, name, seed, "val", variants[name])
+            path.write_text(json.dumps({"miou": 10.0 * i + seed, "settings": settings}))
+    monkeypatch.setattr(acc, "RESULTS", tmp_path)
+    text = acc.run_seed_check(plan, tmp_path).read_text()
+    row = '| stvm@class_norm | `{"reliability.normalize": "class"}` | 11.00 ± 0.82 | 10.00, 11.00, 12.00 |'
+    assert row in text
+    assert text.count("\n| ") == 1 + len(acc.SEED_CHECK)  # the header and one row per variant
