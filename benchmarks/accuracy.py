@@ -1,7 +1,7 @@
 """Accuracy benchmark on the synthetic domain-shift benchmark: every method, seeds, two archs, two domains.
 
     python benchmarks/accuracy.py            # the full table (111 min from a fresh cache, 2-core CPU)
-    python benchmarks/accuracy.py --quick    # a subset: one arch, one domain, one seed (8 min fresh)
+    python benchmarks/accuracy.py --quick    # a subset: one arch, one domain, one seed (7 min fresh)
     python benchmarks/accuracy.py --tune     # STvM decisions compared on the *tuning* split only
 
 Writes benchmarks/results/accuracy{,_quick}.{md,json}, the threshold sweep plot, a reliability-vs-
@@ -64,10 +64,10 @@ DECISIONS = [
     "  ground truth, cars 8% vs 17%), and the drift grew with the step size until it collapsed. Evidence,",
     "  tuning split, 3 seeds (`python benchmarks/accuracy.py --tune-seeds [--tune-arch A]` →",
     "  `accuracy_tuning_seeds_*.md`): STvM 16.06 -> 16.73 (lraspp) and 14.69 -> 16.57 (deeplabv3);",
-    "  mean_teacher 13.84 -> 14.91 and 15.14 -> 16.68. On the held-out table below it is mixed for STvM:",
-    "  -0.87 / +0.55 / +0.34 / -0.35 (lraspp target, fog; deeplabv3 target, fog) against the same table",
-    "  with valid-pixel normalisation (commit 110d256), while it lifts most baselines (threshold_st +3.75",
-    "  on lraspp/target) and turns the threshold sweep into the paper's inverted U.",
+    "  mean_teacher 13.84 -> 14.91 and 15.14 -> 16.68. On the full held-out table (accuracy.md) it is",
+    "  mixed for STvM: -0.87 / +0.55 / +0.34 / -0.35 (lraspp target, fog; deeplabv3 target, fog) against",
+    "  the same table with valid-pixel normalisation (commit 110d256), while it lifts most baselines",
+    "  (threshold_st +3.75 on lraspp/target) and turns the threshold sweep into the paper's inverted U.",
     "- Everything else is method.md's default. The deliverable stays the teacher (decision 10); both",
     "  networks are scored in every row below.",
 ]
