@@ -55,12 +55,18 @@ def reliability(z: Tensor, proxies: Tensor, labels: Tensor, mode: str, scale: fl
     return torch.where(labels == IGNORE, torch.zeros_like(cos), (1 + cos) / 2)
 
 
-def class_balance(labels: Tensor, num_classes: int) -> Tensor:
+def label_counts(labels: Tensor) -> Tensor:
+    """How many pixels carry each label value: a float ``[256]`` tensor (ignore index included)."""
+    return torch.bincount(labels.flatten().long(), minlength=IGNORE + 1)[: IGNORE + 1].float()
+
+
+def class_balance(counts: Tensor, num_classes: int) -> Tensor:
     """Weight factor per label value (a ``[256]`` tensor to index with labels) for decision 6's
-    ``normalize="class"``: ``N / (K' * n_k)`` for a class k with n_k of the N valid pixels (K' classes
-    present), 0 for absent classes and the ignore index. Scaling each pixel's weight by it turns the mean
-    over valid pixels into the mean over present classes of each class's mean weighted loss."""
-    counts = torch.bincount(labels.flatten().long(), minlength=IGNORE + 1)[: IGNORE + 1].float()
+    ``normalize="class"``, from :func:`label_counts`: ``N / (K' * n_k)`` for a class k with n_k of the
+    N valid pixels (K' classes present), 0 for absent classes and the ignore index. Scaling each pixel's
+    weight by it turns the mean over valid pixels into the mean over present classes of each class's
+    mean weighted loss."""
+    counts = counts.clone()
     counts[num_classes:] = 0.0  # the ignore index carries no weight
     present = counts > 0
     return torch.where(present, counts.sum() / (present.sum().clamp_min(1) * counts.clamp_min(1)), 0.0)
@@ -260,8 +266,9 @@ class Adapter(nn.Module):
         x = strong_augment(x, cfg.aug, g)
         s_logits = forward_logits(self._net("student"), normalize(x, self.mean, self.std))
         norm = cfg.reliability.normalize
-        if norm == "class":  # counts over the global batch, like the metric loss's sampling
-            weights = weights * class_balance(self.comm.gather(labels), self.num_classes)[labels.long()]
+        if norm == "class":  # counts over the global batch (256 numbers per process), like the metric loss
+            counts = self.comm.gather(label_counts(labels)[None]).sum(0)
+            weights = weights * class_balance(counts, self.num_classes)[labels.long()]
             norm = "valid"
         l_st = weighted_cross_entropy(s_logits, labels, weights, normalize=norm, backend=backend)
         logs["loss_st"] = l_st.detach()

@@ -10,7 +10,7 @@ import torch
 from stvm_sdk.config import METHODS, AdaptConfig
 from stvm_sdk.method.ema import ema_beta, ema_update
 from stvm_sdk.method.mixing import mocm
-from stvm_sdk.method.stvm import Adapter, class_balance, reliability
+from stvm_sdk.method.stvm import Adapter, class_balance, label_counts, reliability
 from stvm_sdk.models import IMAGENET_MEAN, IMAGENET_STD
 
 MEAN, STD = IMAGENET_MEAN, IMAGENET_STD
@@ -190,7 +190,9 @@ def test_class_normalisation_is_the_mean_over_classes_of_each_class_mean_weighte
     weights = torch.rand(2, 7, 9, generator=g, dtype=torch.float64)
     ce = torch.nn.functional.cross_entropy(logits, labels, ignore_index=255, reduction="none")
     expected = torch.stack([(weights * ce)[labels == c].mean() for c in labels.unique() if c != 255]).mean()
-    factor = class_balance(labels, k)
+    factor = class_balance(label_counts(labels), k)
+    halves = label_counts(labels[:1]) + label_counts(labels[1:])  # what two processes' counts sum to
+    torch.testing.assert_close(class_balance(halves, k), factor)
     assert factor[k - 1] == 0 and factor[255] == 0
     scaled = weights * factor[labels].to(weights)
     got = (scaled * ce).sum() / (labels != 255).sum()
