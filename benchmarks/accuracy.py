@@ -3,6 +3,7 @@
     python benchmarks/accuracy.py            # the full table (111 min from a fresh cache, 2-core CPU)
     python benchmarks/accuracy.py --quick    # a subset: one arch, one domain, one seed (7 min fresh)
     python benchmarks/accuracy.py --tune     # STvM decisions compared on the *tuning* split only
+    python benchmarks/accuracy.py --tune-seeds [--tune-arch A]   # decision 6's variants, every seed
 
 Writes benchmarks/results/accuracy{,_quick}.{md,json}, the threshold sweep plot, a reliability-vs-
 correctness plot and qualitative figures. Each finished cell (arch, domain, method, seed) is cached
