@@ -56,8 +56,13 @@ def reliability(z: Tensor, proxies: Tensor, labels: Tensor, mode: str, scale: fl
 
 
 def label_counts(labels: Tensor) -> Tensor:
-    """How many pixels carry each label value: a float ``[256]`` tensor (ignore index included)."""
-    return torch.bincount(labels.flatten().long(), minlength=IGNORE + 1)[: IGNORE + 1].float()
+    """How many pixels carry each label value: an int64 ``[256]`` tensor (ignore index included).
+
+    A fixed-size scatter, not ``torch.bincount``: on CUDA bincount reads the input's max back to the
+    host to size its output, a sync in every training step."""
+    flat = labels.flatten().long()
+    zeros = torch.zeros(IGNORE + 1, dtype=torch.long, device=flat.device)
+    return zeros.index_add_(0, flat, torch.ones_like(flat))
 
 
 def class_balance(counts: Tensor, num_classes: int) -> Tensor:
@@ -66,7 +71,7 @@ def class_balance(counts: Tensor, num_classes: int) -> Tensor:
     N valid pixels (K' classes present), 0 for absent classes and the ignore index. Scaling each pixel's
     weight by it turns the mean over valid pixels into the mean over present classes of each class's
     mean weighted loss."""
-    counts = counts.clone()
+    counts = counts.to(torch.float32, copy=True)
     counts[num_classes:] = 0.0  # the ignore index carries no weight
     present = counts > 0
     return torch.where(present, counts.sum() / (present.sum().clamp_min(1) * counts.clamp_min(1)), 0.0)
@@ -218,9 +223,7 @@ class Adapter(nn.Module):
         with torch.no_grad():
             t_logits = forward_logits(self.teacher, normalize(images, self.mean, self.std)).float()
             conf, pseudo = t_logits.softmax(1).max(1)
-        logs: dict[str, Tensor] = {
-            "pseudo_hist": torch.bincount(pseudo.flatten(), minlength=self.num_classes)
-        }
+        logs: dict[str, Tensor] = {"pseudo_hist": label_counts(pseudo)[: self.num_classes]}
         loss = t_logits.new_zeros(())
         weights = torch.ones_like(conf)
         labels = pseudo

@@ -190,7 +190,9 @@ def test_class_normalisation_is_the_mean_over_classes_of_each_class_mean_weighte
     weights = torch.rand(2, 7, 9, generator=g, dtype=torch.float64)
     ce = torch.nn.functional.cross_entropy(logits, labels, ignore_index=255, reduction="none")
     expected = torch.stack([(weights * ce)[labels == c].mean() for c in labels.unique() if c != 255]).mean()
-    factor = class_balance(label_counts(labels), k)
+    counts = label_counts(labels)
+    assert torch.equal(counts, torch.bincount(labels.flatten(), minlength=256))
+    factor = class_balance(counts, k)
     halves = label_counts(labels[:1]) + label_counts(labels[1:])  # what two processes' counts sum to
     torch.testing.assert_close(class_balance(halves, k), factor)
     assert factor[k - 1] == 0 and factor[255] == 0
@@ -202,7 +204,7 @@ def test_class_normalisation_is_the_mean_over_classes_of_each_class_mean_weighte
 
 
 @pytest.mark.parametrize("method", ["mean_teacher", "stvm"])
-def test_class_normalised_step_moves_the_student(tiny_net: torch.nn.Module, method: str) -> None:  # noqa: E501
+def test_class_normalised_step_moves_the_student(tiny_net: torch.nn.Module, method: str) -> None:
     a = _adapter(tiny_net, method=method, **{"reliability.normalize": "class"})
     before = copy.deepcopy(a.student.state_dict())
     logs = a.step(_images(), 0, torch.Generator().manual_seed(0))
