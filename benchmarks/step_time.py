@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from stvm_sdk.config import AdaptConfig, parse_hw
+from stvm_sdk.boundary.args import parse_hw
+from stvm_sdk.config import AdaptConfig
 from stvm_sdk.data.batches import step_generator
 from stvm_sdk.method.stvm import Adapter
 from stvm_sdk.models import IMAGENET_MEAN, IMAGENET_STD, build_torchvision

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from stvm_sdk.cli.common import console, print_json, user_errors
+from stvm_sdk.cli.common import IGNORE_OUT_OF_RANGE, TRUST_PICKLE, console, print_json, user_errors
 
 
 @user_errors
@@ -42,14 +42,13 @@ def adapt_command(
     resume: bool = typer.Option(
         False, "--resume", help="Continue the run in --out from its last checkpoint."
     ),
-    seed: int | None = typer.Option(None, "--seed"),
+    seed: int | None = typer.Option(None, "--seed", help="Seed of batches, crops and mixing (default 0)."),
     num_classes: int | None = typer.Option(
         None, "--num-classes", help="Check the model has this many classes."
     ),
     classifier: str | None = typer.Option(None, "--classifier", help="Module path of the classifier head."),
-    trust_pickle: bool = typer.Option(
-        False, "--trust-pickle", help="Allow loading a pickled nn.Module (runs code)."
-    ),
+    trust_pickle: bool = TRUST_PICKLE,
+    ignore_out_of_range: bool = IGNORE_OUT_OF_RANGE,
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
     nproc_per_node: int = typer.Option(
         1,
@@ -61,7 +60,7 @@ def adapt_command(
 ) -> None:
     """Adapt SOURCE to the frames in TARGET without source data (STvM by default)."""
     from stvm_sdk import AdaptConfig, adapt
-    from stvm_sdk.config import parse_hw
+    from stvm_sdk.boundary.args import parse_hw
     from stvm_sdk.distributed import LAUNCHED_ENV, PeerLostError, RankZeroError, env_world
 
     rank, world, _ = env_world()  # set by torchrun (or by --nproc-per-node's launcher) in workers
@@ -69,10 +68,10 @@ def adapt_command(
     cfg = AdaptConfig.from_file(config) if config else AdaptConfig()
     overrides: dict[str, Any] = {
         "method": method, "run.iters": iters, "data.batch_size": batch_size, "run.device": device,
-        "run.seed": seed, "data.resize": parse_hw(resize) if resize else None,
+        "run.seed": seed, "data.resize": parse_hw(resize, "--resize") if resize else None,
     }  # fmt: skip
     if crop is not None:
-        overrides["data.crop"] = parse_hw(crop)
+        overrides["data.crop"] = parse_hw(crop, "--crop")
     cfg = cfg.with_overrides(overrides)
     if crop is not None and cfg.data.crop is None:
         cfg = cfg.with_overrides({"data.crop": None})
@@ -87,6 +86,7 @@ def adapt_command(
         result = adapt(
             source, target, config=cfg, labels_dir=labels, out_dir=out, resume=resume,
             progress=not json_out, trust_pickle=trust_pickle, num_classes=num_classes, classifier=classifier,
+            ignore_out_of_range=ignore_out_of_range,
         )  # fmt: skip
     except (RankZeroError, PeerLostError) as exc:  # reported once: by rank 0, or by our launcher
         if isinstance(exc, RankZeroError) or os.environ.get(LAUNCHED_ENV):
@@ -119,8 +119,10 @@ def print_summary(metrics: dict[str, Any], class_names: list[str]) -> None:
     for key in (
         "method",
         "steps",
-        "images_used",
+        "frames_found",
+        "frames_used",
         "images_skipped",
+        "images_seen",
         "seconds",
         "miou_before",
         "miou_after",
@@ -130,8 +132,9 @@ def print_summary(metrics: dict[str, Any], class_names: list[str]) -> None:
         "student_path",
         "torchscript_path",
     ):
-        if metrics.get(key) is not None:
-            table.add_row(key, str(metrics[key]))
+        value = metrics.get(key)
+        if value is not None:
+            table.add_row(key, format_value(key, value))
     console.print(table)
     per_class = metrics.get("per_class_iou")
     if per_class:
@@ -143,6 +146,19 @@ def print_summary(metrics: dict[str, Any], class_names: list[str]) -> None:
             b, a = per_class["before"].get(name), per_class["after"].get(name)
             t.add_row(name, "-" if b is None else f"{b:.1f}", "-" if a is None else f"{a:.1f}")
         console.print(t)
+
+
+def format_value(key: str, value: Any) -> str:
+    """Human form of a summary value: rounded figures, skipped frames by reason with an example."""
+    if key == "images_skipped" and isinstance(value, dict):
+        if not value.get("total"):
+            return "0"
+        reasons = ", ".join(f"{n} {r.replace('_', ' ')}" for r, n in value.get("by_reason", {}).items())
+        example = (value.get("examples") or [{}])[0]
+        return f"{value['total']} ({reasons}; e.g. {example.get('path')}: {example.get('detail')})"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value)
 
 
 def register(app: typer.Typer) -> None:

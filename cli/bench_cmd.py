@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from stvm_sdk.cli.common import console, print_json, user_errors
+from stvm_sdk.cli.common import TRUST_PICKLE, console, print_json, user_errors
 
 
 @user_errors
@@ -20,7 +20,7 @@ def bench_command(
     iters: int = typer.Option(200, "--iters", help="Timed calls per backend (interleaved)."),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads for torch and ONNX Runtime."),
     edge: bool = typer.Option(True, "--edge/--no-edge", help="Add the in-vehicle GPU roofline estimate."),
-    trust_pickle: bool = typer.Option(False, "--trust-pickle"),
+    trust_pickle: bool = TRUST_PICKLE,
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Benchmark MODELS on the same images: mean/p50/p90/p99 latency, throughput, peak memory."""

@@ -13,8 +13,23 @@ from rich.console import Console
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-# Tables go to stdout only when `--json` is off; then stdout holds exactly one JSON object.
+# Tables go to stdout only when `--json` is off; then stdout holds exactly one JSON object and
+# everything else (logs, tables, progress) goes to stderr: use `out_console(json_out)`.
 console = Console()
+err_console = Console(stderr=True)
+
+# Options several commands share, written once so their help reads the same everywhere.
+TRUST_PICKLE: Any = typer.Option(
+    False, "--trust-pickle", help="Allow loading a pickled nn.Module (unpickling runs code from the file)."
+)
+IGNORE_OUT_OF_RANGE: Any = typer.Option(
+    False, "--ignore-out-of-range", help="Score label ids outside the model's classes as ignored."
+)
+
+
+def out_console(json_out: bool) -> Console:
+    """The console for human output: stdout, or stderr when stdout is reserved for ``--json``."""
+    return err_console if json_out else console
 
 
 def user_errors(func: F) -> F:

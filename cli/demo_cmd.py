@@ -21,17 +21,13 @@ def demo_command(
     json_out: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
 ) -> None:
     """Generate data, train a source model, adapt it with STvM, evaluate, export and benchmark."""
-    import shutil
-
     from stvm_sdk.demo import DemoSettings, run_demo
 
     logging.basicConfig(level=logging.INFO if not json_out else logging.WARNING, format="%(message)s")
     settings = DemoSettings.quick() if quick else DemoSettings()
     out = out / ("quick" if quick else "full")
-    if fresh:
-        shutil.rmtree(out, ignore_errors=True)
     say = (lambda _m: None) if json_out else (lambda m: console.print(f"[bold]stvm demo[/bold] {m}"))
-    summary = run_demo(settings, cache=cache, out_dir=out, progress=not json_out, say=say)
+    summary = run_demo(settings, cache=cache, out_dir=out, progress=not json_out, say=say, fresh=fresh)
     if json_out:
         print_json(summary)
     else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from stvm_sdk.cli.common import console, print_json, user_errors
+from stvm_sdk.cli.common import IGNORE_OUT_OF_RANGE, TRUST_PICKLE, console, print_json, user_errors
 
 
 @user_errors
@@ -14,20 +14,24 @@ def eval_command(
     images: Path = typer.Option(..., "--images", help="Folder of frames (or a Cityscapes root)."),
     labels: Path = typer.Option(..., "--labels", help="Labels mirroring --images (trainIds or Cityscapes)."),
     size: str | None = typer.Option(None, "--size", help="Inference size HxW (default: native)."),
-    device: str = typer.Option("auto", "--device"),
-    trust_pickle: bool = typer.Option(False, "--trust-pickle"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    trust_pickle: bool = TRUST_PICKLE,
+    ignore_out_of_range: bool = IGNORE_OUT_OF_RANGE,
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Evaluate MODEL on labelled frames: mIoU and per-class IoU."""
     from rich.table import Table
 
     from stvm_sdk.api import resolve_device
-    from stvm_sdk.config import parse_hw
+    from stvm_sdk.boundary.args import parse_hw
     from stvm_sdk.eval import evaluate
     from stvm_sdk.models import load_model
 
     seg = load_model(model, trust_pickle=trust_pickle)
-    result = evaluate(seg, images, labels, size=parse_hw(size), device=resolve_device(device))
+    result = evaluate(
+        seg, images, labels, size=parse_hw(size, "--size"), device=resolve_device(device),
+        ignore_out_of_range=ignore_out_of_range,
+    )  # fmt: skip
     if json_out:
         print_json(result.to_dict())
         return
@@ -42,8 +46,8 @@ def eval_command(
 @user_errors
 def info_command(
     model: Path = typer.Argument(..., help="Model file."),
-    trust_pickle: bool = typer.Option(False, "--trust-pickle"),
-    json_out: bool = typer.Option(False, "--json"),
+    trust_pickle: bool = TRUST_PICKLE,
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Show a model's classes, head, parameter count and input contract."""
     from stvm_sdk.models import load_model

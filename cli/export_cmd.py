@@ -5,7 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from stvm_sdk.cli.common import console, print_json, user_errors
+from rich.console import Console
+from stvm_sdk.cli.common import (
+    IGNORE_OUT_OF_RANGE,
+    TRUST_PICKLE,
+    console,
+    out_console,
+    print_json,
+    user_errors,
+)
 
 
 @user_errors
@@ -41,7 +49,8 @@ def export_command(
     calib_frames: int = typer.Option(8, "--calib-frames", help="Frames INT8 ranges are calibrated on."),
     out: Path = typer.Option(Path("export"), "--out", help="Output folder."),
     name: str = typer.Option("model", "--name", help="Base file name (model.onnx, model_fp16.onnx, ...)."),
-    trust_pickle: bool = typer.Option(False, "--trust-pickle"),
+    trust_pickle: bool = TRUST_PICKLE,
+    ignore_out_of_range: bool = IGNORE_OUT_OF_RANGE,
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Export MODEL to ONNX (and TensorRT), verifying every artifact against eager PyTorch."""
@@ -68,9 +77,11 @@ def export_command(
         verify_frames=verify_frames,
         calib_frames=calib_frames,
         trust_pickle=trust_pickle,
+        ignore_out_of_range=ignore_out_of_range,
     )
     seg = load_model(model, trust_pickle=trust_pickle)
-    report = export_model(seg, opts, source=model, log=lambda m: console.print(m), show=_show_table)
+    say = out_console(json_out)
+    report = export_model(seg, opts, source=model, log=say.print, show=lambda r: _show_table(r, say))
     if json_out:
         print_json(report.to_dict())
     else:
@@ -87,7 +98,7 @@ def export_command(
         raise BackendUnavailableError(f"ONNX written to {out}; {report.trt_error}")
 
 
-def _show_table(results: list) -> None:
+def _show_table(results: list, con: Console) -> None:
     from rich.table import Table
 
     from stvm_sdk.export.verify import TABLE_HEADER, table_rows
@@ -97,7 +108,7 @@ def _show_table(results: list) -> None:
         table.add_column(col, justify="right")
     for row in table_rows(results):
         table.add_row(*row)
-    console.print(table)
+    con.print(table)
 
 
 def register(app: typer.Typer) -> None:

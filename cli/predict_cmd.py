@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from stvm_sdk.cli.common import console, print_json, user_errors
+from stvm_sdk.cli.common import TRUST_PICKLE, console, err_console, print_json, user_errors
 
 
 @user_errors
@@ -18,7 +18,7 @@ def predict_command(
     shape: str | None = typer.Option(None, "--shape", help="Inference size HxW (default: each frame's own)."),
     confidence: bool = typer.Option(False, "--confidence", help="Also write max-probability maps."),
     frames: bool = typer.Option(False, "--frames", help="Video input: also write every frame's images."),
-    trust_pickle: bool = typer.Option(False, "--trust-pickle"),
+    trust_pickle: bool = TRUST_PICKLE,
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Run MODEL on frames or a video and write colour maps (Cityscapes palette) and overlays."""
@@ -36,7 +36,7 @@ def predict_command(
     if not input.exists():
         raise DataError(f"input not found: {input}: pass a folder of frames or a video file")
     runner = open_runner(model, trust_pickle=trust_pickle)
-    with Progress(console=console, transient=True, disable=json_out) as bar:
+    with Progress(console=err_console, transient=True, disable=json_out) as bar:
         task = bar.add_task("predict", total=None)
 
         def tick(done: int, total: int) -> None:
@@ -52,6 +52,7 @@ def predict_command(
         "frames": summary.frames,
         "out_dir": str(summary.out_dir),
         "skipped": summary.skipped,
+        "images_skipped": summary.skip_report,
         "video": str(summary.video) if summary.video else None,
         "backend": runner.label,
     }

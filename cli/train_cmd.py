@@ -20,12 +20,12 @@ def train_source_command(
     crop: str = typer.Option("128x256", "--crop", help="Random crop HxW, or 'none'."),
     resize: str | None = typer.Option(None, "--resize", help="Resize frames to HxW first."),
     lr: float = typer.Option(2e-3, "--lr"),
-    seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("auto", "--device"),
-    json_out: bool = typer.Option(False, "--json"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the initial weights, batches and crops."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Train a source model with labels (for the benchmark, or your own labelled source data)."""
-    from stvm_sdk.config import parse_hw
+    from stvm_sdk.boundary.args import parse_hw
     from stvm_sdk.supervised import TrainConfig, train_source
 
     cfg = TrainConfig(
@@ -33,8 +33,8 @@ def train_source_command(
         num_classes=num_classes,
         iters=iters,
         batch_size=batch_size,
-        crop=parse_hw(crop),
-        resize=parse_hw(resize),
+        crop=parse_hw(crop, "--crop"),
+        resize=parse_hw(resize, "--resize"),
         lr=lr,
         seed=seed,
         device=device,

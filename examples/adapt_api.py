@@ -45,7 +45,7 @@ def main() -> None:
             source, frames = _demo_inputs(Path(tmp))
         labels = sys.argv[3] if len(sys.argv) > 3 else None
         result = adapt(source, frames, config=config, labels_dir=labels, out_dir=Path(tmp) / "run")
-        print({k: result.metrics[k] for k in ("method", "steps", "images_used", "seconds")})
+        print({k: result.metrics[k] for k in ("method", "steps", "frames_used", "images_seen", "seconds")})
         if labels:
             print("mIoU after:", evaluate(result.model, frames, labels).miou)
         print(

@@ -26,17 +26,34 @@ import torch
 from torch import nn
 
 from stvm_sdk import distributed
-from stvm_sdk.config import AdaptConfig
-from stvm_sdk.data.batches import BatchLoader, load_frame
-from stvm_sdk.data.frames import FrameFolder, scan_frames
-from stvm_sdk.errors import BackendUnavailableError, DataError, DivergedError, ModelLoadError
+from stvm_sdk.boundary.args import check_device
+from stvm_sdk.boundary.fingerprint import frames_sha256, module_sha256, sha256
+from stvm_sdk.config import METHODS, AdaptConfig
+from stvm_sdk.data.batches import BatchLoader
+from stvm_sdk.data.frames import FrameFolder, image_root, scan_frames
+from stvm_sdk.data.images import resize_image
+from stvm_sdk.errors import (
+    BackendUnavailableError,
+    ConfigError,
+    DataError,
+    DivergedError,
+    ModelLoadError,
+    StvmError,
+)
 from stvm_sdk.eval.evaluate import EvalResult, evaluate_frames
 from stvm_sdk.method.metric import MetricHead
 from stvm_sdk.method.norm import reestimate_bn
 from stvm_sdk.method.stvm import Adapter, pseudo_label_reliability
 from stvm_sdk.models.contract import get_submodule, normalize
-from stvm_sdk.models.io import SegModel, from_module, load_model, save_model, save_torchscript
-from stvm_sdk.rundir import RunDir
+from stvm_sdk.models.io import (
+    SegModel,
+    from_module,
+    load_model,
+    require_finite,
+    save_model,
+    save_torchscript,
+)
+from stvm_sdk.rundir import KEEP_LAST, RunDir
 
 log = logging.getLogger("stvm_sdk")
 
@@ -74,27 +91,38 @@ def reliability_map(result: AdaptResult, images: torch.Tensor) -> tuple[torch.Te
     )
 
 
-def load_run(run_dir: str | os.PathLike[str]) -> AdaptResult:
-    """Reopen a finished run directory as an :class:`AdaptResult` (models, metrics, metric network)."""
-    run = Path(run_dir)
-    if not (run / "summary.json").is_file():
-        raise DataError(f"{run} is not a finished run (no summary.json): finish it with --resume first")
-    cfg = AdaptConfig.from_dict(json.loads((run / "config.json").read_text()))
-    metrics = json.loads((run / "summary.json").read_text())
-    student = load_model(run / "student.pt", trust_pickle=True)
-    teacher = load_model(run / "teacher.pt", trust_pickle=True) if (run / "teacher.pt").is_file() else None
+def load_run(run_dir: str | os.PathLike[str], *, trust_pickle: bool = False) -> AdaptResult:
+    """Reopen a finished run directory as an :class:`AdaptResult` (models, metrics, metric network).
+
+    Args:
+        trust_pickle: allow unpickling models saved as pickles (a user's own ``nn.Module`` class):
+            loading a pickle runs code from the file, so only for run folders you made or trust.
+    """
+    run = RunDir(Path(run_dir))
+    if not run.summary_path.is_file():
+        raise DataError(f"{run.path} is not a finished run (no summary.json): finish it with --resume first")
+    try:
+        cfg = AdaptConfig.from_dict(json.loads(run.config_path.read_text()))
+        metrics = json.loads(run.summary_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{run.path} is not a readable run folder: {exc}") from None
+    student = load_model(run.model_path("student"), trust_pickle=trust_pickle)
+    teacher_path = run.model_path("teacher")
+    teacher = load_model(teacher_path, trust_pickle=trust_pickle) if teacher_path.is_file() else None
     model = teacher if (teacher is not None and metrics.get("deliverable") == "teacher") else student
     metric = None
-    if cfg.uses_metric and teacher is not None and teacher.classifier is not None:
-        state = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)["adapter"]
+    checkpoint = run.load_checkpoint()
+    if cfg.uses_metric and teacher is not None and teacher.classifier is not None and checkpoint is not None:
+        state = checkpoint["adapter"]
         head = get_submodule(teacher.module, teacher.classifier)
         metric = MetricHead(head, teacher.num_classes, cfg.metric.embed_dim)
         metric.load_state_dict({k[len("metric.") :]: v for k, v in state.items() if k.startswith("metric.")})
-    return AdaptResult(model, teacher, student, run, metrics, metric, cfg)
+    return AdaptResult(model, teacher, student, run.path, metrics, metric, cfg)
 
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> CUDA when present, else CPU (logged); an explicit ``cuda`` that is absent is an error."""
+    check_device(name)
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -131,15 +159,18 @@ def as_segmodel(
 def _bn_batches(
     folder: FrameFolder, cfg: AdaptConfig, model: SegModel, device: torch.device, batch_size: int
 ) -> Iterator[torch.Tensor]:
-    size = cfg.data.resize
+    """Decision 0's batches. Frames of another size than most are resized to it: statistics per channel
+    barely move, and a batch of one odd-sized small frame would leave BatchNorm one value per channel."""
     frames = folder.frames[: cfg.run.bn_init_frames]
+    sizes = [f.size for f in frames if f.size is not None]
+    size = cfg.data.resize or (max(set(sizes), key=sizes.count) if sizes else None)
     for i in range(0, len(frames), batch_size):
-        imgs = [load_frame(f, size)[0] for f in frames[i : i + batch_size]]
-        groups: dict[tuple[int, ...], list[torch.Tensor]] = {}
-        for img in imgs:  # frames of different sizes go in separate batches
-            groups.setdefault(tuple(img.shape), []).append(img)
-        for group in groups.values():
-            yield normalize(torch.stack(group).to(device), model.mean, model.std)
+        loaded = (folder.load(f, size) for f in frames[i : i + batch_size])
+        imgs = [x[0] for x in loaded if x is not None]
+        if imgs:
+            hw = size or (int(imgs[0].shape[-2]), int(imgs[0].shape[-1]))
+            batch = torch.stack([resize_image(x, hw) for x in imgs])
+            yield normalize(batch.to(device), model.mean, model.std)
 
 
 def adapt(
@@ -155,6 +186,7 @@ def adapt(
     num_classes: int | None = None,
     classifier: str | None = None,
     on_log: Callable[[dict[str, Any]], None] | None = None,
+    ignore_out_of_range: bool = False,
 ) -> AdaptResult:
     """Adapt a source segmentation model to the unlabeled frames in ``target_dir`` (STvM by default).
 
@@ -167,17 +199,30 @@ def adapt(
         resume: continue the run in ``out_dir`` from its last checkpoint.
         progress: show a progress bar on stderr.
         on_log: called with each metrics record (every ``run.log_every`` steps; rank 0 only).
+        ignore_out_of_range: score label ids outside the model's classes as ignored instead of
+            refusing the labels (:mod:`stvm_sdk.boundary.labels`).
+
+    Raises:
+        StvmError: a one-line problem the caller can fix (model file, frames, labels, run folder,
+            config); nothing outside the run folder is written.
     """
     cfg = config or AdaptConfig()
     t_start = time.perf_counter()
     source = as_segmodel(
         source_model, trust_pickle=trust_pickle, num_classes=num_classes, classifier=classifier
     )
+    require_finite(source, "adapt it")
+    check_method_fits(source, cfg.method)
     folder = scan_frames(target_dir, labels_dir)
+    _warn_small_frames(folder, cfg)
+    source_path = None if isinstance(source_model, (nn.Module, SegModel)) else Path(source_model)
+    inputs = run_inputs(source_path, source, folder)
     with distributed.join(resolve_device(cfg.run.device)) as ddp:  # a world of one without torchrun
         device = ddp.device
-        run = ddp.open_run(out_dir, cfg, resume)
-        before = _evaluate(source, folder, cfg, device) if labels_dir is not None and ddp.is_main else None
+        run = ddp.open_run(out_dir, cfg, resume, inputs, (source_path, target_dir, labels_dir))
+        before = None
+        if labels_dir is not None and ddp.is_main:
+            before = _evaluate(source, folder, cfg, device, ignore_out_of_range)
         adapter, start = _build(source, folder, run, cfg, ddp, resume)
         loader = BatchLoader(
             folder.frames,
@@ -187,6 +232,7 @@ def adapt(
             seed=cfg.run.seed,
             workers=cfg.data.workers,
             shard=(ddp.rank, ddp.world),
+            on_reject=folder.reject,
         )
         iters = cfg.run.iters if adapter.optimizer is not None else 0
         try:
@@ -194,7 +240,59 @@ def adapt(
         finally:
             loader.close()
         ddp.release(adapter)
-    return _finish(adapter, source, folder, run, cfg, device, before, iters, len(loader.failed), t_start, ddp)
+    finish = _Finish(source, folder, run, cfg, device, before, iters, t_start, ignore_out_of_range)
+    return _finish(adapter, finish, ddp)
+
+
+# Methods that need what a TorchScript archive cannot give: a hook on the classifier's input (the metric
+# network) or changing which parameters train (tent). The others only run the model and update weights.
+_NEEDS_EAGER = {
+    "stvm": "hooks the classifier",
+    "stvm_no_mocm": "hooks the classifier",
+    "tent": "re-parametrises BatchNorm",
+}
+
+
+def check_method_fits(model: SegModel, method: str) -> None:
+    """Refuse, before any frame is read, a method that cannot run on this kind of model."""
+    if isinstance(model.module, torch.jit.ScriptModule) and method in _NEEDS_EAGER:
+        fits = [m for m in METHODS if m not in _NEEDS_EAGER]
+        raise ConfigError(
+            f"--method {method} {_NEEDS_EAGER[method]}, which a TorchScript model does not allow: pass the "
+            f"model as a checkpoint dict or (with --trust-pickle) a pickled module, or use --method "
+            f"{' | '.join(fits)}"
+        )
+
+
+def run_inputs(source_path: Path | None, source: SegModel, folder: FrameFolder) -> dict[str, Any]:
+    """What the run reads, with content fingerprints (recorded in the run; a resume must match)."""
+    src: dict[str, str | None]
+    if source_path is not None:
+        src = {"path": str(source_path), "sha256": sha256(source_path)}
+    else:  # an in-memory model: fingerprint its weights
+        src = {"path": None, "sha256": module_sha256(source.module)}
+    paths = [f.image for f in folder.frames] + [s.path for s in folder.skipped]
+    base = image_root(folder.root)
+    target = {"path": str(folder.root), "frames": len(paths), "sha256": frames_sha256(sorted(paths), base)}
+    return {"source": src, "target": target}
+
+
+def _warn_small_frames(folder: FrameFolder, cfg: AdaptConfig) -> None:
+    """Say when frames are smaller than the crop: they are padded with black borders to fit it."""
+    if cfg.data.crop is None:
+        return
+    ch, cw = cfg.data.crop
+    if cfg.data.resize is not None:
+        small = folder.frames if (cfg.data.resize[0] < ch or cfg.data.resize[1] < cw) else []
+    else:
+        small = [f for f in folder.frames if f.size is not None and (f.size[0] < ch or f.size[1] < cw)]
+    if small:
+        h, w = cfg.data.resize or small[0].size or (0, 0)
+        log.warning(
+            "%d of %d frames (e.g. %s, %dx%d) are smaller than the crop %dx%d: they are padded with black "
+            "borders to fit it; pass --crop HxW (at most the frame size) to train on image content only",
+            len(small), len(folder.frames), small[0].rel, h, w, ch, cw,
+        )  # fmt: skip
 
 
 def _build(
@@ -233,9 +331,16 @@ def _build(
 
 
 def _restore(adapter: Adapter, ckpt: dict[str, Any], world: int) -> int:
-    adapter.load_state_dict(ckpt["adapter"])
-    if adapter.optimizer is not None and ckpt.get("optimizer") is not None:
-        adapter.optimizer.load_state_dict(ckpt["optimizer"])
+    try:
+        adapter.load_state_dict(ckpt["adapter"])
+        if adapter.optimizer is not None and ckpt.get("optimizer") is not None:
+            adapter.optimizer.load_state_dict(ckpt["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1].strip()[:160]
+        raise DataError(
+            f"the run's checkpoint does not fit this source model ({first}): resume with the run's "
+            "--source and --method, or start a new run with another --out"
+        ) from None
     if ckpt.get("world", 1) != world:  # allowed (e.g. a GPU was lost), but the global batch changes
         log.warning("resuming a %d-process run with %d processes", ckpt.get("world", 1), world)
     log.info("resumed from step %d", ckpt["step"])
@@ -330,60 +435,72 @@ def _check_finite(loss: float | None, step: int, run: RunDir) -> None:
 
 
 def _evaluate(
-    model: SegModel, folder: FrameFolder, cfg: AdaptConfig, device: torch.device
+    model: SegModel, folder: FrameFolder, cfg: AdaptConfig, device: torch.device, ignore_out_of_range: bool
 ) -> EvalResult | None:
     if not folder.labelled:
         return None
-    return evaluate_frames(model, folder, size=cfg.run.eval_size, device=device)
+    return evaluate_frames(
+        model, folder, size=cfg.run.eval_size, device=device, ignore_out_of_range=ignore_out_of_range
+    )
 
 
-def _finish(
-    adapter: Adapter,
-    source: SegModel,
-    folder: FrameFolder,
-    run: RunDir,
-    cfg: AdaptConfig,
-    device: torch.device,
-    before: EvalResult | None,
-    iters: int,
-    failed: int,
-    t_start: float,
-    ddp: distributed.DistContext,
-) -> AdaptResult:
+@dataclass
+class _Finish:
+    """What the end of a run needs besides the adapter (so ``_finish`` reads as one list of steps)."""
+
+    source: SegModel
+    folder: FrameFolder
+    run: RunDir
+    cfg: AdaptConfig
+    device: torch.device
+    before: EvalResult | None
+    iters: int
+    t_start: float
+    ignore_out_of_range: bool
+
+
+def _finish(adapter: Adapter, f: _Finish, ddp: distributed.DistContext) -> AdaptResult:
+    cfg, run = f.cfg, f.run
     adapter.cpu()
-    student = replace(source, module=adapter.student.eval())
-    teacher = replace(source, module=adapter.teacher.eval()) if adapter.teacher is not None else None
+    student = replace(f.source, module=adapter.student.eval())
+    teacher = replace(f.source, module=adapter.teacher.eval()) if adapter.teacher is not None else None
     model = teacher if (teacher is not None and cfg.deliverable == "teacher") else student
     if not ddp.is_main:  # the same networks as rank 0 (checked); rank 0 writes and evaluates
         return AdaptResult(model, teacher, student, run.path, {"rank": ddp.rank}, adapter.metric, cfg)
+    keep = KEEP_LAST
     paths = {
-        "model_path": save_model(model, run.path / "model.pt"),
-        "student_path": save_model(student, run.path / "student.pt"),
-        "teacher_path": save_model(teacher, run.path / "teacher.pt") if teacher is not None else None,
+        "model_path": save_model(model, run.model_path("model"), then=keep),
+        "student_path": save_model(student, run.model_path("student"), then=keep),
+        "teacher_path": save_model(teacher, run.model_path("teacher"), then=keep) if teacher else None,
     }
     try:
-        paths["torchscript_path"] = save_torchscript(model, run.path / "model.ts")
+        paths["torchscript_path"] = save_torchscript(model, run.torchscript_path, then=keep)
+    except StvmError:
+        raise  # a write failure (disk full, ...) is the user's to fix, not a model that cannot script
     except Exception as exc:  # not every user model scripts or traces; the checkpoint is the deliverable
         log.warning("TorchScript export skipped: %s", exc)
-    _checkpoint(adapter, run, iters, ddp.world)
+    _checkpoint(adapter, run, f.iters, ddp.world)
     metrics: dict[str, Any] = {
         "run_dir": str(run.path),
         **{k: str(v) if v else None for k, v in paths.items()},
         "method": cfg.method,
         "deliverable": "teacher" if model is teacher else "student",
-        "steps": iters,
+        "steps": f.iters,
         "processes": ddp.world,
-        "images_used": len(folder) - failed,
-        "images_skipped": len(folder.skipped) + failed,
-        "seconds": round(time.perf_counter() - t_start, 2),
+        "frames_found": f.folder.found,
+        "frames_used": f.folder.usable,
+        "images_skipped": f.folder.skip_report(),
+        "images_seen": f.iters * cfg.data.batch_size * ddp.world,
+        "seconds": round(time.perf_counter() - f.t_start, 2),
     }
-    if before is not None:
-        after = evaluate_frames(model, folder, size=cfg.run.eval_size, device=device)
+    if f.before is not None:
+        after = _evaluate(model, f.folder, cfg, f.device, f.ignore_out_of_range)
+        assert after is not None  # labelled frames exist: `before` was scored on them
         metrics.update(
-            miou_before=before.miou,
+            miou_before=f.before.miou,
             miou_after=after.miou,
-            per_class_iou={"before": before.per_class_iou, "after": after.per_class_iou},
+            per_class_iou={"before": f.before.per_class_iou, "after": after.per_class_iou},
             images_evaluated=after.n_images,
         )
-    (run.path / "summary.json").write_text(json.dumps(metrics, indent=2))
+    run.write_summary(metrics)
     return AdaptResult(model, teacher, student, run.path, metrics, adapter.metric, cfg)

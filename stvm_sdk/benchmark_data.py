@@ -7,11 +7,15 @@ last, so an interrupted generation or training is redone, never half-used.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from stvm_sdk.boundary.outputs import claim_dir, read_marker, write_json_atomic
+from stvm_sdk.errors import OutputError
 
 DEFAULT_CACHE = Path(".stvm_cache")
 
@@ -46,7 +50,25 @@ def generator_fingerprint() -> str:
 
 def _valid(path: Path, meta: dict[str, Any]) -> bool:
     f = path / "meta.json"
-    return f.is_file() and json.loads(f.read_text()) == json.loads(json.dumps(meta))
+    try:
+        return f.is_file() and json.loads(f.read_text()) == json.loads(json.dumps(meta))
+    except ValueError:
+        return False  # cut short by a kill: redo the entry
+
+
+def _discard(path: Path, kind: str) -> None:
+    """Remove a stale cache entry, but only one the SDK wrote (its marker or its meta.json)."""
+    if not path.exists():
+        return
+    ours = read_marker(path) is not None
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        ours = ours or json.loads((path / "meta.json").read_text()).get("kind") == kind
+    if not ours and any(path.iterdir()):
+        raise OutputError(
+            f"{path} is in the way of the cache and was not made by stvm_sdk: move it, or pass "
+            "another --cache"
+        )
+    shutil.rmtree(path)
 
 
 def ensure_domain(spec: DomainSpec, cache: Path = DEFAULT_CACHE) -> Path:
@@ -56,9 +78,9 @@ def ensure_domain(spec: DomainSpec, cache: Path = DEFAULT_CACHE) -> Path:
     root = cache / "data" / spec.key
     meta = {"kind": "synthetic", **asdict(spec), "generator": generator_fingerprint()}
     if not _valid(root, meta):
-        shutil.rmtree(root, ignore_errors=True)
+        _discard(root, "synthetic")
         generate(root, spec.domain, spec.n, seed=spec.seed, size=spec.size, split=spec.split)
-        (root / "meta.json").write_text(json.dumps(meta))
+        write_json_atomic(meta, root / "meta.json")  # last: an interrupted generation is redone
     return root
 
 
@@ -75,7 +97,8 @@ def ensure_trained(data: DomainSpec, cfg: Any, cache: Path = DEFAULT_CACHE, *, p
         "generator": generator_fingerprint(),
     }
     if not _valid(out, meta):
-        out.mkdir(parents=True, exist_ok=True)
+        _discard(out, "supervised")
+        claim_dir(out, "cache")
         train_source(root, root, out / "model.pt", cfg, progress=progress)
-        (out / "meta.json").write_text(json.dumps(meta))
+        write_json_atomic(meta, out / "meta.json")
     return out / "model.pt"

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from stvm_sdk.boundary.args import check_choice, check_device
 from stvm_sdk.errors import ConfigError
 
 METHODS = (
@@ -157,12 +158,17 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _check(
-            self.iters >= 0 and self.log_every >= 1 and self.checkpoint_every >= 1,
-            "run: iters >= 0, *_every >= 1",
+            self.iters >= 1, f"run.iters must be >= 1, got {self.iters} (source_only and adabn train nothing)"
+        )
+        _check(
+            self.log_every >= 1 and self.checkpoint_every >= 1,
+            "run.log_every and run.checkpoint_every must be >= 1, "
+            f"got {self.log_every}, {self.checkpoint_every}",
         )
         _check(
             self.kernel_backend in ("auto", "triton", "torch"), "run.kernel_backend must be auto|triton|torch"
         )
+        check_device(self.device)
 
 
 @dataclass(frozen=True)
@@ -187,7 +193,7 @@ class AdaptConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
-        _check(self.method in METHODS, f"unknown method '{self.method}': choose one of {', '.join(METHODS)}")
+        check_choice(self.method, METHODS, "method")
         _check(self.bn_init in ("target", "source"), f"bn_init must be target|source, got {self.bn_init}")
         _check(self.deliverable in ("teacher", "student"), "deliverable must be teacher|student")
         _check(self.student_bn in ("train", "frozen"), f"student_bn must be train|frozen: {self.student_bn}")
@@ -283,22 +289,13 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"config key '{key}' must be a list of {len(args)} numbers, got {value!r}")
         return tuple(_coerce(a, v, key) for a, v in zip(args, value, strict=True))
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"config key '{key}' must be float, got {value!r}")
     if tp in (int, str, bool) and not (isinstance(value, tp) and (tp is bool or not isinstance(value, bool))):
         raise ConfigError(f"config key '{key}' must be {tp.__name__}, got {value!r}")
     return value
-
-
-def parse_hw(text: str | None) -> tuple[int, int] | None:
-    """Parse ``"256x512"`` into ``(256, 512)``; None and "none" give None."""
-    if text is None or text.lower() == "none":
-        return None
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise ConfigError(f"size '{text}' must look like HxW, e.g. 256x512") from None
-    return h, w
 
 
 def replace_section(cfg: AdaptConfig, section: str, **changes: Any) -> AdaptConfig:

@@ -7,7 +7,6 @@ against PyTorch -> benchmark eager PyTorch vs ONNX Runtime -> one summary with e
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections.abc import Callable
@@ -16,8 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from stvm_sdk.benchmark_data import DEFAULT_CACHE, DomainSpec, ensure_domain, ensure_trained
+from stvm_sdk.boundary.outputs import claim_dir
 from stvm_sdk.config import AdaptConfig
+from stvm_sdk.errors import ConfigError
 from stvm_sdk.supervised import TrainConfig
+
+Say = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -58,20 +61,24 @@ class DemoSettings:
         return TrainConfig(arch=self.arch, iters=self.source_iters, batch_size=8, crop=None, seed=self.seed)
 
 
-def _resumable(adapt_dir: Path, cfg: AdaptConfig, source: Path, say: Callable[[str], None]) -> bool:
-    """Continue an interrupted demo adaptation only if it is this one (same config and source model);
-    an earlier demo's run with other settings is the demo's own scratch output: start afresh."""
-    marker = adapt_dir / "demo_source.json"
-    mine = {"config": cfg.to_dict(), "source": str(source), "source_mtime_ns": source.stat().st_mtime_ns}
-    mine = json.loads(json.dumps(mine))
-    if marker.is_file() and json.loads(marker.read_text()) == mine:
-        return (adapt_dir / "checkpoints" / "last.pt").is_file()
-    if adapt_dir.exists():
-        say(f"{adapt_dir}: an earlier demo run with other settings or another source model; starting afresh")
-        shutil.rmtree(adapt_dir)
-    adapt_dir.mkdir(parents=True)
-    marker.write_text(json.dumps(mine))
-    return False
+def _adapt(source: Path, target: Path, cfg: AdaptConfig, adapt_dir: Path, progress: bool, say: Say) -> Any:
+    """Adapt, continuing an interrupted demo run when it is this one (same config, same inputs).
+
+    An earlier demo's run with other settings or another source model is the demo's own scratch
+    output (inside the folder the demo claimed): it is replaced, not an error.
+    """
+    from stvm_sdk.api import adapt
+    from stvm_sdk.rundir import RunDir
+
+    resume = RunDir(adapt_dir).checkpoint.is_file()
+    try:
+        return adapt(source, target, config=cfg, out_dir=adapt_dir, progress=progress, resume=resume)
+    except ConfigError as exc:
+        if not resume:
+            raise
+        say(f"{adapt_dir}: an earlier demo run with other settings ({str(exc)[:80]}...); starting afresh")
+    shutil.rmtree(adapt_dir)
+    return adapt(source, target, config=cfg, out_dir=adapt_dir, progress=progress)
 
 
 def run_demo(
@@ -80,11 +87,16 @@ def run_demo(
     cache: Path = DEFAULT_CACHE,
     out_dir: Path = Path("runs/demo"),
     progress: bool = True,
-    say: Callable[[str], None] = lambda _m: None,
+    say: Say = lambda _m: None,
+    fresh: bool = False,
 ) -> dict[str, Any]:
-    """Run every stage; return the summary (``miou_before``, ``miou_after``, paths, timings)."""
-    from stvm_sdk.api import adapt
+    """Run every stage; return the summary (``miou_before``, ``miou_after``, paths, timings).
 
+    ``fresh`` starts the adaptation over instead of continuing an interrupted one.
+    """
+    claim_dir(out_dir, "demo", what="--out")  # never a user's folder: the demo deletes its own runs
+    if fresh:
+        shutil.rmtree(out_dir / "adapt", ignore_errors=True)
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     s = settings
@@ -96,15 +108,7 @@ def run_demo(
     source_path = ensure_trained(source_spec, s.train_config(), cache, progress=progress)
     timings["source_model_s"] = time.perf_counter() - t0 - sum(timings.values())
     say(f"source model: {source_path}")
-    cfg, adapt_dir = s.adapt_config(), out_dir / "adapt"
-    result = adapt(
-        source_path,
-        target_root,
-        config=cfg,
-        out_dir=adapt_dir,
-        progress=progress,
-        resume=_resumable(adapt_dir, cfg, source_path, say),
-    )
+    result = _adapt(source_path, target_root, s.adapt_config(), out_dir / "adapt", progress, say)
     timings["adapt_s"] = time.perf_counter() - t0 - sum(timings.values())
     from stvm_sdk.eval import evaluate
     from stvm_sdk.models import load_model

@@ -138,11 +138,16 @@ class DistContext:
             raise RankZeroError(box[0][1])
         return box[0][0]
 
-    def open_run(self, out_dir: Any, cfg: AdaptConfig, resume: bool) -> RunDir:
+    def open_run(
+        self, out_dir: Any, cfg: AdaptConfig, resume: bool, inputs: dict[str, Any], input_paths: Any = ()
+    ) -> RunDir:
         """Rank 0 creates (or reopens) the run directory; the others only learn its path."""
         from stvm_sdk.rundir import RunDir
 
-        path = self.on_main(lambda: str(RunDir.open(out_dir, cfg, resume).path))
+        def open_() -> str:
+            return str(RunDir.open(out_dir, cfg, resume, inputs=inputs, input_paths=input_paths).path)
+
+        path = self.on_main(open_)
         return RunDir(Path(path))
 
     def step_generators(self, seed: int, step: int) -> tuple[torch.Generator, torch.Generator]:

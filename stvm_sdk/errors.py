@@ -22,6 +22,11 @@ class DataError(StvmError):
     """The image or label folder cannot be used (empty, unreadable, mismatched)."""
 
 
+class OutputError(StvmError):
+    """An output cannot be written where asked: a folder the SDK did not make, an input in the way,
+    a read-only folder, a full disk. Nothing of the user's is changed when this is raised."""
+
+
 class ConfigError(StvmError):
     """A configuration value or file is invalid."""
 

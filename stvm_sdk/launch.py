@@ -79,12 +79,11 @@ def _report(failures: dict[int, Any], nproc: int, run_dir: Path) -> int:
 
 
 def _resume_hint(run_dir: Path) -> str:
-    ckpt = run_dir / "checkpoints" / "last.pt"
-    if not ckpt.is_file():
-        return "No checkpoint was written yet: rerun the same command to start again."
-    import torch
+    from stvm_sdk.rundir import RunDir
 
-    step = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)["step"]
+    step = RunDir(run_dir).step_of_checkpoint()
+    if step is None:
+        return "No checkpoint was written yet: rerun the same command to start again."
     return f"Its last checkpoint (step {step}) is in {run_dir}: rerun the same command with --resume."
 
 

@@ -14,11 +14,20 @@ from pathlib import Path
 import torch
 import torch.nn.functional as nnf
 
+from stvm_sdk.boundary.labels import check_label_ids
+from stvm_sdk.boundary.outputs import claim_file
 from stvm_sdk.data.batches import BatchLoader, step_generator
 from stvm_sdk.data.frames import scan_frames
 from stvm_sdk.errors import ConfigError
 from stvm_sdk.models.contract import forward_logits, normalize
-from stvm_sdk.models.io import CITYSCAPES_CLASSES, SegModel, build_torchvision, from_module, save_model
+from stvm_sdk.models.io import (
+    CITYSCAPES_CLASSES,
+    SegModel,
+    build_torchvision,
+    from_module,
+    is_sdk_checkpoint,
+    save_model,
+)
 
 log = logging.getLogger("stvm_sdk")
 
@@ -58,9 +67,9 @@ def train_source(
     from stvm_sdk.api import resolve_device
     from stvm_sdk.progress import progress_bar
 
-    folder = scan_frames(
-        images_dir, labels_dir if labels_dir is not None else images_dir, require_labels=True
-    )
+    labels_dir = labels_dir if labels_dir is not None else images_dir
+    folder = scan_frames(images_dir, labels_dir, require_labels=True)
+    out = claim_file(out_path, ours=is_sdk_checkpoint, inputs=(images_dir, labels_dir))
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)  # torchvision draws initial weights from the global generator
     net = build_torchvision(cfg.arch, cfg.num_classes).to(device).train()
@@ -74,6 +83,8 @@ def train_source(
         resize=cfg.resize,
         seed=cfg.seed,
         with_labels=True,
+        on_reject=folder.reject,
+        label_check=lambda label, frame: check_label_ids(label, cfg.num_classes, frame.label),
     )
     try:
         with progress_bar(cfg.iters, enabled=progress, description="train-source") as bar:
@@ -92,18 +103,16 @@ def train_source(
     finally:
         loader.close()
     if cfg.precise_bn_frames:
-        from stvm_sdk.data.batches import load_frame
         from stvm_sdk.method.norm import reestimate_bn
 
         frames = folder.labelled[: cfg.precise_bn_frames]
-        chunks = (
-            torch.stack([load_frame(f, cfg.resize)[0] for f in frames[i : i + 8]])
-            for i in range(0, len(frames), 8)
-        )
+        loaded = ([x[0] for f in frames[i : i + 8] if (x := folder.load(f, cfg.resize)) is not None]
+                  for i in range(0, len(frames), 8))  # fmt: skip
+        chunks = (torch.stack(imgs) for imgs in loaded if imgs)
         reestimate_bn(net, (normalize(x.to(device), model.mean, model.std) for x in chunks))
     net.cpu().eval()
-    save_model(model, out_path)
-    log.info("saved %s", out_path)
+    save_model(model, out)
+    log.info("saved %s", out)
     return model
 
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import hashlib
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -54,3 +59,57 @@ class TinySegNet(nn.Module):
         return {
             "out": nn.functional.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
         }
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    """``{relative path: sha256}`` of every file under ``root`` (links recorded by their target)."""
+    out: dict[str, str] = {}
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            p = Path(dirpath) / name
+            rel = p.relative_to(root).as_posix()
+            if p.is_symlink():
+                out[rel] = "link:" + os.readlink(p)
+            else:
+                out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_uint32) for n in ("effective", "permitted", "inheritable")]
+
+
+def _caps(new_effective: int | None = None) -> int:
+    """This thread's effective capability bits (low word); set them first when ``new_effective``."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    header, data = _CapHeader(0x20080522, 0), (_CapData * 2)()
+    if libc.capget(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capget")
+    if new_effective is not None:
+        data[0].effective = new_effective
+        if libc.capset(ctypes.byref(header), data) != 0:
+            raise OSError(ctypes.get_errno(), "capset")
+    return int(data[0].effective)
+
+
+@contextlib.contextmanager
+def honour_permissions() -> Iterator[None]:
+    """Make file permissions apply to this thread even as root, so a read-only folder is read-only.
+
+    Root bypasses permission bits through CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH; dropping them from
+    the calling thread's effective set (and restoring them after) makes ``chmod 0o555`` mean what it
+    says, with no mock: the kernel refuses the write. A no-op for ordinary users.
+    """
+    if os.geteuid() != 0:
+        yield
+        return
+    before = _caps()
+    _caps(before & ~((1 << 1) | (1 << 2)))  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+    try:
+        yield
+    finally:
+        _caps(before)

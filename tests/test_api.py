@@ -80,7 +80,7 @@ def test_run_directory_holds_config_metrics_checkpoint_and_models(
     for name in ("model.pt", "teacher.pt", "student.pt", "summary.json"):
         assert (run / name).is_file(), name
     m = result.metrics
-    assert m["steps"] == 4 and m["images_used"] == 6 and m["images_skipped"] == 0
+    assert m["steps"] == 4 and m["frames_used"] == 6 and m["images_skipped"]["total"] == 0
     assert 0 <= m["miou_before"] <= 100 and 0 <= m["miou_after"] <= 100
     assert set(m["per_class_iou"]) == {"before", "after"}
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from stvm_sdk.bench.runners import BACKENDS, Runner, open_runner
 from stvm_sdk.bench.timing import Stats, measure_interleaved, open_and_warm
+from stvm_sdk.boundary.args import suggest
 from stvm_sdk.errors import ConfigError, ModelLoadError
 
 
@@ -52,7 +53,8 @@ def parse_backends(spec: str) -> list[str] | None:
     names = [s.strip() for s in spec.split(",") if s.strip()]
     bad = [n for n in names if n not in BACKENDS]
     if bad or not names:
-        raise ConfigError(f"--backend {spec!r}: use auto or a comma list of {', '.join(BACKENDS)}")
+        hint = suggest(bad[0], BACKENDS) if bad else ""
+        raise ConfigError(f"--backend {spec!r}: use auto or a comma list of {', '.join(BACKENDS)}{hint}")
     return names
 
 

@@ -8,39 +8,17 @@ that batch would), so N processes with batch B see exactly the frames and crops 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 import torch
 import torch.nn.functional as nnf
 from torch import Tensor
 
+from stvm_sdk.boundary.frames import FrameRejected
 from stvm_sdk.data.frames import Frame
-from stvm_sdk.data.images import IGNORE_INDEX, read_image, read_label
+from stvm_sdk.data.images import IGNORE_INDEX, load_frame
 from stvm_sdk.errors import DataError
-
-
-def image_tensor(arr: np.ndarray) -> Tensor:
-    """``uint8 [H,W,3]`` -> float ``[3,H,W]`` in [0,1]."""
-    arr = arr if arr.flags.writeable else arr.copy()  # PIL-backed arrays are read-only
-    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float().div_(255.0)
-
-
-def resize_image(img: Tensor, size: tuple[int, int] | None) -> Tensor:
-    """Bilinear resize of ``[3,H,W]`` (or ``[B,3,H,W]``) to ``size`` (no-op for None)."""
-    if size is None or tuple(img.shape[-2:]) == tuple(size):
-        return img
-    batch = img if img.dim() == 4 else img[None]
-    out = nnf.interpolate(batch, size=size, mode="bilinear", align_corners=False, antialias=True)
-    return out if img.dim() == 4 else out[0]
-
-
-def resize_label(label: Tensor, size: tuple[int, int] | None) -> Tensor:
-    """Nearest resize of an int label map ``[H,W]``."""
-    if size is None or tuple(label.shape[-2:]) == tuple(size):
-        return label
-    return nnf.interpolate(label[None, None].float(), size=size, mode="nearest")[0, 0].long()
 
 
 def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
@@ -92,28 +70,21 @@ def random_crop(
     return img, label
 
 
-def load_frame(
-    frame: Frame, size: tuple[int, int] | None, with_label: bool = False
-) -> tuple[Tensor, Tensor | None]:
-    """Decode and resize one frame (and its label)."""
-    img = resize_image(image_tensor(read_image(frame.image)), size)
-    label = None
-    if with_label and frame.label is not None:
-        label = resize_label(torch.from_numpy(read_label(frame.label).astype(np.int64)), size)
-    return img, label
-
-
 class BatchLoader:
     """Loads training batches of random crops; decodes in a small thread pool (PIL releases the GIL).
 
     A frame that fails to decode during training (corrupt past its header) is replaced by the next
-    frame in the folder and remembered in ``failed``, so the run continues and the summary counts it.
+    frame in the folder, remembered in ``failed`` and passed to ``on_reject`` (``FrameFolder.reject``),
+    so the run continues and the summary counts it. ``label_check(label, frame)`` vets each label as
+    it is decoded (in the worker thread, not in the training step).
     """
 
     def __init__(
         self,
         frames: Sequence[Frame],
         *,
+        on_reject: Callable[[FrameRejected], None] | None = None,
+        label_check: Callable[[Tensor, Frame], Tensor] | None = None,
         batch_size: int,
         crop: tuple[int, int] | None,
         resize: tuple[int, int] | None,
@@ -130,7 +101,7 @@ class BatchLoader:
             resize,
             seed,
         )
-        self.with_labels = with_labels
+        self.with_labels, self.on_reject, self.label_check = with_labels, on_reject, label_check
         self.rank, self.world = shard
         self.failed: set[int] = set()
         # Decoder threads run small torch ops (to float, resize). Left at the default, each thread
@@ -146,9 +117,15 @@ class BatchLoader:
             if i in self.failed:
                 continue
             try:
-                return load_frame(self.frames[i], self.resize, with_label=self.with_labels)
-            except DataError:
+                img, label = load_frame(self.frames[i], self.resize, with_label=self.with_labels)
+            except FrameRejected as exc:
                 self.failed.add(i)
+                if self.on_reject is not None:
+                    self.on_reject(exc)
+                continue
+            if label is not None and self.label_check is not None:
+                label = self.label_check(label, self.frames[i])
+            return img, label
         raise DataError("every frame failed to decode: check the folder's files")
 
     def batch(self, step: int) -> Tensor:

@@ -1,19 +1,29 @@
-"""Decoding images and label maps into the arrays the SDK works on.
+"""Decoding images and label maps into the arrays and tensors the SDK works on.
 
 Images become ``uint8 [H,W,3]`` RGB whatever their storage: palette PNGs are expanded through their
 palette (not read as intensities), grayscale is replicated, alpha is dropped, and 16-bit images are
-rescaled to 8 bits. Labels become ``uint8 [H,W]`` trainIds (255 = ignore); Cityscapes
+rescaled to 8 bits. A file that is not a usable frame raises
+:class:`~stvm_sdk.boundary.frames.FrameRejected` with its reason (checked from the header first, so an
+oversized image is never decoded). Labels become ``uint8 [H,W]`` trainIds (255 = ignore); Cityscapes
 ``*_labelIds.png`` are mapped to trainIds.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
+import torch.nn.functional as nnf
 from PIL import Image, UnidentifiedImageError
+from torch import Tensor
 
+from stvm_sdk.boundary.frames import open_frame
 from stvm_sdk.errors import DataError
+
+if TYPE_CHECKING:
+    from stvm_sdk.data.frames import Frame
 
 IGNORE_INDEX = 255
 # Cityscapes labelId -> trainId (everything else -> 255).
@@ -32,13 +42,14 @@ _SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """Decode an image file into ``uint8 [H,W,3]`` RGB; raise :class:`DataError` if unreadable."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return to_rgb(img)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise DataError(f"cannot decode image {path}: {exc}") from None
+    """Decode an image file into ``uint8 [H,W,3]`` RGB.
+
+    Raises:
+        FrameRejected: (a :class:`DataError`) not an image, unreadable, or outside the size limits.
+    """
+    with open_frame(path) as img:
+        img.load()
+        return to_rgb(img)
 
 
 def to_rgb(img: Image.Image) -> np.ndarray:
@@ -75,3 +86,47 @@ def read_label(path: str | Path) -> np.ndarray:
     if arr.max(initial=0) > 255:
         raise DataError(f"label {path} has ids above 255: expected trainIds (0..K-1, 255 = ignore)")
     return arr.astype(np.uint8)
+
+
+def image_tensor(arr: np.ndarray) -> Tensor:
+    """``uint8 [H,W,3]`` -> float ``[3,H,W]`` in [0,1]."""
+    arr = arr if arr.flags.writeable else arr.copy()  # PIL-backed arrays are read-only
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float().div_(255.0)
+
+
+def resize_image(img: Tensor, size: tuple[int, int] | None) -> Tensor:
+    """Bilinear resize of ``[3,H,W]`` (or ``[B,3,H,W]``) to ``size`` (no-op for None)."""
+    if size is None or tuple(img.shape[-2:]) == tuple(size):
+        return img
+    batch = img if img.dim() == 4 else img[None]
+    out = nnf.interpolate(batch, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return out if img.dim() == 4 else out[0]
+
+
+def resize_label(label: Tensor, size: tuple[int, int] | None) -> Tensor:
+    """Nearest resize of an int label map ``[H,W]``."""
+    if size is None or tuple(label.shape[-2:]) == tuple(size):
+        return label
+    return nnf.interpolate(label[None, None].float(), size=size, mode="nearest")[0, 0].long()
+
+
+def load_frame(
+    frame: Frame, size: tuple[int, int] | None, with_label: bool = False
+) -> tuple[Tensor, Tensor | None]:
+    """Decode and resize one frame (and its label, which must have the frame's size).
+
+    Raises:
+        FrameRejected: the image is not a usable frame. DataError: its label is unusable.
+    """
+    arr = read_image(frame.image)
+    img = resize_image(image_tensor(arr), size)
+    label = None
+    if with_label and frame.label is not None:
+        lab = read_label(frame.label)
+        if lab.shape != arr.shape[:2]:
+            raise DataError(
+                f"label {frame.label} is {lab.shape[1]}x{lab.shape[0]} but its frame {frame.image.name} is "
+                f"{arr.shape[1]}x{arr.shape[0]}: a label must have its frame's size"
+            )
+        label = resize_label(torch.from_numpy(lab.astype(np.int64)), size)
+    return img, label

@@ -17,7 +17,6 @@ order or by how many worker processes.
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from stvm_sdk.boundary.outputs import claim_dir, write_json_atomic
 from stvm_sdk.data.synth import effects
 from stvm_sdk.data.synth.labels import IGNORE, LABEL_TO_TRAIN, TRAIN_CLASSES, TRAIN_TO_LABEL, to_train_ids
 from stvm_sdk.data.synth.scene import build_scene
@@ -141,7 +141,7 @@ def generate(
     _check(domain, size, split)
     if n < 1:
         raise ConfigError(f"n must be at least 1, got {n}")
-    out = Path(out_dir)
+    out = claim_dir(out_dir, "synth")  # new, empty, or an earlier `stvm synth` output: never a user's folder
     city = city_name(domain)
     for sub in ("leftImg8bit", "gtFine"):
         (out / sub / split / city).mkdir(parents=True, exist_ok=True)
@@ -166,5 +166,5 @@ def generate(
         "size": list(size),
         "seconds": round(time.perf_counter() - start, 2),
     }
-    (out / f"synth_{domain}_{split}.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_json_atomic(meta, out / f"synth_{domain}_{split}.json")
     return out

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as nnf
 from torch import Tensor
 
-from stvm_sdk.data.batches import load_frame
+from stvm_sdk.boundary.labels import check_label_ids
 from stvm_sdk.data.frames import FrameFolder, scan_frames
+from stvm_sdk.data.images import resize_image
 from stvm_sdk.errors import DataError
 from stvm_sdk.eval.metrics import confusion_matrix, iou_per_class, mean_iou
 from stvm_sdk.models.contract import forward_logits, normalize
@@ -55,8 +57,13 @@ def evaluate_frames(
     size: tuple[int, int] | None = None,
     device: str | torch.device = "cpu",
     limit: int | None = None,
+    ignore_out_of_range: bool = False,
 ) -> EvalResult:
-    """Confusion over the labelled frames of ``folder`` (inference at ``size``, scored at label size)."""
+    """Confusion over the labelled frames of ``folder`` (inference at ``size``, scored at label size).
+
+    A frame that fails to decode is skipped (and recorded in ``folder.skipped``); label ids outside the
+    model's classes are an error unless ``ignore_out_of_range`` (:mod:`stvm_sdk.boundary.labels`).
+    """
     frames = folder.labelled[:limit] if limit else folder.labelled
     if not frames:
         raise DataError(f"no labelled frames in {folder.root}: pass a labels folder that mirrors the images")
@@ -64,19 +71,34 @@ def evaluate_frames(
     was_training = module.training
     module.eval().to(device)
     conf = torch.zeros(model.num_classes, model.num_classes, dtype=torch.int64)
+    scored = 0
     try:
         for frame in frames:
-            img, _ = load_frame(frame, size)
-            _, label = load_frame(frame, None, with_label=True)
+            native = folder.load(frame, None, with_label=True)
+            if native is None:
+                continue
+            image, label = native
             assert label is not None
+            label = check_label_ids(
+                label, model.num_classes, frame.label, ignore_out_of_range=ignore_out_of_range
+            )
+            img = resize_image(image, size)
             pred = predict(model, img[None].to(device), out_size=(label.shape[-2], label.shape[-1]))[0].cpu()
             conf += confusion_matrix(pred, label, model.num_classes)
+            scored += 1
     finally:
         module.train(was_training)
-    return result_from_confusion(conf, model.class_names, len(frames))
+    if scored == 0:
+        raise DataError(f"none of the {len(frames)} labelled frames in {folder.root} could be decoded")
+    return result_from_confusion(conf, model.class_names, scored)
 
 
-def evaluate(model: SegModel, images_dir: str | Path, labels_dir: str | Path, **kwargs: object) -> EvalResult:
+def evaluate(
+    model: SegModel,
+    images_dir: str | Path,
+    labels_dir: str | Path,
+    **kwargs: Any,
+) -> EvalResult:
     """Scan ``images_dir``/``labels_dir`` and evaluate ``model`` on every labelled frame."""
     folder = scan_frames(images_dir, labels_dir, require_labels=True)
-    return evaluate_frames(model, folder, **kwargs)  # type: ignore[arg-type]
+    return evaluate_frames(model, folder, **kwargs)

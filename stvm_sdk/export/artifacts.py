@@ -8,7 +8,6 @@ half-written file under the final name (``os.replace`` is atomic within one file
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import platform
@@ -18,16 +17,21 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from stvm_sdk.boundary.outputs import write_error
+
 SIDECAR_FORMAT = "stvm_sdk.deploy/1"
 
 
 @contextlib.contextmanager
 def staging_dir(final: Path) -> Iterator[Path]:
     """A fresh hidden folder beside ``final`` for building its artifacts; always removed afterwards."""
-    final.parent.mkdir(parents=True, exist_ok=True)
     stage = final.parent / f".{final.name}.staging-{os.getpid()}"
-    shutil.rmtree(stage, ignore_errors=True)
-    stage.mkdir()
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(stage, ignore_errors=True)
+        stage.mkdir()
+    except OSError as exc:
+        raise write_error(exc, stage) from None
     try:
         yield stage
     finally:
@@ -36,35 +40,13 @@ def staging_dir(final: Path) -> Iterator[Path]:
 
 def publish(staged: Path, final: Path) -> Path:
     """fsync ``staged`` and atomically rename it to ``final`` (replacing an older file)."""
-    with open(staged, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(staged, final)
-    return final
-
-
-def write_bytes_atomic(data: bytes, final: Path) -> Path:
-    """Write ``data`` to ``final`` through a temporary name in the same folder."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_bytes(data)
-        return publish(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_json_atomic(obj: Any, final: Path) -> Path:
-    """Write ``obj`` as indented JSON to ``final`` atomically."""
-    return write_bytes_atomic((json.dumps(obj, indent=2, default=str) + "\n").encode(), final)
-
-
-def sha256(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks (engines and external-data files can be large)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+        with open(staged, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(staged, final)
+    except OSError as exc:
+        raise write_error(exc, final) from None
+    return final
 
 
 def sidecar_path(artifact: Path) -> Path:

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stvm_sdk.boundary.outputs import claim_dir, write_json_atomic
 from stvm_sdk.errors import ConfigError, DataError, VerificationError
 from stvm_sdk.export import sidecar as sc
-from stvm_sdk.export.artifacts import publish, read_sidecar, sidecar_path, staging_dir, write_json_atomic
+from stvm_sdk.export.artifacts import publish, read_sidecar, sidecar_path, staging_dir
 from stvm_sdk.export.onnx import OnnxExport, export_onnx
 from stvm_sdk.export.quantize import quantize_int8
 from stvm_sdk.export.report import Artifact, ExportOptions, ExportReport
@@ -36,7 +37,7 @@ from stvm_sdk.export.verify import (
     require_pass,
     verify_onnx,
 )
-from stvm_sdk.models.io import SegModel
+from stvm_sdk.models.io import SegModel, require_finite
 
 Log = Callable[[str], None]
 
@@ -67,8 +68,10 @@ def export_model(
     """
     say = log or (lambda _msg: None)
     profile = _check_options(opts)
+    require_finite(model, "export it")
+    claim_dir(opts.out_dir, "export", inputs=(source, opts.calib, opts.labels))
     size = (profile.opt[2], profile.opt[3])
-    verify, calib, source_desc = _frames(opts, size)
+    verify, calib, source_desc = _frames(opts, size, model.num_classes)
     final = opts.out_dir / f"{opts.name}.onnx"
     report = ExportReport([], source_desc)
     with staging_dir(final) as stage:
@@ -98,20 +101,20 @@ def _check_options(opts: ExportOptions) -> Profile:
     return parse_profile(opts.shape, opts.batch)
 
 
-def _frames(opts: ExportOptions, size: tuple[int, int]) -> tuple[list[VerifyFrame], list[VerifyFrame], str]:
+def _frames(
+    opts: ExportOptions, size: tuple[int, int], num_classes: int
+) -> tuple[list[VerifyFrame], list[VerifyFrame], str]:
     """Verification and calibration frames (disjoint when the folder has enough of them)."""
     if opts.calib is None:
-        frames, desc = load_frames(None, size=size, n=opts.verify_frames)
+        frames, desc = load_frames(None, size=size, n=opts.verify_frames, num_classes=num_classes)
         return frames, [], desc
     try:
         frames, desc = load_frames(
-            opts.calib, size=size, n=opts.verify_frames + opts.calib_frames, labels=opts.labels
-        )
+            opts.calib, size=size, n=opts.verify_frames + opts.calib_frames, labels=opts.labels,
+            num_classes=num_classes, ignore_out_of_range=opts.ignore_out_of_range,
+        )  # fmt: skip
     except DataError as exc:
-        raise DataError(
-            f"--calib {opts.calib}: {str(exc).split(':', 1)[0]}: point --calib at a folder of "
-            "readable target frames (png/jpg)"
-        ) from None
+        raise DataError(f"--calib: {exc}") from None
     if len(frames) <= opts.verify_frames:
         return frames, frames, desc  # too few to split: calibrate and verify on the same frames
     verify = frames[:: max(1, len(frames) // opts.verify_frames)][: opts.verify_frames]

@@ -9,6 +9,7 @@ install it or how to extract frames instead.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,8 @@ import numpy as np
 from PIL import Image
 
 from stvm_sdk.bench.runners import Runner
+from stvm_sdk.boundary.frames import FrameRejected
+from stvm_sdk.boundary.outputs import claim_dir, write_bytes_atomic
 from stvm_sdk.errors import BackendUnavailableError, DataError
 from stvm_sdk.export.palette import colorize, confidence_image, overlay, palette_for
 
@@ -36,6 +39,7 @@ class PredictSummary:
     out_dir: Path
     video: Path | None = None
     skipped: int = 0
+    skip_report: dict[str, Any] | None = None
 
 
 def infer(
@@ -70,12 +74,20 @@ def render(
     return out
 
 
+def save_image(arr: np.ndarray, path: Path, **options: Any) -> Path:
+    """Encode ``arr`` (PNG or JPEG by suffix) and write it atomically."""
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(
+        buf, format="JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else "PNG", **options
+    )
+    return write_bytes_atomic(buf.getvalue(), path)
+
+
 def _write(images: dict[str, np.ndarray], stem: Path, confidence: bool) -> None:
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(images["color"]).save(stem.with_name(stem.name + "_color.png"))
-    Image.fromarray(images["overlay"]).save(stem.with_name(stem.name + "_overlay.jpg"), quality=90)
+    save_image(images["color"], stem.with_name(stem.name + "_color.png"))
+    save_image(images["overlay"], stem.with_name(stem.name + "_overlay.jpg"), quality=90)
     if confidence and "conf" in images:
-        Image.fromarray(images["conf"]).save(stem.with_name(stem.name + "_conf.png"))
+        save_image(images["conf"], stem.with_name(stem.name + "_conf.png"))
 
 
 def _palette(runner: Runner) -> list[list[int]]:
@@ -100,14 +112,21 @@ def predict_folder(
             "--confidence needs logits, but this graph outputs class ids (exported with --argmax)"
         )
     folder = scan_frames(input_dir)
+    claim_dir(out_dir, "predict", inputs=(runner.path, input_dir))
     palette = _palette(runner)
+    written = 0
     for i, frame in enumerate(folder.frames):
-        image = read_image(frame.image)
+        try:
+            image = read_image(frame.image)
+        except FrameRejected as exc:  # passed the header scan, fails to decode: skip and count
+            folder.reject(exc)
+            continue
         cls, conf = infer(runner, image, size)
         _write(render(image, cls, conf, palette), out_dir / frame.rel.with_suffix(""), confidence)
+        written += 1
         if progress:
             progress(i + 1, len(folder.frames))
-    return PredictSummary(len(folder.frames), out_dir, skipped=len(folder.skipped))
+    return PredictSummary(written, out_dir, skipped=len(folder.skipped), skip_report=folder.skip_report())
 
 
 def _video_frames(path: Path) -> tuple[Any, Iterator[np.ndarray], float, int]:
@@ -148,7 +167,7 @@ def predict_video(
     if not video.is_file():
         raise DataError(f"video not found: {video}")
     cv2, frames, fps, count = _video_frames(video)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    claim_dir(out_dir, "predict", inputs=(runner.path, video))
     target = out_dir / f"{video.stem}_overlay.mp4"
     tmp = target.with_name(f".{target.name}.tmp.mp4")
     writer, n, palette = None, 0, _palette(runner)

@@ -36,6 +36,7 @@ class ExportOptions:
     calib_frames: int = 8
     calib_methods: tuple[str, ...] = CALIBRATION_METHODS
     trust_pickle: bool = False
+    ignore_out_of_range: bool = False  # score label ids outside the model's classes as ignored
 
 
 @dataclass

@@ -11,7 +11,8 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-from stvm_sdk.export.artifacts import SIDECAR_FORMAT, sha256, tool_versions
+from stvm_sdk.boundary.fingerprint import sha256
+from stvm_sdk.export.artifacts import SIDECAR_FORMAT, tool_versions
 from stvm_sdk.export.palette import palette_for
 from stvm_sdk.export.trt_ops import TRT_OPS_SOURCE
 from stvm_sdk.models.io import SegModel

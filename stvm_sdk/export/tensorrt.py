@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from stvm_sdk.bench.runners import Runner
+from stvm_sdk.boundary.outputs import write_bytes_atomic
 from stvm_sdk.errors import BackendUnavailableError, ConfigError, ModelLoadError
-from stvm_sdk.export.artifacts import read_sidecar, sidecar_path, write_bytes_atomic
+from stvm_sdk.export.artifacts import read_sidecar, sidecar_path
 
 INSTALL_HINT = (
     "install TensorRT >= 10 on a machine with an NVIDIA GPU and driver "

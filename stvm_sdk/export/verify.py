@@ -11,6 +11,7 @@ Labels are resized (nearest) to the inference size, so a baked-argmax graph is s
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,7 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from stvm_sdk.data.batches import load_frame, resize_label
+from stvm_sdk.boundary.labels import check_label_ids
+from stvm_sdk.data.images import resize_label
 from stvm_sdk.errors import DataError, VerificationError
 from stvm_sdk.eval.metrics import confusion_matrix, mean_iou
 from stvm_sdk.models.contract import forward_logits, normalize
@@ -56,6 +58,7 @@ class Verification:
     miou_onnx: float | None = None
     miou_delta: float | None = None
     source: str = ""
+    non_finite: bool = False  # NaN/inf in the eager model's or the graph's outputs
     passed: bool = True
     failures: list[str] = field(default_factory=list)
 
@@ -72,21 +75,38 @@ def load_frames(
     n: int = 8,
     labels: str | Path | None = None,
     seed: int = 0,
+    num_classes: int | None = None,
+    ignore_out_of_range: bool = False,
 ) -> tuple[list[VerifyFrame], str]:
     """Up to ``n`` frames (evenly spread over the folder) resized to ``size``; generated when no folder.
 
-    Returns the frames and a description of where they came from (for the sidecar).
+    Frames that fail to decode are skipped; with ``num_classes``, label ids are checked against it
+    (:mod:`stvm_sdk.boundary.labels`). Returns the frames and a description of where they came from
+    (for the sidecar).
     """
     if folder is None:
-        return generated_frames(n, size, seed), f"{n} generated synthetic target frames"
+        frames = generated_frames(n, size, seed)
+        if (
+            num_classes is not None and num_classes != 19
+        ):  # the generator's labels are the 19 Cityscapes classes
+            frames = [VerifyFrame(f.image) for f in frames]
+        return frames, f"{n} generated synthetic target frames"
     from stvm_sdk.data.frames import scan_frames
 
     scanned = scan_frames(folder, labels if labels is not None else _cityscapes_labels(Path(folder)))
     picks = np.linspace(0, len(scanned.frames) - 1, num=min(n, len(scanned.frames))).round().astype(int)
     out = []
     for i in sorted(set(picks.tolist())):
-        img, lab = load_frame(scanned.frames[i], size, with_label=True)
+        frame = scanned.frames[i]
+        loaded = scanned.load(frame, size, with_label=True)
+        if loaded is None:
+            continue
+        img, lab = loaded
+        if lab is not None and num_classes is not None:
+            lab = check_label_ids(lab, num_classes, frame.label, ignore_out_of_range=ignore_out_of_range)
         out.append(VerifyFrame(img, lab))
+    if not out:
+        raise DataError(f"none of the frames picked from {folder} could be decoded")
     n_lab = sum(f.label is not None for f in out)
     return out, f"{len(out)} frames of {folder} ({n_lab} labelled)"
 
@@ -146,7 +166,8 @@ def verify_onnx(
         )
     h, w = frames[0].image.shape[-2:]
     v = Verification(precision, len(frames), (int(h), int(w)), 100.0 * acc.agree / acc.total,
-                     acc.max_diff if acc.logits else None, acc.max_logit, source=source)  # fmt: skip
+                     acc.max_diff if acc.logits else None, acc.max_logit, source=source,
+                     non_finite=acc.non_finite)  # fmt: skip
     if acc.labelled:
         v.miou_eager, v.miou_onnx = 100.0 * mean_iou(acc.conf_e), 100.0 * mean_iou(acc.conf_o)
         v.miou_delta = v.miou_onnx - v.miou_eager
@@ -158,15 +179,20 @@ class _Accumulator:
 
     def __init__(self, k: int) -> None:
         self.k, self.agree, self.total, self.labelled = k, 0, 0, 0
-        self.max_diff, self.max_logit, self.logits = 0.0, 0.0, True
+        self.max_diff, self.max_logit, self.logits, self.non_finite = 0.0, 0.0, True, False
         self.conf_e = torch.zeros(k, k, dtype=torch.int64)
         self.conf_o = torch.zeros(k, k, dtype=torch.int64)
 
     def add(self, eager: torch.Tensor, out: torch.Tensor, label: torch.Tensor | None) -> None:
         pred_e = eager.argmax(1)
         self.logits = out.dim() == 4
+        if not bool(torch.isfinite(eager).all()) or (self.logits and not bool(torch.isfinite(out).all())):
+            self.non_finite = True  # NaN compares false to everything: judged explicitly, never "0 diff"
         if self.logits:
-            self.max_diff = max(self.max_diff, float((out.float() - eager).abs().max()))
+            diff = float((out.float() - eager).abs().max())
+            self.max_diff = (
+                diff if math.isnan(diff) or math.isnan(self.max_diff) else max(self.max_diff, diff)
+            )
         pred_o = out.argmax(1) if self.logits else out.long()
         self.max_logit = max(self.max_logit, float(eager.abs().max()))
         self.agree += int((pred_e == pred_o).sum())
@@ -181,7 +207,7 @@ class _Accumulator:
 def judge(v: Verification, thresholds: dict[str, dict[str, float]] | None = None) -> Verification:
     """Set ``v.passed``/``v.failures`` from the thresholds of its precision."""
     t = (thresholds or THRESHOLDS).get(v.precision, THRESHOLDS["fp32"])
-    fails = []
+    fails = ["NaN or inf in the outputs"] if v.non_finite else []
     if v.argmax_agreement < t.get("argmax_agreement", 0.0):
         fails.append(f"argmax agreement {v.argmax_agreement:.3f}% < {t['argmax_agreement']}%")
     if "rel_max_abs_diff" in t and v.max_abs_diff is not None:

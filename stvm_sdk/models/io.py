@@ -17,7 +17,6 @@ import json
 import os
 import pickle
 import warnings
-import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from stvm_sdk.boundary.outputs import atomic_write
+from stvm_sdk.boundary.sniff import file_kind
 from stvm_sdk.errors import ModelLoadError
 from stvm_sdk.models.contract import check_contract, find_classifier, get_submodule
 
@@ -128,27 +129,24 @@ def load_model(
     num_classes: int | None = None,
     classifier: str | None = None,
 ) -> SegModel:
-    """Load a checkpoint dict, TorchScript archive or (opt-in) pickled module from ``path``."""
+    """Load a checkpoint dict, TorchScript archive or (opt-in) pickled module from ``path``.
+
+    The file's kind is read from its first bytes (:func:`~stvm_sdk.boundary.sniff.file_kind`) before
+    anything parses it, so a wrong file gets a line saying what it is, and nothing is unpickled
+    without ``trust_pickle``.
+    """
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise ModelLoadError(f"model file not found: {p}")
-    if _is_torchscript(p):
+    kind = file_kind(p)
+    if kind == "torchscript":
         return _load_torchscript(p, num_classes, classifier)
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "weights_only" not in str(exc) and "Weights only" not in str(exc):
-            raise ModelLoadError(
-                f"cannot read {p}: not a PyTorch checkpoint or TorchScript archive"
-            ) from None
-        if not trust_pickle:
-            raise ModelLoadError(
-                f"{p} is a pickled Python object; loading it runs code from the file. "
-                "If you trust it, pass --trust-pickle (trust_pickle=True); better, save a checkpoint dict"
-            ) from None
-        obj = torch.load(p, map_location="cpu", weights_only=False)
-    except Exception:  # truncated zip, random bytes, ...
-        raise ModelLoadError(f"cannot read {p}: not a PyTorch checkpoint or TorchScript archive") from None
+    if kind in ("torch_zip", "torch_legacy"):
+        obj = _torch_load(p, trust_pickle)
+    elif kind == "pickle":
+        obj = _unpickle(p, trust_pickle, lambda fh: pickle.load(fh))  # noqa: S301 (opt-in)
+    else:
+        raise ModelLoadError(_WRONG_KIND[kind].format(p=p))
     if isinstance(obj, nn.Module):
         return from_module(obj, num_classes=num_classes, classifier=classifier, kind="pickle")
     if isinstance(obj, dict) and "state_dict" in obj:
@@ -159,14 +157,84 @@ def load_model(
     )
 
 
-def _is_torchscript(p: Path) -> bool:
-    if not zipfile.is_zipfile(p):
+_WRONG_KIND = {
+    "onnx": "{p} is an ONNX graph: this command needs the PyTorch model it was exported from (.pt); "
+    "ONNX files run in `stvm bench` and `stvm predict`",
+    "safetensors": "{p} is a safetensors file: it holds weights without the architecture; save a checkpoint "
+    "dict {{'arch', 'num_classes', 'state_dict'}} with torch.save instead",
+    "empty": "{p} is empty (0 bytes): save or copy the model again",
+    "truncated_zip": "{p} is a truncated or corrupt archive (an interrupted save or copy?): "
+    "save or copy it again",
+    "unknown": "{p} is not a model file: expected a PyTorch checkpoint dict (.pt), a TorchScript archive, "
+    "or a pickled nn.Module",
+}
+
+
+def _torch_load(p: Path, trust_pickle: bool) -> Any:
+    """``torch.load`` with ``weights_only=True``; a full unpickle only with ``trust_pickle``."""
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights_only" not in str(exc) and "Weights only" not in str(exc):
+            raise ModelLoadError(
+                f"cannot read {p}: a corrupt PyTorch checkpoint ({_first_line(exc)})"
+            ) from None
+    except Exception as exc:  # corrupt members of a valid archive, ...
+        raise ModelLoadError(f"cannot read {p}: a corrupt PyTorch checkpoint ({_first_line(exc)})") from None
+    return _unpickle(p, trust_pickle, lambda fh: torch.load(fh, map_location="cpu", weights_only=False))
+
+
+def _unpickle(p: Path, trust_pickle: bool, load: Any) -> Any:
+    """Run ``load(file)`` on a pickle, only with the caller's opt-in; every failure is one line."""
+    if not trust_pickle:
+        raise ModelLoadError(
+            f"{p} is a pickled Python object; loading it runs code from the file. "
+            "If you trust it, pass --trust-pickle (trust_pickle=True); better, save a checkpoint dict"
+        )
+    try:
+        with open(p, "rb") as fh:
+            return load(fh)
+    except ModuleNotFoundError as exc:
+        raise ModelLoadError(
+            f"cannot unpickle {p}: it needs the Python module '{exc.name}', which is not importable here: "
+            "install or add to PYTHONPATH the code that defines the model, or save a checkpoint dict"
+        ) from None
+    except Exception as exc:
+        raise ModelLoadError(f"cannot unpickle {p}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
+def non_finite(module: nn.Module) -> list[str]:
+    """Names of the parameters and floating buffers of ``module`` holding NaN or inf."""
+    return [
+        name
+        for name, t in module.state_dict().items()
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
+
+
+def require_finite(model: SegModel, doing: str) -> None:
+    """Refuse a model with NaN/inf weights before ``doing`` it (e.g. "export it")."""
+    bad = non_finite(model.module)
+    if bad:
+        raise ModelLoadError(
+            f"the model has NaN or inf values in {len(bad)} tensor(s) (e.g. {', '.join(bad[:3])}): "
+            f"refusing to {doing}; use the last good checkpoint or retrain"
+        )
+
+
+def is_sdk_checkpoint(path: Path) -> bool:
+    """True for a checkpoint dict this SDK wrote (its ``format`` tag), read without unpickling code."""
+    if file_kind(path) != "torch_zip":
         return False
     try:
-        with zipfile.ZipFile(p) as zf:
-            return any(n.endswith("constants.pkl") for n in zf.namelist())
-    except zipfile.BadZipFile:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
         return False
+    return isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT
 
 
 def _load_torchscript(p: Path, num_classes: int | None, classifier: str | None) -> SegModel:
@@ -225,37 +293,30 @@ def _from_checkpoint(
     )
 
 
-def atomic_save(obj: Any, path: str | os.PathLike[str], saver: Any = None) -> Path:
-    """Write via a temporary name in the same folder, fsync, then rename (never a half file)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-    try:
-        (saver or torch.save)(obj, tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, p)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return p
+def atomic_save(obj: Any, path: str | os.PathLike[str], saver: Any = None, *, then: str = "") -> Path:
+    """Write ``obj`` with ``saver(obj, file)`` (default ``torch.save``) atomically; see
+    :func:`~stvm_sdk.boundary.outputs.atomic_write` (a failed write is one ``OutputError`` line)."""
+    return atomic_write(path, lambda fh: (saver or torch.save)(obj, fh), then=then)
 
 
-def save_model(model: SegModel, path: str | os.PathLike[str]) -> Path:
-    """Save in the deliverable format: checkpoint dict when ``arch`` is known, else TorchScript/pickle."""
+def save_model(model: SegModel, path: str | os.PathLike[str], *, then: str = "") -> Path:
+    """Save in the deliverable format: checkpoint dict when ``arch`` is known, else TorchScript/pickle.
+
+    ``then`` ends the error line of a failed write (what the user can do next).
+    """
     module = model.module
     if isinstance(module, torch.jit.ScriptModule):
-        return save_torchscript(model, path)
+        return save_torchscript(model, path, then=then)
     if model.arch is None:
         # A user's own nn.Module: only a full pickle can rebuild it (loading needs --trust-pickle).
-        return atomic_save(module, path)
+        return atomic_save(module, path, then=then)
     ckpt = model.metadata()
     ckpt["state_dict"] = {k: v.detach().cpu() for k, v in module.state_dict().items()}
-    return atomic_save(ckpt, path)
+    return atomic_save(ckpt, path, then=then)
 
 
 def save_torchscript(
-    model: SegModel, path: str | os.PathLike[str], example_hw: tuple[int, int] = (64, 128)
+    model: SegModel, path: str | os.PathLike[str], example_hw: tuple[int, int] = (64, 128), *, then: str = ""
 ) -> Path:
     """Save a TorchScript archive (script, else trace) with the metadata in ``stvm.json``."""
     module = copy.deepcopy(model.module).cpu().eval()
@@ -270,4 +331,6 @@ def save_torchscript(
                     module = torch.jit.trace(
                         module, torch.zeros(1, 3, *example_hw), strict=False, check_trace=False
                     )
-        return atomic_save(module, path, saver=lambda m, f: torch.jit.save(m, str(f), _extra_files=extra))
+        return atomic_save(
+            module, path, saver=lambda m, f: torch.jit.save(m, f, _extra_files=extra), then=then
+        )

@@ -43,14 +43,16 @@ def test_lraspp_checkpoint_adapts_end_to_end_through_the_cli(
         "teacher_path",
         "student_path",
         "steps",
-        "images_used",
+        "frames_found",
+        "frames_used",
         "images_skipped",
+        "images_seen",
         "miou_before",
         "miou_after",
         "per_class_iou",
     ):
         assert key in summary, key
-    assert summary["steps"] == 2 and summary["images_used"] == 6
+    assert summary["steps"] == 2 and summary["frames_used"] == 6 and summary["images_seen"] == 4
     code, out, err = _run(
         "eval", "--model", summary["model_path"], "--images", frames[0], "--labels", frames[1], "--json"
     )
@@ -113,9 +115,7 @@ def test_missing_model_file(frames: tuple[Path, Path], tmp_path: Path) -> None:
 def test_unreadable_model_file(frames: tuple[Path, Path], tmp_path: Path) -> None:
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"this is not a model")
-    _expect_user_error(
-        ["adapt", "--source", str(bad), "--target", str(frames[0])], "not a PyTorch checkpoint"
-    )
+    _expect_user_error(["adapt", "--source", str(bad), "--target", str(frames[0])], "is not a model file")
 
 
 def test_pickled_module_needs_trust_pickle(
@@ -192,7 +192,7 @@ def test_empty_target_folder(lraspp_checkpoint: Path, tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     _expect_user_error(
         ["adapt", "--source", str(lraspp_checkpoint), "--target", str(tmp_path / "empty")],
-        "no readable images",
+        "no usable frames",
     )
 
 
@@ -212,7 +212,8 @@ def test_corrupt_frames_are_skipped_and_counted(
         *FAST,
     )
     assert code == 0, err
-    assert json.loads(out)["images_skipped"] == 1
+    skipped = json.loads(out)["images_skipped"]
+    assert skipped["total"] == 1 and skipped["by_reason"] == {"unreadable": 1}, skipped
 
 
 def test_bad_config_file(lraspp_checkpoint: Path, frames: tuple[Path, Path], tmp_path: Path) -> None:

@@ -42,7 +42,8 @@ def test_palette_png_is_expanded_to_rgb_not_read_as_indices(cityscapes_sample: P
     assert got.shape == (512, 1024, 3) and np.array_equal(got, want)
 
 
-def test_grayscale_rgba_and_16bit_images_become_rgb(tmp_path: Path) -> None:
+def test_grayscale_rgba_and_16bit_images_become_rgb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STVM_MIN_SIDE", "1")  # tiny images: only the colour conversion is under test
     gray = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
     Image.fromarray(gray, "L").save(tmp_path / "g.png")
     assert np.array_equal(read_image(tmp_path / "g.png"), np.repeat(gray[..., None], 3, 2))
@@ -76,9 +77,9 @@ def test_discovery_is_recursive_sorted_and_skips_annotations(tmp_path: Path) -> 
 def test_labels_match_by_relative_path_and_stem(tmp_path: Path) -> None:
     (tmp_path / "img/a/b").mkdir(parents=True)
     (tmp_path / "lab/a/b").mkdir(parents=True)
-    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "img/a/b/f1.jpg")
-    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "img/a/b/f2.jpg")
-    Image.fromarray(np.ones((4, 4), np.uint8)).save(tmp_path / "lab/a/b/f1.png")
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "img/a/b/f1.jpg")
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "img/a/b/f2.jpg")
+    Image.fromarray(np.ones((32, 32), np.uint8)).save(tmp_path / "lab/a/b/f1.png")
     folder = scan_frames(tmp_path / "img", tmp_path / "lab")
     assert folder.frames[0].label == tmp_path / "lab/a/b/f1.png" and folder.frames[1].label is None
     assert len(folder.labelled) == 1
@@ -98,13 +99,14 @@ def test_corrupt_files_are_skipped_and_counted(frames: tuple[Path, Path]) -> Non
     (images / "empty.jpg").write_bytes(b"")
     folder = scan_frames(images)
     assert len(folder) == 6 and len(folder.skipped) == 2
+    assert folder.skip_report()["by_reason"] == {"not_an_image": 1, "unreadable": 1}
 
 
 def test_folder_without_readable_images_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="no readable images"):
+    with pytest.raises(DataError, match="no usable frames"):
         scan_frames(tmp_path)
     (tmp_path / "x.png").write_bytes(b"junk")
-    with pytest.raises(DataError, match="1 unreadable"):
+    with pytest.raises(DataError, match="1 skipped: 1 not an image"):
         scan_frames(tmp_path)
     with pytest.raises(DataError, match="not found"):
         scan_frames(tmp_path / "missing")

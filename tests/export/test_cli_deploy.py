@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import pytest
 from PIL import Image
+from stvm_sdk.boundary.outputs import MARKER
 from stvm_sdk.cli.app import app
 from typer.testing import CliRunner
 
@@ -27,7 +28,8 @@ def _error_line(result) -> str:  # type: ignore[no-untyped-def]
 
 
 def _final_files(out: Path) -> list[str]:
-    return sorted(p.name for p in out.iterdir()) if out.exists() else []
+    """The export's files, without the SDK's folder marker."""
+    return sorted(p.name for p in out.iterdir() if p.name != MARKER) if out.exists() else []
 
 
 def test_export_json_reports_paths_precision_and_verification(checkpoint: Path, tmp_path: Path) -> None:
@@ -76,7 +78,7 @@ def test_missing_and_corrupt_model_files_are_one_line_errors(tmp_path: Path) -> 
     assert "model file not found" in _error_line(_run("export", tmp_path / "nope.pt", "--out", out))
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"PK\x03\x04 truncated zip")
-    assert "cannot read" in _error_line(_run("export", bad, "--out", out))
+    assert "truncated or corrupt archive" in _error_line(_run("export", bad, "--out", out))
     bad_onnx = tmp_path / "bad.onnx"
     bad_onnx.write_bytes(b"\x08\x07garbage")
     assert "cannot load" in _error_line(_run("predict", bad_onnx, "--input", tmp_path, "--out", out))
@@ -93,7 +95,7 @@ def test_calibration_folder_without_readable_images_fails_before_writing(
     line = _error_line(
         _run("export", checkpoint, "--int8", "--calib", calib, "--out", out, "--shape", "64x128")
     )
-    assert "--calib" in line and "no readable images" in line
+    assert "--calib" in line and "no usable frames" in line and "corrupt image header" in line
     assert _final_files(out) == []
     assert "--calib DIR" in _error_line(_run("export", checkpoint, "--int8", "--out", out))
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 from onnx import numpy_helper
 
+from stvm_sdk.boundary.fingerprint import sha256
 from stvm_sdk.errors import VerificationError
-from stvm_sdk.export.artifacts import sha256
 from stvm_sdk.export.quantize import quantize_int8
 from stvm_sdk.export.trt_ops import check_file
 from stvm_sdk.export.verify import VerifyFrame, load_frames, require_pass, verify_onnx
