@@ -31,34 +31,26 @@ from typing import Any
 import torch
 
 from stvm_sdk import AdaptConfig, adapt, evaluate, load_model
-from stvm_sdk.benchmark_data import DomainSpec, ensure_domain, ensure_trained
+from stvm_sdk.methods import ladder
 from stvm_sdk.supervised import TrainConfig
+from stvm_sdk.synthetic.cache import DomainSpec, ensure_domain, ensure_trained
 
 RESULTS = Path(__file__).resolve().parent / "results"
-LADDER = [
-    "source_only",
-    "adabn",
-    "tent",
-    "threshold_st",
-    "mean_teacher",
-    "confidence_weighted",
-    "stvm_no_mocm",
-    "stvm",
-]
+LADDER = [m.name for m in ladder()]  # the method registry's table order
 SWEEP = (0.2, 0.4, 0.6, 0.8, 1.0)
 # Training time relative to lraspp on this CPU (batch 8, 128x256: ~1.8x per step with 2 threads, 20 vs
 # 10 min per 800-iter model in a 1-thread process): orders model training, slowest first.
 ARCH_COST = {"lraspp_mobilenet_v3_large": 1.0, "deeplabv3_mobilenet_v3_large": 1.8}
 # Decisions changed from shared/docs/method.md, with the evidence (tuning split only).
 DECISIONS = [
-    "## Decisions changed from method.md",
+    "## Decisions changed from the starting brief (the method and its evidence: docs/method.md)",
     "",
-    '- **Student BatchNorm statistics frozen** (`student_bn = "frozen"`). method.md decision 0 had',
+    '- **Student BatchNorm statistics frozen** (`student_bn = "frozen"`). The brief\'s decision 0 had',
     "  the student's BN in train mode, the teacher averaging its running statistics. Applies to every",
     "  self-training method in the table alike. Evidence, tuning split only",
     "  (`python benchmarks/accuracy.py --tune` → `accuracy_tuning.md`): with batches of 4 strongly",
     "  augmented, ClassMixed frames the running statistics drift away from clean target frames.",
-    '- **Class-mean student loss** (`reliability.normalize = "class"`, decision 6). method.md divides the',
+    '- **Class-mean student loss** (`reliability.normalize = "class"`, decision 6). The brief divides the',
     "  weighted CE by the valid pixels; now each pseudo-class's mean weighted CE is averaged over the",
     "  classes in the batch. Applies to every self-training method alike. Why: the pseudo-label histogram",
     "  drifted to the classes the teacher over-predicts (building 35% of pseudo-labels vs 20% of the",
@@ -69,7 +61,7 @@ DECISIONS = [
     "  mixed for STvM: -0.87 / +0.55 / +0.34 / -0.35 (lraspp target, fog; deeplabv3 target, fog) against",
     "  the same table with valid-pixel normalisation (commit 110d256), while it lifts most baselines",
     "  (threshold_st +3.75 on lraspp/target) and turns the threshold sweep into the paper's inverted U.",
-    "- Everything else is method.md's default. The deliverable stays the teacher (decision 10); both",
+    "- Everything else is the brief's default. The deliverable stays the teacher (decision 10); both",
     "  networks are scored in every row below.",
 ]
 # (name, overrides) compared by --tune on the `val` split; the table uses the defaults in stvm_sdk.config.
@@ -77,7 +69,7 @@ DECISIONS = [
 # then): they keep that setting, so their cells stay the ones recorded in accuracy_tuning*.md.
 _VALID = {"reliability.normalize": "valid"}
 TUNING: list[tuple[str, dict[str, Any]]] = [
-    ("stvm@train_bn", {**_VALID, "student_bn": "train"}),  # method.md's decision: student BN in train mode
+    ("stvm@train_bn", {**_VALID, "student_bn": "train"}),  # the brief's decision: student BN in train mode
     ("stvm", {**_VALID}),  # student_bn = "frozen", the default since this comparison
     ("mean_teacher@train_bn", {**_VALID, "student_bn": "train"}),
     ("mean_teacher", {**_VALID}),
@@ -100,7 +92,7 @@ TUNING: list[tuple[str, dict[str, Any]]] = [
     # short run does not also shrink the student's step (deeplabv3, 50 student steps: STvM 14.30 ended
     # below mean_teacher 15.03 on test seed 0, barely moving from AdaBN's 14.37).
     ("stvm@normalize_weights", {**_VALID, "reliability.normalize": "weights"}),
-    # The alternatives method.md names but the table's first tuning round did not try: decision 5's
+    # The alternatives the brief names but the table's first tuning round did not try: decision 5's
     # other reliabilities, decision 4's other metric loss, decision 9's AdamW; and two MOCM/augmentation
     # choices (finer patches, no photometric augmentation) in case the tiny frames make them too harsh.
     ("stvm@agreement", {**_VALID, "reliability.mode": "agreement"}),
@@ -295,9 +287,9 @@ def methods(plan: Plan) -> list[tuple[str, dict[str, Any]]]:
 
 def sweep_cells(plan: Plan) -> list[tuple[str, dict[str, Any]]]:
     """threshold_st with the kept share of confident pixels swept (the paper's Figure 1)."""
-    default = AdaptConfig().optim.threshold_keep
+    default = AdaptConfig(method="threshold_st").methods["threshold_st"].keep
     return [
-        ("threshold_st" if keep == default else f"threshold_st@{keep}", {"optim.threshold_keep": keep})
+        ("threshold_st" if keep == default else f"threshold_st@{keep}", {"methods.threshold_st.keep": keep})
         for keep in SWEEP
     ]
 

@@ -12,12 +12,12 @@ import numpy as np
 import torch
 
 from stvm_sdk.api import load_run, reliability_map
-from stvm_sdk.benchmark_data import ensure_domain
 from stvm_sdk.data import scan_frames
 from stvm_sdk.data.batches import load_frame
 from stvm_sdk.eval import predict
 from stvm_sdk.export.palette import colorize, palette_for
 from stvm_sdk.models import load_model, normalize
+from stvm_sdk.synthetic.cache import ensure_domain
 
 
 def _plt() -> Any:

@@ -56,8 +56,8 @@ def parse() -> argparse.Namespace:
 
 def prepare(a: argparse.Namespace) -> tuple[Path, Path]:
     """Generate (cached) labelled target frames and train (cached) the demo model on them."""
-    from stvm_sdk.data.synthetic import generate
     from stvm_sdk.supervised import TrainConfig, train_source
+    from stvm_sdk.synthetic.dataset import generate
 
     h, w = (int(v) for v in a.shape.split("x"))
     train, val = a.cache / f"train_{a.n_train}_{h}x{w}", a.cache / f"val_{a.n_val}_{h}x{w}"

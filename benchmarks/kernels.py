@@ -265,7 +265,8 @@ def step_rows(reps: int, dev: str, shape: tuple[int, int, int, int]) -> list[Row
     from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large
 
     from stvm_sdk.config import AdaptConfig
-    from stvm_sdk.method.stvm import Adapter
+    from stvm_sdk.methods import get_method
+    from stvm_sdk.models import SegModel
 
     rows = []
     images = torch.rand(*shape, device=dev)
@@ -277,9 +278,7 @@ def step_rows(reps: int, dev: str, shape: tuple[int, int, int, int]) -> list[Row
                 {"run.kernel_backend": backend, "run.amp": amp, "metric.warmup": 0}
             )
             g = torch.Generator().manual_seed(0)
-            adapter = Adapter(net, "classifier", 19, cfg, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), g).to(
-                dev
-            )
+            adapter = get_method("stvm").build(SegModel(net, 19, "classifier"), cfg, g).to(dev)
             counter = iter(range(10**6))
 
             def run(_: Any, adapter: Any = adapter, counter: Any = counter, g: Any = g) -> Any:

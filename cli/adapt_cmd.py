@@ -11,6 +11,8 @@ from typing import Any
 import typer
 from stvm_sdk.cli.common import IGNORE_OUT_OF_RANGE, TRUST_PICKLE, console, print_json, user_errors
 
+from stvm_sdk.methods import method_names  # names only: read from the package folder, no torch
+
 
 @user_errors
 def adapt_command(
@@ -27,8 +29,8 @@ def adapt_command(
     method: str | None = typer.Option(
         None,
         "--method",
-        help="stvm | stvm_no_mocm | confidence_weighted | mean_teacher | threshold_st | tent | adabn "
-        "| source_only",
+        help=f"Adaptation method (default stvm): {' | '.join(method_names())}; "
+        "`stvm methods` describes them.",
     ),
     iters: int | None = typer.Option(None, "--iters", help="Adaptation steps (default 2000)."),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Frames per step (default 4)."),

@@ -9,6 +9,7 @@ import typer
 # Modules under cli/ that define `register(app: typer.Typer) -> None`.
 COMMAND_MODULES = [
     "stvm_sdk.cli.adapt_cmd",
+    "stvm_sdk.cli.methods_cmd",
     "stvm_sdk.cli.eval_cmd",
     "stvm_sdk.cli.train_cmd",
     "stvm_sdk.cli.demo_cmd",

@@ -47,7 +47,7 @@ def synth_command(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Render N labelled street scenes of DOMAIN (source | target | fog | night) into OUT."""
-    from stvm_sdk.data.synthetic import city_name, generate
+    from stvm_sdk.synthetic.dataset import city_name, generate
 
     hw = _parse_size(size)
     start = time.perf_counter()

@@ -19,7 +19,9 @@ _EXPORTS = {
     "adapt": "stvm_sdk.api",
     "AdaptResult": "stvm_sdk.api",
     "AdaptConfig": "stvm_sdk.config",
-    "METHODS": "stvm_sdk.config",
+    "Method": "stvm_sdk.methods.base",
+    "register_method": "stvm_sdk.methods.registry",
+    "method_names": "stvm_sdk.methods.registry",
     "StvmError": "stvm_sdk.errors",
     "EvalResult": "stvm_sdk.eval",
     "evaluate": "stvm_sdk.eval",
@@ -35,11 +37,11 @@ _EXPORTS = {
     "reliability_map": "stvm_sdk.api",
 }
 __all__ = [
-    "METHODS",
     "AdaptConfig",
     "AdaptResult",
     "EvalResult",
     "ExportOptions",
+    "Method",
     "SegModel",
     "StvmError",
     "TrainConfig",
@@ -50,6 +52,8 @@ __all__ = [
     "export_model",
     "load_model",
     "load_run",
+    "method_names",
+    "register_method",
     "reliability_map",
     "save_model",
     "train_source",
@@ -58,10 +62,12 @@ __all__ = [
 if TYPE_CHECKING:
     from stvm_sdk.api import AdaptResult, adapt, load_run, reliability_map
     from stvm_sdk.bench.run import bench_models
-    from stvm_sdk.config import METHODS, AdaptConfig
+    from stvm_sdk.config import AdaptConfig
     from stvm_sdk.errors import StvmError
     from stvm_sdk.eval import EvalResult, evaluate
     from stvm_sdk.export.pipeline import ExportOptions, export_model
+    from stvm_sdk.methods.base import Method
+    from stvm_sdk.methods.registry import method_names, register_method
     from stvm_sdk.models import SegModel, load_model, save_model
     from stvm_sdk.supervised import TrainConfig, train_source
 

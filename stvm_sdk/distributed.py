@@ -54,11 +54,11 @@ from torch import Tensor, nn
 from stvm_sdk.data.batches import step_generator
 from stvm_sdk.dist_ops import all_gather_cat, convert_sync_batchnorm, revert_sync_batchnorm
 from stvm_sdk.errors import BackendUnavailableError, DataError, StvmError
-from stvm_sdk.method.collective import Collective
+from stvm_sdk.methods.parts.collective import Collective
 
 if TYPE_CHECKING:
     from stvm_sdk.config import AdaptConfig
-    from stvm_sdk.method.stvm import Adapter
+    from stvm_sdk.methods.base import Method
     from stvm_sdk.rundir import RunDir
 
 log = logging.getLogger("stvm_sdk")
@@ -157,7 +157,7 @@ class DistContext:
             return shared, shared  # one stream, exactly as a single-process run always drew
         return step_generator(seed, step, stream=RANK_STREAM + self.rank), shared
 
-    def prepare(self, adapter: Adapter, cfg: AdaptConfig) -> None:
+    def prepare(self, adapter: Method, cfg: AdaptConfig) -> None:
         """Make ``adapter`` data-parallel: rank 0's state everywhere, DDP wrappers, cross-process ops."""
         if self.world == 1 or adapter.optimizer is None:
             return
@@ -183,7 +183,7 @@ class DistContext:
             return DDP(module, device_ids=ids, forward_sync_buffers=False)
         return DDP(module, device_ids=ids, broadcast_buffers=False)
 
-    def release(self, adapter: Adapter) -> None:
+    def release(self, adapter: Method) -> None:
         """Undo :meth:`prepare` after checking the processes agree: plain networks, plain BatchNorm."""
         if not adapter.wrappers:
             return

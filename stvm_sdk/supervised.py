@@ -103,7 +103,7 @@ def train_source(
     finally:
         loader.close()
     if cfg.precise_bn_frames:
-        from stvm_sdk.method.norm import reestimate_bn
+        from stvm_sdk.methods.parts.norm import reestimate_bn
 
         frames = folder.labelled[: cfg.precise_bn_frames]
         loaded = ([x[0] for f in frames[i : i + 8] if (x := folder.load(f, cfg.resize)) is not None]

@@ -1,4 +1,4 @@
-"""AdaptConfig: defaults from method.md, files in three formats, unknown keys rejected."""
+"""AdaptConfig: defaults from docs/method.md, files in three formats, unknown keys rejected."""
 
 from __future__ import annotations
 

@@ -117,7 +117,7 @@ def _cityscapes_labels(root: Path) -> Path | None:
 
 def generated_frames(n: int, size: tuple[int, int], seed: int = 0) -> list[VerifyFrame]:
     """Labelled synthetic target frames (validation split), rendered in memory."""
-    from stvm_sdk.data.synthetic import iter_frames
+    from stvm_sdk.synthetic.dataset import iter_frames
 
     return [
         VerifyFrame(

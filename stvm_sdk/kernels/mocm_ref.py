@@ -1,6 +1,6 @@
 """MOCM blend (metric-guided online ClassMix): the pure-PyTorch reference (the spec of the Triton op).
 
-method.md decision 7. The random choices (which classes, which patches, which partner) are made by the
+docs/method.md decision 7. The random choices (which classes, which patches, which partner) are made by the
 method with its ``torch.Generator``; this op only applies them, so it is deterministic.
 """
 

@@ -24,7 +24,7 @@ def weighted_cross_entropy(
     normalize: str = "valid",
     backend: str = "auto",
 ) -> Tensor:
-    """Reliability-weighted cross-entropy ``sum_i w_i CE_i / N`` (method.md decision 6).
+    """Reliability-weighted cross-entropy ``sum_i w_i CE_i / N`` (docs/method.md decision 6).
 
     Args:
         logits: ``[B,K,H,W]`` fp32/fp16/bf16, channel-first, any strides.

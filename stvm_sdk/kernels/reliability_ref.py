@@ -1,6 +1,6 @@
 """Proxy reliability: the pure-PyTorch reference (the spec of the Triton op).
 
-method.md decision 5: ``r_i = softmax_k(scale * cos(z_i, p_k))`` at ``k = y_i``, used detached.
+docs/method.md decision 5: ``r_i = softmax_k(scale * cos(z_i, p_k))`` at ``k = y_i``, used detached.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def proxy_reliability_ref(
         r_i  = exp(scale*c_{i,y_i} - logsumexp_k(scale*c_ik))   if y_i != ignore_index else 0
         n_i  = argmax_k c_ik                      (first maximum on ties)
 
-    Outputs carry no gradient: the method uses reliability detached (method.md decision 5), so
+    Outputs carry no gradient: the method uses reliability detached (docs/method.md decision 5), so
     this reference runs under ``torch.no_grad`` and the Triton op has no backward.
 
     Args:

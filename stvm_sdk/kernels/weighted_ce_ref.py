@@ -1,7 +1,8 @@
 """Reliability-weighted cross-entropy: the pure-PyTorch reference (the spec of the Triton op).
 
-method.md decision 6: ``L = (1/N) * sum_i w_i * CE(logits_i, y_i)`` over valid pixels, where the
-weights scale each pixel's gradient and are never themselves trained.
+docs/method.md decision 6: ``L = (1/N) * sum_i w_i * CE(logits_i, y_i)`` over valid pixels, where the
+weights scale each pixel's gradient and are never themselves trained (the class-mean default rescales
+``w`` before this op).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The segmentation-model contract (method.md decision 1).
+"""The segmentation-model contract (docs/method.md decision 1).
 
 ``model(x[B,3,H,W])`` returns logits ``[B,K,h,w]`` or a dict with ``"out"`` (torchvision). The SDK
 always works on :func:`forward_logits`, which picks ``"out"`` and resizes to the input size. The

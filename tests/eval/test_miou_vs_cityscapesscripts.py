@@ -17,7 +17,7 @@ cs_eval = pytest.importorskip("cityscapesscripts.evaluation.evalPixelLevelSemant
 
 
 def test_miou_matches_cityscapesscripts(tmp_path: Path) -> None:
-    from stvm_sdk.data.synthetic import generate
+    from stvm_sdk.synthetic.dataset import generate
 
     root = generate(tmp_path / "data", "target", 3, seed=5, size=(48, 96), split="val", workers=1)
     gts = sorted((root / "gtFine").rglob("*_gtFine_labelIds.png"))

@@ -87,7 +87,7 @@ def checkpoint(seg_model, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def target_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """6 labelled synthetic target frames at 64x128, Cityscapes layout."""
-    from stvm_sdk.data.synthetic import generate
+    from stvm_sdk.synthetic.dataset import generate
 
     return generate(tmp_path_factory.mktemp("target"), "target", 6, seed=1, size=HW, split="val", workers=1)
 

@@ -18,14 +18,14 @@ def _inputs(b: int, c: int, h: int, w: int, k: int, p: int, device: torch.device
     labels = torch.randint(0, k, (b, h, w), device=device)
     labels[torch.rand(b, h, w, device=device) < 0.2] = 255
     weights = torch.rand(b, h, w, device=device)
-    partner = torch.roll(torch.arange(b, device=device), -1)  # method.md decision 7: next sample
+    partner = torch.roll(torch.arange(b, device=device), -1)  # docs/method.md decision 7: next sample
     class_mask = torch.rand(b, k, device=device) < 0.5
     patch_keep = torch.rand(b, -(-h // p), -(-w // p), device=device) < 0.7
     return images, labels, weights, partner, class_mask, patch_keep, p
 
 
 def _naive(images, labels, weights, partner, class_mask, patch_keep, p) -> tuple[Tensor, ...]:
-    """Pixel loop of the formula in method.md decision 7."""
+    """Pixel loop of the formula in docs/method.md decision 7."""
     out = [images.clone(), labels.clone(), weights.clone(), torch.zeros_like(labels, dtype=torch.bool)]
     b, _, h, w = images.shape
     for a in range(b):

@@ -25,7 +25,7 @@ def _inputs(b: int, d: int, h: int, w: int, k: int, device: torch.device, dtype:
 
 
 def _naive(emb: Tensor, proxies: Tensor, labels: Tensor, scale: float) -> tuple[Tensor, Tensor]:
-    """Per-pixel float64 loop with math.exp: the formula in method.md, nothing shared."""
+    """Per-pixel float64 loop with math.exp: the formula in docs/method.md, nothing shared."""
     b, _, h, w = emb.shape
     rel = torch.zeros(b, h, w, dtype=torch.float64)
     near = torch.zeros(b, h, w, dtype=torch.int64)

@@ -1,4 +1,4 @@
-"""Procedural street-scene generator behind :mod:`stvm_sdk.data.synthetic`.
+"""Procedural street-scene generator behind :mod:`stvm_sdk.synthetic.dataset`.
 
 Modules, in the order a frame is made: ``styles`` (what differs between domains), ``camera``
 (pinhole projection onto the ground plane), ``canvas`` (painter's-algorithm drawing of material

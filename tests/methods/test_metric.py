@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as nnf
 
-from stvm_sdk.method.metric import MetricHead, balanced_pixel_mask, proxy_anchor_loss, proxy_nca_loss
+from stvm_sdk.methods.parts.metric import MetricHead, balanced_pixel_mask, proxy_anchor_loss, proxy_nca_loss
 
 
 def _naive_proxy_anchor(

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from stvm_sdk.data.synth.labels import BUILDING, RAIL_TRACK, ROAD, SIDEWALK, SKY, TERRAIN, VEGETATION
-from stvm_sdk.data.synth.paint import Ctx
+from stvm_sdk.synthetic.render.labels import BUILDING, RAIL_TRACK, ROAD, SIDEWALK, SKY, TERRAIN, VEGETATION
+from stvm_sdk.synthetic.render.paint import Ctx
 
 FAR = 400.0  # depth at which the street is drawn to end (close enough to the horizon)
 

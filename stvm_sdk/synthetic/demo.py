@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stvm_sdk.benchmark_data import DEFAULT_CACHE, DomainSpec, ensure_domain, ensure_trained
 from stvm_sdk.boundary.outputs import claim_dir
 from stvm_sdk.config import AdaptConfig
 from stvm_sdk.errors import ConfigError
 from stvm_sdk.supervised import TrainConfig
+from stvm_sdk.synthetic.cache import DEFAULT_CACHE, DomainSpec, ensure_domain, ensure_trained
 
 Say = Callable[[str], None]
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFilter
 
-from stvm_sdk.data.synth.camera import Camera
-from stvm_sdk.data.synth.canvas import (
+from stvm_sdk.synthetic.render.camera import Camera
+from stvm_sdk.synthetic.render.canvas import (
     ASPHALT,
     BRICKS,
     CLOUDS,

@@ -29,12 +29,18 @@ import numpy as np
 from PIL import Image
 
 from stvm_sdk.boundary.outputs import claim_dir, write_json_atomic
-from stvm_sdk.data.synth import effects
-from stvm_sdk.data.synth.labels import IGNORE, LABEL_TO_TRAIN, TRAIN_CLASSES, TRAIN_TO_LABEL, to_train_ids
-from stvm_sdk.data.synth.scene import build_scene
-from stvm_sdk.data.synth.shading import shade
-from stvm_sdk.data.synth.styles import STYLES
 from stvm_sdk.errors import ConfigError
+from stvm_sdk.synthetic.render import effects
+from stvm_sdk.synthetic.render.labels import (
+    IGNORE,
+    LABEL_TO_TRAIN,
+    TRAIN_CLASSES,
+    TRAIN_TO_LABEL,
+    to_train_ids,
+)
+from stvm_sdk.synthetic.render.scene import build_scene
+from stvm_sdk.synthetic.render.shading import shade
+from stvm_sdk.synthetic.render.styles import STYLES
 
 __all__ = [
     "DOMAINS", "GENERATOR_VERSION", "SPLITS", "IGNORE", "LABEL_TO_TRAIN", "TRAIN_CLASSES", "TRAIN_TO_LABEL",

@@ -7,8 +7,8 @@ windows, a bumper and lights, and metallic paint in a realistic (mostly grey) pa
 
 from __future__ import annotations
 
-from stvm_sdk.data.synth.labels import BUS, CAR, TRAIN, TRUCK
-from stvm_sdk.data.synth.paint import Ctx
+from stvm_sdk.synthetic.render.labels import BUS, CAR, TRAIN, TRUCK
+from stvm_sdk.synthetic.render.paint import Ctx
 
 # width, length, height ranges (m) of the large vehicles; cars take theirs from the style.
 DIMS = {

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from stvm_sdk.data.synth.canvas import ASPHALT, BRICKS, CLOUDS, FLAT, GLASS, LEAVES, METAL, NOISE, TILES
+from stvm_sdk.synthetic.render.canvas import ASPHALT, BRICKS, CLOUDS, FLAT, GLASS, LEAVES, METAL, NOISE, TILES
 
 RGB = tuple[int, int, int]
 Range = tuple[float, float]

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from stvm_sdk.data import synthetic
-from stvm_sdk.data.synth.labels import LABEL_TO_TRAIN, TRAIN_TO_LABEL
 from stvm_sdk.errors import ConfigError
+from stvm_sdk.synthetic.render.labels import LABEL_TO_TRAIN, TRAIN_TO_LABEL
 
 SIZE = (64, 128)  # small frames keep the module well under its time budget
 ENV_MD_TABLE = {

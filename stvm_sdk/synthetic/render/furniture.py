@@ -8,8 +8,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from stvm_sdk.data.synth.labels import FENCE, POLE, STATIC, TRAFFIC_LIGHT, TRAFFIC_SIGN, VEGETATION, WALL
-from stvm_sdk.data.synth.paint import Ctx
+from stvm_sdk.synthetic.render.labels import (
+    FENCE,
+    POLE,
+    STATIC,
+    TRAFFIC_LIGHT,
+    TRAFFIC_SIGN,
+    VEGETATION,
+    WALL,
+)
+from stvm_sdk.synthetic.render.paint import Ctx
 
 LAMP_COLOURS = ((0.9, 0.1, 0.05), (0.95, 0.7, 0.05), (0.1, 0.85, 0.3))
 

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from stvm_sdk.data.synth.camera import Camera, Point3, hexa_faces, sub_quad, visible_faces
-from stvm_sdk.data.synth.canvas import BRICKS, GLASS, Canvas, Material
-from stvm_sdk.data.synth.styles import Style
+from stvm_sdk.synthetic.render.camera import Camera, Point3, hexa_faces, sub_quad, visible_faces
+from stvm_sdk.synthetic.render.canvas import BRICKS, GLASS, Canvas, Material
+from stvm_sdk.synthetic.render.styles import Style
 
 Quad = tuple[Point3, Point3, Point3, Point3]
 

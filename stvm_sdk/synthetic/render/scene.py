@@ -7,13 +7,13 @@ from functools import partial
 
 import numpy as np
 
-from stvm_sdk.data.synth import furniture, people, vehicles
-from stvm_sdk.data.synth.camera import Camera
-from stvm_sdk.data.synth.canvas import Canvas, Material
-from stvm_sdk.data.synth.labels import EGO_VEHICLE, SKY
-from stvm_sdk.data.synth.paint import Ctx
-from stvm_sdk.data.synth.street import Street, draw_buildings, draw_sky_and_ground, sample_street
-from stvm_sdk.data.synth.styles import Style
+from stvm_sdk.synthetic.render import furniture, people, vehicles
+from stvm_sdk.synthetic.render.camera import Camera
+from stvm_sdk.synthetic.render.canvas import Canvas, Material
+from stvm_sdk.synthetic.render.labels import EGO_VEHICLE, SKY
+from stvm_sdk.synthetic.render.paint import Ctx
+from stvm_sdk.synthetic.render.street import Street, draw_buildings, draw_sky_and_ground, sample_street
+from stvm_sdk.synthetic.render.styles import Style
 
 Item = tuple[float, Callable[[], object]]  # (near depth, drawing call)
 RESERVE = {"car": 5.0, "truck": 9.5, "bus": 13.0, "train": 31.0}  # lane length kept free per vehicle

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 
 class Collective:
-    """Cross-process operations used by :meth:`stvm_sdk.method.stvm.Adapter.step`; here, one process."""
+    """Cross-process operations used by :meth:`stvm_sdk.methods.base.Method.step`; here, one process."""
 
     rank: int = 0
     world: int = 1

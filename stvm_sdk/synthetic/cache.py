@@ -39,9 +39,9 @@ def generator_fingerprint() -> str:
     """A hash of the generator's source: cached data is regenerated whenever the generator changes."""
     import hashlib
 
-    import stvm_sdk.data.synthetic as synthetic
+    import stvm_sdk.synthetic.dataset as dataset
 
-    files = [Path(synthetic.__file__), *sorted((Path(synthetic.__file__).parent / "synth").glob("*.py"))]
+    files = [Path(dataset.__file__), *sorted((Path(dataset.__file__).parent / "render").glob("*.py"))]
     digest = hashlib.sha256()
     for f in files:
         digest.update(f.read_bytes())
@@ -73,7 +73,7 @@ def _discard(path: Path, kind: str) -> None:
 
 def ensure_domain(spec: DomainSpec, cache: Path = DEFAULT_CACHE) -> Path:
     """The dataset root (Cityscapes layout) of ``spec``, generated on first use."""
-    from stvm_sdk.data.synthetic import generate
+    from stvm_sdk.synthetic.dataset import generate
 
     root = cache / "data" / spec.key
     meta = {"kind": "synthetic", **asdict(spec), "generator": generator_fingerprint()}

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from stvm_sdk.data.synth.labels import BICYCLE, MOTORCYCLE, PERSON, RIDER
-from stvm_sdk.data.synth.paint import Ctx
+from stvm_sdk.synthetic.render.labels import BICYCLE, MOTORCYCLE, PERSON, RIDER
+from stvm_sdk.synthetic.render.paint import Ctx
 
 ToPx = Callable[[float, float], tuple[float, float]]
 

@@ -12,7 +12,7 @@ import io
 import numpy as np
 from PIL import Image, ImageFilter
 
-from stvm_sdk.data.synth.styles import Sensor
+from stvm_sdk.synthetic.render.styles import Sensor
 
 
 def fog(rgb: np.ndarray, depth: np.ndarray, rng: np.random.Generator) -> np.ndarray:

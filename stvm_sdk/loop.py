@@ -1,0 +1,289 @@
+"""The adaptation loop, top to bottom: start the method, train it, save and score what it delivers.
+
+:func:`stvm_sdk.adapt` checks its inputs, opens the run directory and hands a :class:`Job` (what every
+stage reads) to the three stages here:
+
+1. :func:`start` - target BatchNorm statistics (decision 0), the method's networks, or the run's last
+   checkpoint when resuming;
+2. :func:`train` - ``run.iters`` steps, a log record every ``run.log_every`` steps, an atomic
+   checkpoint every ``run.checkpoint_every`` steps;
+3. :func:`finish` - save the deliverable, teacher and student, score them, write ``summary.json``.
+
+The loop never asks which method runs (:class:`~stvm_sdk.methods.base.Method` is the contract).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stvm_sdk import distributed
+from stvm_sdk.config import AdaptConfig
+from stvm_sdk.data.batches import BatchLoader
+from stvm_sdk.data.frames import FrameFolder
+from stvm_sdk.data.images import resize_image
+from stvm_sdk.errors import DataError, DivergedError, StvmError
+from stvm_sdk.eval.evaluate import EvalResult, evaluate_frames
+from stvm_sdk.methods.base import Method
+from stvm_sdk.methods.parts.norm import reestimate_bn
+from stvm_sdk.models.contract import normalize
+from stvm_sdk.models.io import SegModel, save_model, save_torchscript
+from stvm_sdk.rundir import KEEP_LAST, RunDir
+
+log = logging.getLogger("stvm_sdk")
+
+
+@dataclass
+class AdaptResult:
+    """What an adaptation run produced."""
+
+    model: SegModel  # the deliverable (decision 10)
+    teacher: SegModel | None
+    student: SegModel
+    run_dir: Path
+    metrics: dict[str, Any] = field(default_factory=dict)
+    metric: torch.nn.Module | None = None  # STvM's metric network + proxies (for reliability maps)
+    config: AdaptConfig = field(default_factory=AdaptConfig)
+
+    @property
+    def model_path(self) -> Path:
+        return RunDir(self.run_dir).model_path("model")
+
+
+@dataclass
+class Job:
+    """What every stage of one run reads: config, source model, frames, run directory, processes."""
+
+    cfg: AdaptConfig
+    method: type[Method]
+    source: SegModel
+    folder: FrameFolder
+    run: RunDir
+    ddp: distributed.DistContext
+    ignore_out_of_range: bool = False
+    t_start: float = field(default_factory=time.perf_counter)
+
+    @property
+    def device(self) -> torch.device:
+        return self.ddp.device
+
+    def evaluate(self, model: SegModel) -> EvalResult | None:
+        """``model``'s mIoU on the labelled frames (None without labels)."""
+        if not self.folder.labelled:
+            return None
+        return evaluate_frames(
+            model, self.folder, size=self.cfg.run.eval_size, device=self.device,
+            ignore_out_of_range=self.ignore_out_of_range,
+        )  # fmt: skip
+
+
+# --- 1. start --------------------------------------------------------------------------------------
+
+
+def start(job: Job, resume: bool) -> tuple[Method, int]:
+    """The method built from the source model (after decision 0), or restored from the last checkpoint."""
+    cfg, ddp = job.cfg, job.ddp
+    work = job.source.clone()
+    work.module.to(job.device)
+    checkpoint = ddp.on_main(job.run.load_checkpoint) if resume else None  # rank 0 reads, all receive
+    if checkpoint is None and cfg.bn_init == "target" and job.method.reestimate_bn:
+        # With the global batch (B x world) on every process: the statistics of a one-process run
+        # with that batch, identical everywhere. It is one pass without gradients.
+        reestimate_bn(work.module, _bn_batches(job, work, cfg.data.batch_size * ddp.world))
+    method = job.method.build(work, cfg, torch.Generator().manual_seed(cfg.run.seed)).to(job.device)
+    step = 0
+    if checkpoint is not None:
+        step = _restore(method, checkpoint, ddp.world)
+        if ddp.is_main:
+            job.run.truncate_log(step)
+    ddp.prepare(method, cfg)
+    return method, step
+
+
+def _bn_batches(job: Job, model: SegModel, batch_size: int) -> Iterator[torch.Tensor]:
+    """Decision 0's batches. Frames of another size than most are resized to it: statistics per channel
+    barely move, and a batch of one odd-sized small frame would leave BatchNorm one value per channel."""
+    frames = job.folder.frames[: job.cfg.run.bn_init_frames]
+    sizes = [f.size for f in frames if f.size is not None]
+    size = job.cfg.data.resize or (max(set(sizes), key=sizes.count) if sizes else None)
+    for i in range(0, len(frames), batch_size):
+        loaded = (job.folder.load(f, size) for f in frames[i : i + batch_size])
+        imgs = [x[0] for x in loaded if x is not None]
+        if imgs:
+            hw = size or (int(imgs[0].shape[-2]), int(imgs[0].shape[-1]))
+            batch = torch.stack([resize_image(x, hw) for x in imgs])
+            yield normalize(batch.to(job.device), model.mean, model.std)
+
+
+def _restore(method: Method, ckpt: dict[str, Any], world: int) -> int:
+    try:
+        method.load_state_dict(ckpt["adapter"])
+        if method.optimizer is not None and ckpt.get("optimizer") is not None:
+            method.optimizer.load_state_dict(ckpt["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1].strip()[:160]
+        raise DataError(
+            f"the run's checkpoint does not fit this source model ({first}): resume with the run's "
+            "--source and --method, or start a new run with another --out"
+        ) from None
+    if ckpt.get("world", 1) != world:  # allowed (e.g. a GPU was lost), but the global batch changes
+        log.warning("resuming a %d-process run with %d processes", ckpt.get("world", 1), world)
+    log.info("resumed from step %d", ckpt["step"])
+    return int(ckpt["step"])
+
+
+def _checkpoint(method: Method, run: RunDir, step: int, world: int) -> None:
+    state = {
+        "step": step,
+        "world": world,  # processes: resuming with another count changes the global batch
+        "adapter": method.state_dict(),
+        "optimizer": method.optimizer.state_dict() if method.optimizer is not None else None,
+    }
+    run.save_checkpoint(state)
+
+
+# --- 2. train --------------------------------------------------------------------------------------
+
+
+def train(
+    method: Method,
+    job: Job,
+    start_step: int,
+    *,
+    progress: bool = False,
+    on_log: Callable[[dict[str, Any]], None] | None = None,
+) -> int:
+    """Run the method's steps from ``start_step`` to ``run.iters``; returns the step count (0 for a
+    method that does not train)."""
+    from stvm_sdk.progress import progress_bar
+
+    cfg, ddp, run = job.cfg, job.ddp, job.run
+    iters = cfg.run.iters if method.optimizer is not None else 0
+    loader = BatchLoader(
+        job.folder.frames, batch_size=cfg.data.batch_size, crop=cfg.data.crop, resize=cfg.data.resize,
+        seed=cfg.run.seed, workers=cfg.data.workers, shard=(ddp.rank, ddp.world), on_reject=job.folder.reject,
+    )  # fmt: skip
+    meter = _Meter()
+    bar_on = progress and ddp.is_main
+    try:
+        with progress_bar(total=iters, start=start_step, enabled=bar_on, description=cfg.method) as bar:
+            for step in range(start_step, iters):
+                images = loader.batch(step).to(ddp.device, non_blocking=True)
+                logs = method.step(images, step, *ddp.step_generators(cfg.run.seed, step))
+                meter.add(logs, images.shape[0] * ddp.world)
+                done = step + 1
+                record = None
+                if done % cfg.run.log_every == 0 or done == iters:
+                    record = meter.record(done, ddp.average_logs)  # every process takes part
+                    _check_finite(record.get("loss"), done, run)
+                    if ddp.is_main:
+                        run.log(record)
+                        if on_log is not None:
+                            on_log(record)
+                bar.update(done, record)
+                if done % cfg.run.checkpoint_every == 0 and done < iters:
+                    if "loss" in logs:  # never save a diverged state; averaged so every process agrees
+                        _check_finite(float(ddp.average_logs({"loss": logs["loss"]})["loss"]), done, run)
+                    ddp.check_replicas(method)  # never save a state the other processes do not hold
+                    if ddp.is_main:
+                        _checkpoint(method, run, done, ddp.world)
+    finally:
+        loader.close()
+    ddp.release(method)
+    return iters
+
+
+_Sums = dict[str, torch.Tensor]
+
+
+class _Meter:
+    """Accumulates step logs as tensors and syncs with the host only when a record is written."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}  # per key: some logs exist only after the warm-up
+        self.images = 0
+        self.t0 = time.perf_counter()
+
+    def add(self, logs: dict[str, torch.Tensor], images: int) -> None:
+        for k, v in logs.items():
+            self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
+            self.counts[k] = self.counts.get(k, 0) + 1
+        self.images += images
+
+    def record(self, step: int, reduce: Callable[[_Sums], _Sums]) -> dict[str, Any]:
+        """The record for ``step``; ``reduce`` combines the sums over processes first."""
+        rec: dict[str, Any] = {"step": step}
+        for k, v in reduce(self.sums).items():
+            v = v.detach().float().cpu()
+            rec[k] = v.tolist() if v.numel() > 1 else float(v) / self.counts[k]
+        rec["images_per_s"] = round(self.images / max(time.perf_counter() - self.t0, 1e-9), 3)
+        self.__init__()  # type: ignore[misc]
+        return rec
+
+
+def _check_finite(loss: float | None, step: int, run: RunDir) -> None:
+    """Stop with one actionable line when the loss is NaN/inf (every process sees the same value)."""
+    if loss is not None and not math.isfinite(loss):
+        raise DivergedError(
+            f"adaptation diverged at step {step} (loss {loss}); nothing after the last checkpoint in "
+            f'{run.path} was saved. Lower optim.lr, or set student_bn = "train" if the source model\'s '
+            "BatchNorm statistics do not suit these frames, and start a new run"
+        )
+
+
+# --- 3. finish -------------------------------------------------------------------------------------
+
+
+def finish(method: Method, job: Job, steps: int, before: EvalResult | None) -> AdaptResult:
+    """Save the networks (rank 0), score the deliverable when labels were given, write the summary."""
+    cfg, run, ddp = job.cfg, job.run, job.ddp
+    method.cpu()
+    student = replace(job.source, module=method.student.eval())
+    teacher = replace(job.source, module=method.teacher.eval()) if method.teacher is not None else None
+    model = teacher if (teacher is not None and method.deliverable_role == "teacher") else student
+    if not ddp.is_main:  # the same networks as rank 0 (checked); rank 0 writes and evaluates
+        return AdaptResult(model, teacher, student, run.path, {"rank": ddp.rank}, method.metric, cfg)
+    paths = {
+        "model_path": save_model(model, run.model_path("model"), then=KEEP_LAST),
+        "student_path": save_model(student, run.model_path("student"), then=KEEP_LAST),
+        "teacher_path": save_model(teacher, run.model_path("teacher"), then=KEEP_LAST) if teacher else None,
+    }
+    try:
+        paths["torchscript_path"] = save_torchscript(model, run.torchscript_path, then=KEEP_LAST)
+    except StvmError:
+        raise  # a write failure (disk full, ...) is the user's to fix, not a model that cannot script
+    except Exception as exc:  # not every user model scripts or traces; the checkpoint is the deliverable
+        log.warning("TorchScript export skipped: %s", exc)
+    _checkpoint(method, run, steps, ddp.world)
+    metrics: dict[str, Any] = {
+        "run_dir": str(run.path),
+        **{k: str(v) if v else None for k, v in paths.items()},
+        "method": cfg.method,
+        "deliverable": "teacher" if model is teacher else "student",
+        "steps": steps,
+        "processes": ddp.world,
+        "frames_found": job.folder.found,
+        "frames_used": job.folder.usable,
+        "images_skipped": job.folder.skip_report(),
+        "images_seen": steps * cfg.data.batch_size * ddp.world,
+        "seconds": round(time.perf_counter() - job.t_start, 2),
+    }
+    if before is not None:
+        after = job.evaluate(model)
+        assert after is not None  # labelled frames exist: `before` was scored on them
+        metrics.update(
+            miou_before=before.miou,
+            miou_after=after.miou,
+            per_class_iou={"before": before.per_class_iou, "after": after.per_class_iou},
+            images_evaluated=after.n_images,
+        )
+    run.write_summary(metrics)
+    return AdaptResult(model, teacher, student, run.path, metrics, method.metric, cfg)

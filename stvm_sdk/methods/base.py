@@ -1,0 +1,166 @@
+"""The contract every adaptation method meets: what it trains, one step, which network it delivers.
+
+The loop (:mod:`stvm_sdk.loop`) never asks which method runs. It re-estimates BatchNorm statistics on
+the target (decision 0) when :attr:`Method.reestimate_bn`, builds the method with :meth:`Method.build`,
+calls :meth:`Method.step` ``run.iters`` times when the method trains, checkpoints ``state_dict()`` and
+the optimiser, and saves :meth:`Method.deliverable`. Multi-process runs, resume, evaluation and export
+come with it. A method is pure torch: no files, no printing, no host syncs in the step.
+
+To write one: subclass :class:`Method`, implement :meth:`Method.loss` (a method without it trains
+nothing), optionally override :meth:`Method.param_groups` or :meth:`Method.after_step`, declare its
+own knobs as an ``Options`` dataclass (config section ``[methods.<name>]``), and register it with
+:func:`stvm_sdk.methods.register_method`.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from stvm_sdk.methods.parts.collective import Collective
+
+if TYPE_CHECKING:
+    from stvm_sdk.config import AdaptConfig
+    from stvm_sdk.models.io import SegModel
+
+Logs = dict[str, Tensor]
+PHASE_PREFIX = "step."  # names of a step's phases in torch.profiler traces (benchmarks/step_time.py)
+
+
+def phase(name: str) -> torch.profiler.record_function:
+    """A named phase of a training step, visible in profiler traces (free when no profiler runs)."""
+    return torch.profiler.record_function(PHASE_PREFIX + name)
+
+
+class Method(nn.Module):
+    """An adaptation method: a student (and whatever else it trains) built from the source network.
+
+    Attributes set for every method: ``student`` (a trainable copy of the source network), ``teacher``
+    and ``metric`` (None unless the method has them), ``optimizer`` (None for methods that do not
+    train), ``cfg``, ``num_classes``, ``classifier`` (module path of the head), ``mean``/``std``.
+    """
+
+    name: ClassVar[str] = ""  # set by register_method
+    summary: ClassVar[str] = ""  # one line: what the method does (CLI, README, tables)
+    updates: ClassVar[str] = ""  # what it changes in the network, for `stvm methods`
+    order: ClassVar[int] = 100  # position in tables: baselines first, the ablation ladder, STvM last
+    reestimate_bn: ClassVar[bool] = True  # start from target BatchNorm statistics (decision 0)
+    eager_only: ClassVar[str | None] = None  # why a TorchScript model cannot be adapted with it
+    Options: ClassVar[type | None] = None  # a dataclass of the method's own knobs, or None
+
+    def __init__(self, source: SegModel, cfg: AdaptConfig, generator: torch.Generator) -> None:
+        super().__init__()
+        self.cfg, self.num_classes, self.classifier = cfg, source.num_classes, source.classifier
+        self.mean, self.std = source.mean, source.std
+        self.student = copy.deepcopy(source.module).train()
+        for p in self.student.parameters():
+            p.requires_grad_(True)
+        self.teacher: nn.Module | None = None
+        self.metric: nn.Module | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        # Set by stvm_sdk.distributed for multi-process runs: the DistributedDataParallel wrappers the
+        # step runs forward through, and the cross-process operations. A plain dict (not a module
+        # attribute) keeps the wrappers out of state_dict, so checkpoint keys never change.
+        self.wrappers: dict[str, nn.Module] = {}
+        self.comm = Collective()
+
+    @classmethod
+    def build(cls, source: SegModel, cfg: AdaptConfig, generator: torch.Generator) -> Method:
+        """The method with its networks made from ``source`` (not mutated) and its optimiser."""
+        method = cls(source, cfg, generator)
+        method.optimizer = method.make_optimizer() if cls.trains() else None
+        return method
+
+    @classmethod
+    def trains(cls) -> bool:
+        """Whether the method takes training steps (it implements :meth:`loss`)."""
+        return cls.loss is not Method.loss
+
+    @property
+    def options(self) -> Any:
+        """This method's ``Options`` from the config (``[methods.<name>]``), or None."""
+        return self.cfg.methods.get(self.name)
+
+    # --- what it trains ---------------------------------------------------------------------------
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Optimiser groups: the student's body, and its classifier at ``optim.head_lr_mult`` x lr."""
+        head = f"{self.classifier}." if self.classifier else "\0"
+        named = list(self.student.named_parameters())
+        return [
+            {"params": [p for n, p in named if not n.startswith(head)], "lr_mult": 1.0},
+            {"params": [p for n, p in named if n.startswith(head)], "lr_mult": self.cfg.optim.head_lr_mult},
+        ]
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        """SGD (decision 9) or AdamW over :meth:`param_groups` (empty groups dropped)."""
+        o = self.cfg.optim
+        groups = [g for g in self.param_groups() if g["params"]]
+        if o.optimizer == "sgd":
+            return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        return torch.optim.AdamW(groups, lr=o.lr, weight_decay=o.weight_decay)
+
+    def lr_at(self, step: int) -> float:
+        """Poly decay (decision 9): lr * (1 - t/T)^power; each group scales it by its ``lr_mult``."""
+        total = max(self.cfg.run.iters, 1)
+        return self.cfg.optim.lr * (1.0 - min(step, total - 1) / total) ** self.cfg.optim.poly_power
+
+    # --- one step -----------------------------------------------------------------------------------
+
+    def loss(
+        self, images: Tensor, step: int, g: torch.Generator, g_batch: torch.Generator
+    ) -> tuple[Tensor, Logs]:
+        """The step's loss on target images ``[B,3,H,W]`` in [0,1], and detached tensors to log.
+
+        ``g`` draws this process's per-sample randomness; ``g_batch`` draws over the global batch
+        and is the same on every process (they are one generator in a single-process run).
+        """
+        raise TypeError(f"method {self.name!r} takes no training steps (it implements no loss)")
+
+    def after_step(self, step: int) -> None:
+        """Called after each optimiser step (the teacher's EMA update, for teacher methods)."""
+
+    def step(
+        self, images: Tensor, step: int, g: torch.Generator, g_batch: torch.Generator | None = None
+    ) -> Logs:
+        """One optimisation step on target images ``[B,3,H,W]`` in [0,1]; returns detached log tensors."""
+        if self.optimizer is None:
+            return {}
+        lr = self.lr_at(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_mult", 1.0)
+        amp = self.cfg.run.amp and images.is_cuda
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
+            loss, logs = self.loss(images, step, g, g if g_batch is None else g_batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        with phase("backward"):
+            loss.backward()
+        with phase("optimizer"):
+            self.optimizer.step()
+        # BN running statistics are not gradients, so DDP leaves them per-process: average them so
+        # that whatever reads the student next (the teacher's EMA) sees the same network everywhere.
+        self.comm.sync_buffers(self.student)
+        with phase("after_step"):
+            self.after_step(step)
+        logs["loss"] = loss.detach()
+        logs["lr"] = torch.tensor(self.optimizer.param_groups[0]["lr"])
+        return logs
+
+    def net(self, name: str) -> nn.Module:
+        """The network to run forward: its DDP wrapper when there is one, else the network itself."""
+        wrapper = self.wrappers.get(name)  # not `or`: an empty nn.Sequential is falsy
+        return wrapper if wrapper is not None else getattr(self, name)
+
+    # --- what it delivers ---------------------------------------------------------------------------
+
+    @property
+    def deliverable_role(self) -> str:
+        """``"teacher"`` or ``"student"``: the network saved as the run's model (decision 10)."""
+        return "student"
+
+    def deliverable(self) -> nn.Module:
+        """The output network."""
+        return getattr(self, self.deliverable_role)

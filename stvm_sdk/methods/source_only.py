@@ -1,0 +1,17 @@
+"""``source_only``: no adaptation; the source model as it is (the table's lower bound)."""
+
+from __future__ import annotations
+
+from stvm_sdk.methods.base import Method
+from stvm_sdk.methods.registry import register_method
+
+
+@register_method
+class SourceOnly(Method):
+    """The source network, unchanged: not even its BatchNorm statistics."""
+
+    name = "source_only"
+    summary = "no adaptation: the source model as it is"
+    updates = "nothing"
+    order = 0
+    reestimate_bn = False

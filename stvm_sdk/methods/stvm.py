@@ -1,0 +1,103 @@
+"""``stvm``: self-training via metric learning (Akkaya & Halici, CVIU), as docs/method.md describes.
+
+The mean teacher's pseudo-labels are all used; each pixel's loss is weighted by its reliability, which
+a metric network M (a copy of the classifier reading the teacher's features, decision 2) measures
+against learnable class proxies (decisions 3-5); the student's input is mixed by the metric-guided
+online ClassMix, MOCM (decision 7). M and the proxies train on the teacher's pseudo-labels with a
+proxy loss over the global batch (decision 4) and warm up before the student starts learning.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as nnf
+from torch import Tensor
+
+from stvm_sdk.errors import ConfigError
+from stvm_sdk.methods.base import Logs
+from stvm_sdk.methods.mean_teacher import MeanTeacher
+from stvm_sdk.methods.parts.metric import MetricHead, balanced_pixel_mask, proxy_anchor_loss, proxy_nca_loss
+from stvm_sdk.methods.parts.mixing import mocm
+from stvm_sdk.methods.parts.pseudo import detach_features, reliability
+from stvm_sdk.methods.registry import register_method
+from stvm_sdk.models.contract import FeatureHook, get_submodule
+
+if TYPE_CHECKING:
+    from stvm_sdk.config import AdaptConfig
+    from stvm_sdk.models.io import SegModel
+
+
+@register_method
+class Stvm(MeanTeacher):
+    """Pixel weights from the metric network's reliability, and MOCM on the student's input."""
+
+    name = "stvm"
+    summary = "STvM: metric-reliability weights on all pseudo-labels, plus MOCM"
+    updates = "all student weights, the metric network and proxies; the teacher follows by EMA"
+    order = 70
+    eager_only = "hooks the classifier"
+
+    def __init__(self, source: SegModel, cfg: AdaptConfig, generator: torch.Generator) -> None:
+        super().__init__(source, cfg, generator)
+        if self.classifier is None:
+            raise ConfigError(
+                f"--method {self.name} reads the classifier's input features: name the classifier "
+                "module with --classifier (classifier= in Python)"
+            )
+        assert self.teacher is not None
+        head = get_submodule(self.teacher, self.classifier)
+        self.metric = MetricHead(head, self.num_classes, cfg.metric.embed_dim, generator)
+        self._teacher_hook = FeatureHook(self.teacher, self.classifier)
+
+    @property
+    def warmup(self) -> int:
+        return self.cfg.metric.warmup
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The student's groups, then M's body and the proxies (decision 3: proxies at x100 M's lr)."""
+        assert isinstance(self.metric, MetricHead)
+        m_mult = self.cfg.optim.head_lr_mult
+        return [
+            *super().param_groups(),
+            {"params": list(self.metric.body.parameters()), "lr_mult": m_mult},
+            {"params": [self.metric.proxies], "lr_mult": m_mult * self.cfg.metric.proxy_lr_mult},
+        ]
+
+    def weigh(
+        self, t_logits: Tensor, conf: Tensor, pseudo: Tensor, g_batch: torch.Generator, logs: Logs
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The metric loss (M and proxies only) and each pixel's reliability (decisions 4-5)."""
+        assert isinstance(self.metric, MetricHead)
+        cfg = self.cfg.metric
+        z = self.net("metric")(detach_features(self._teacher_hook.pop()))
+        y_feat = nnf.interpolate(t_logits, size=z.shape[-2:], mode="bilinear", align_corners=False).argmax(1)
+        # The metric loss is a set function of the batch (per-class caps, per-proxy sums): take it
+        # over the global batch, identical on every process (identity in one process).
+        z_all, y_all = self.comm.gather(z), self.comm.gather(y_feat)
+        mask = balanced_pixel_mask(y_all, self.num_classes, cfg.pixels_per_class, g_batch)
+        proxies = self.metric.unit_proxies()
+        if cfg.loss == "proxy_anchor":
+            l_metric = proxy_anchor_loss(z_all, y_all, proxies, mask, cfg.alpha, cfg.delta)
+        else:
+            l_metric = proxy_nca_loss(z_all, y_all, proxies, mask, cfg.nca_scale)
+        logs["loss_metric"] = l_metric.detach()
+        rel = self.cfg.reliability
+        r = reliability(z, proxies, y_feat, rel.mode, rel.scale, self.cfg.run.kernel_backend)
+        weights = nnf.interpolate(r[:, None], size=pseudo.shape[-2:], mode="bilinear", align_corners=False)[
+            :, 0
+        ]
+        return t_logits.new_zeros(()) + cfg.weight * l_metric, weights.clamp_(0.0, 1.0), pseudo
+
+    def mix(
+        self, images: Tensor, labels: Tensor, weights: Tensor, g: torch.Generator, logs: Logs
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """MOCM (decision 7): paste reliable patches of chosen classes onto the next sample."""
+        mix = self.cfg.mix
+        x, labels, weights, mask = mocm(
+            images, labels, weights, self.num_classes, patch=mix.patch, tau=mix.tau,
+            fraction=mix.class_fraction, generator=g, backend=self.cfg.run.kernel_backend,
+        )  # fmt: skip
+        logs["mix_fraction"] = mask.float().mean()
+        return x, labels, weights

@@ -1,0 +1,53 @@
+"""``tent``: entropy minimisation on BatchNorm affine parameters (Wang et al., ICLR 2021)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as nnf
+from torch import Tensor
+
+from stvm_sdk.errors import ConfigError
+from stvm_sdk.methods.base import Logs, Method, phase
+from stvm_sdk.methods.parts.norm import configure_tent
+from stvm_sdk.methods.registry import register_method
+from stvm_sdk.models.contract import forward_logits, normalize
+
+
+@dataclass(frozen=True)
+class TentOptions:
+    """Tent's own knobs (config section ``[methods.tent]``)."""
+
+    lr: float = 1e-4  # Adam's constant learning rate on the BN affine parameters
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ConfigError(f"methods.tent.lr must be > 0, got {self.lr}")
+
+
+@register_method
+class Tent(Method):
+    """The student's BN layers normalise by batch statistics; only their scale and shift learn."""
+
+    name = "tent"
+    summary = "entropy minimisation on BatchNorm affine parameters"
+    updates = "BatchNorm affine parameters (statistics from each batch)"
+    order = 20
+    eager_only = "re-parametrises BatchNorm"
+    Options = TentOptions
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(configure_tent(self.student), lr=self.options.lr, betas=(0.9, 0.999))
+
+    def lr_at(self, step: int) -> float:
+        return float(self.options.lr)  # constant, as in tent
+
+    def loss(
+        self, images: Tensor, step: int, g: torch.Generator, g_batch: torch.Generator
+    ) -> tuple[Tensor, Logs]:
+        with phase("student"):
+            logits = forward_logits(self.net("student"), normalize(images, self.mean, self.std)).float()
+        logp = nnf.log_softmax(logits, 1)
+        entropy = -(logp.exp() * logp).sum(1).mean()
+        return entropy, {"loss_entropy": entropy.detach()}
