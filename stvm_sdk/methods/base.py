@@ -3,8 +3,9 @@
 The loop (:mod:`stvm_sdk.loop`) never asks which method runs. It re-estimates BatchNorm statistics on
 the target (decision 0) when :attr:`Method.reestimate_bn`, builds the method with :meth:`Method.build`,
 calls :meth:`Method.step` ``run.iters`` times when the method trains, checkpoints ``state_dict()`` and
-the optimiser, and saves :meth:`Method.deliverable`. Multi-process runs, resume, evaluation and export
-come with it. A method is pure torch: no files, no printing, no host syncs in the step.
+the optimiser, and saves the network :attr:`Method.deliverable_role` names. Multi-process runs,
+resume, evaluation and export come with it. A method is pure torch: no files, no printing, no host
+syncs in the step.
 
 To write one: subclass :class:`Method`, implement :meth:`Method.loss` (a method without it trains
 nothing), optionally override :meth:`Method.param_groups` or :meth:`Method.after_step`, declare its
@@ -160,7 +161,3 @@ class Method(nn.Module):
     def deliverable_role(self) -> str:
         """``"teacher"`` or ``"student"``: the network saved as the run's model (decision 10)."""
         return "student"
-
-    def deliverable(self) -> nn.Module:
-        """The output network."""
-        return getattr(self, self.deliverable_role)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stvm_sdk.data import synthetic
 from stvm_sdk.errors import ConfigError
+from stvm_sdk.synthetic import dataset as synthetic
 from stvm_sdk.synthetic.render.labels import LABEL_TO_TRAIN, TRAIN_TO_LABEL
 
 SIZE = (64, 128)  # small frames keep the module well under its time budget
