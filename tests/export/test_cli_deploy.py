@@ -9,9 +9,10 @@ import numpy as np
 import onnx
 import pytest
 from PIL import Image
-from stvm_sdk.boundary.outputs import MARKER
 from stvm_sdk.cli.app import app
 from typer.testing import CliRunner
+
+from stvm_sdk.boundary.outputs import MARKER
 
 runner = CliRunner()
 
