@@ -22,10 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from stvm_sdk.bench.runners import BACKENDS, Runner, open_runner
 from stvm_sdk.bench.timing import Stats, measure_interleaved, open_and_warm
 from stvm_sdk.boundary.args import suggest
 from stvm_sdk.errors import ConfigError, ModelLoadError
+from stvm_sdk.runners.base import Runner
+from stvm_sdk.runners.dispatch import BACKENDS, backend_of, open_runner
+from stvm_sdk.runners.trt import TrtRunner
 
 
 @dataclass
@@ -97,10 +99,8 @@ def _has_vnni() -> bool | None:
 def _pairs(paths: Sequence[Path], wanted: list[str] | None) -> list[tuple[Path, str]]:
     pairs = []
     for p in paths:
-        kind = {".onnx": ["ort"], ".engine": ["trt"], ".plan": ["trt"]}.get(
-            p.suffix.lower(), ["torch", "ort"]
-        )
-        for b in kind:
+        own = backend_of(p)
+        for b in [own, "ort"] if own == "torch" else [own]:  # a checkpoint also runs exported on the fly
             if wanted is None or b in wanted:
                 pairs.append((p, b))
     for b in wanted or []:
@@ -126,8 +126,6 @@ def _open(
         runner.path = path
         return runner
     if backend == "trt":
-        from stvm_sdk.export.tensorrt import TrtRunner
-
         TrtRunner.check_compatible(path, shape)  # profile and GPU/TensorRT match, before any TensorRT object
     return open_runner(path, backend, trust_pickle=trust_pickle, threads=threads)
 

@@ -17,12 +17,11 @@ from typing import Any
 from stvm_sdk.boundary.outputs import claim_dir, write_json_atomic
 from stvm_sdk.errors import ConfigError, DataError, VerificationError
 from stvm_sdk.export import sidecar as sc
-from stvm_sdk.export.artifacts import publish, read_sidecar, sidecar_path, staging_dir
+from stvm_sdk.export.artifacts import publish, staging_dir
 from stvm_sdk.export.onnx import OnnxExport, export_onnx
 from stvm_sdk.export.quantize import quantize_int8
 from stvm_sdk.export.report import Artifact, ExportOptions, ExportReport
 from stvm_sdk.export.tensorrt import (
-    Profile,
     build_engine,
     parse_profile,
     trt_unavailable_reason,
@@ -38,6 +37,8 @@ from stvm_sdk.export.verify import (
     verify_onnx,
 )
 from stvm_sdk.models.io import SegModel, require_finite
+from stvm_sdk.runners.base import read_sidecar, sidecar_path
+from stvm_sdk.runners.trt import Profile
 
 Log = Callable[[str], None]
 

@@ -154,7 +154,7 @@ def verify_onnx(
     """
     if not frames:
         raise DataError("no frames to verify the export on")
-    from stvm_sdk.bench.runners import ort_session
+    from stvm_sdk.runners.ort import ort_session
 
     sess = session or ort_session(Path(path))
     acc = _Accumulator(model.num_classes)
