@@ -125,7 +125,8 @@ def calib_folder(a: argparse.Namespace, train: Path, n: int = 24) -> Path:
 
 def accuracy(model, export, val: Path, size: tuple[int, int]) -> dict:  # noqa: ANN001
     """fp32/fp16/int8 graphs vs eager on every held-out labelled frame (not used for calibration)."""
-    from stvm_sdk.export.verify import load_frames, verify_onnx
+    from stvm_sdk.export.frames import load_frames
+    from stvm_sdk.export.verify import verify_onnx
 
     frames, desc = load_frames(val, size=size, n=10_000)
     out = {"frames": desc}

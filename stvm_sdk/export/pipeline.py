@@ -18,6 +18,7 @@ from stvm_sdk.boundary.outputs import claim_dir, write_json_atomic
 from stvm_sdk.errors import ConfigError, DataError, VerificationError
 from stvm_sdk.export import sidecar as sc
 from stvm_sdk.export.artifacts import publish, staging_dir
+from stvm_sdk.export.frames import VerifyFrame, load_frames, onnx_inputs
 from stvm_sdk.export.onnx import OnnxExport, export_onnx
 from stvm_sdk.export.quantize import quantize_int8
 from stvm_sdk.export.report import Artifact, ExportOptions, ExportReport
@@ -28,14 +29,7 @@ from stvm_sdk.export.tensorrt import (
     trtexec_command,
 )
 from stvm_sdk.export.trt_ops import check_file
-from stvm_sdk.export.verify import (
-    Verification,
-    VerifyFrame,
-    load_frames,
-    onnx_inputs,
-    require_pass,
-    verify_onnx,
-)
+from stvm_sdk.export.verify import Verification, require_pass, verify_onnx
 from stvm_sdk.models.io import SegModel, require_finite
 from stvm_sdk.runners.base import read_sidecar, sidecar_path
 from stvm_sdk.runners.trt import Profile

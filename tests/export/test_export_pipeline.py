@@ -13,9 +13,10 @@ from onnx import numpy_helper
 
 from stvm_sdk.boundary.fingerprint import sha256
 from stvm_sdk.errors import VerificationError
+from stvm_sdk.export.frames import VerifyFrame, load_frames
 from stvm_sdk.export.quantize import quantize_int8
 from stvm_sdk.export.trt_ops import check_file
-from stvm_sdk.export.verify import VerifyFrame, load_frames, require_pass, verify_onnx
+from stvm_sdk.export.verify import require_pass, verify_onnx
 
 
 def test_every_precision_passes_its_checks_on_labelled_frames(full_export) -> None:
