@@ -146,8 +146,7 @@ def measure(a: argparse.Namespace, model_path: Path, val: Path, train: Path) -> 
     t0 = time.perf_counter()
     opts = ExportOptions(
         out_dir=a.cache / "export",
-        fp16=True,
-        int8=True,
+        precisions=("fp16", "int8"),
         calib=calib_folder(a, train),
         shape=a.shape,
         verify_frames=8,

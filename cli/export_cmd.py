@@ -56,13 +56,13 @@ def export_command(
     """Export MODEL to ONNX (and TensorRT), verifying every artifact against eager PyTorch."""
     from stvm_sdk.errors import BackendUnavailableError
     from stvm_sdk.export.pipeline import ExportOptions, export_model
+    from stvm_sdk.export.precisions import engine_precisions
     from stvm_sdk.models import load_model
 
     opts = ExportOptions(
         out_dir=out,
         name=name,
-        fp16=fp16,
-        int8=int8,
+        precisions=tuple(name for name, asked in (("fp16", fp16), ("int8", int8)) if asked),
         calib=calib,
         labels=labels,
         argmax=argmax,
@@ -85,13 +85,13 @@ def export_command(
     if json_out:
         print_json(report.to_dict())
     else:
+        engines = engine_precisions(a.precision for a in report.artifacts)
         for a in report.artifacts:
             console.print(
                 f"wrote {a.onnx_path} + {a.sidecar_path.name}"
                 + (f", {a.engine_path}" if a.engine_path else "")
             )
-            engine_built_for = a.precision != "fp32" or len(report.artifacts) == 1  # as _build_engines does
-            if trt and engine_built_for:
+            if trt and a.precision in engines:
                 # One unwrapped line: it is meant to be copied to the car as is.
                 console.print(f"  on the car: {a.trtexec}", soft_wrap=True, markup=False, highlight=False)
     if report.trt_error:

@@ -190,7 +190,7 @@ def edge_estimate(runners: Sequence[Runner], shape: tuple[int, ...], tmp: Path) 
     """Roofline lower bounds for the first model that has (or can export) an ONNX graph."""
     import onnx
 
-    from stvm_sdk.bench.roofline import edge_estimates, model_cost
+    from stvm_sdk.bench.roofline import edge_estimates, edge_precisions, model_cost
 
     for r in runners:
         path = r.path
@@ -199,7 +199,7 @@ def edge_estimate(runners: Sequence[Runner], shape: tuple[int, ...], tmp: Path) 
         if Path(path).suffix != ".onnx" or not Path(path).is_file():
             continue
         cost = model_cost(onnx.load(str(path), load_external_data=False), shape)
-        rows = [row for prec in ("fp16", "int8") for row in edge_estimates(cost, prec)]
+        rows = [row for prec in edge_precisions() for row in edge_estimates(cost, prec)]
         return {
             "model": Path(r.path).name,
             "gflops": cost.flops / 1e9,

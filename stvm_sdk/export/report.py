@@ -17,8 +17,8 @@ class ExportOptions:
 
     out_dir: Path = Path("export")
     name: str = "model"
-    fp16: bool = False
-    int8: bool = False
+    # Precisions to write besides the base fp32 graph (names in export.precisions.PRECISIONS).
+    precisions: tuple[str, ...] = ()
     calib: Path | None = None
     labels: Path | None = None
     argmax: bool = False

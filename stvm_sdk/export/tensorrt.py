@@ -15,6 +15,7 @@ from typing import Any
 
 from stvm_sdk.boundary.outputs import write_bytes_atomic
 from stvm_sdk.errors import BackendUnavailableError, ConfigError, ModelLoadError
+from stvm_sdk.export.precisions import precision as precision_row
 from stvm_sdk.runners.trt import INSTALL_HINT, Profile, fmt_shape, gpu_identity
 
 _SHAPE = re.compile(r"^(?:(\d+)x)?(\d+)x(\d+)$")
@@ -60,9 +61,7 @@ def trtexec_command(
         f"--maxShapes={input_name}:{fmt_shape(profile.max)}", f"--memPoolSize=workspace:{workspace_mib}M",
         f"--timingCacheFile={engine_path.stem}.timing.cache",
     ]  # fmt: skip
-    # fp16 also for the Q/DQ graph: layers TensorRT keeps in float may then run in half precision.
-    args += {"fp16": ["--fp16"], "int8": ["--int8", "--fp16"]}.get(precision, [])
-    return " ".join(args)
+    return " ".join(args + precision_row(precision).trtexec_flags)
 
 
 def trt_unavailable_reason() -> str | None:
@@ -134,10 +133,8 @@ def _config(trt: Any, builder: Any, profile: Profile, precision: str, workspace_
     """Builder config: workspace limit, precision flags, the optimisation profile, the timing cache."""
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
-    if precision in ("fp16", "int8"):
-        config.set_flag(trt.BuilderFlag.FP16)
-    if precision == "int8":
-        config.set_flag(trt.BuilderFlag.INT8)  # explicit quantization: scales come from the Q/DQ nodes
+    for flag in precision_row(precision).trt_flags:
+        config.set_flag(getattr(trt.BuilderFlag, flag))
     opt_profile = builder.create_optimization_profile()
     opt_profile.set_shape(input_name, profile.min, profile.opt, profile.max)
     config.add_optimization_profile(opt_profile)

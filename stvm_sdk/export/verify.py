@@ -24,21 +24,14 @@ from stvm_sdk.data.images import resize_label
 from stvm_sdk.errors import DataError, VerificationError
 from stvm_sdk.eval.metrics import confusion_matrix, mean_iou
 from stvm_sdk.export.frames import VerifyFrame, onnx_inputs
+from stvm_sdk.export.precisions import PRECISIONS, Thresholds, base
 from stvm_sdk.models.contract import forward_logits, normalize
 from stvm_sdk.models.io import SegModel
-
-# Pass criteria per precision. fp32 differs only by kernel rounding; fp16 and int8 may flip pixels
-# whose two best logits are nearly tied, so they are judged on class agreement and mIoU instead.
-THRESHOLDS: dict[str, dict[str, float]] = {
-    "fp32": {"rel_max_abs_diff": 1e-3, "argmax_agreement": 99.9},
-    "fp16": {"argmax_agreement": 99.5},
-    "int8": {"argmax_agreement": 90.0, "miou_drop": 1.0},
-}
 
 
 @dataclass
 class Verification:
-    """How an ONNX graph compares with eager PyTorch; ``passed`` applies :data:`THRESHOLDS`."""
+    """How an ONNX graph compares with eager PyTorch; ``passed`` applies its precision's thresholds."""
 
     precision: str
     n_frames: int
@@ -127,20 +120,21 @@ class _Accumulator:
             self.labelled += 1
 
 
-def judge(v: Verification, thresholds: dict[str, dict[str, float]] | None = None) -> Verification:
-    """Set ``v.passed``/``v.failures`` from the thresholds of its precision."""
-    t = (thresholds or THRESHOLDS).get(v.precision, THRESHOLDS["fp32"])
+def judge(v: Verification, thresholds: Thresholds | None = None) -> Verification:
+    """Set ``v.passed``/``v.failures`` from ``thresholds``, by default those of its precision's row
+    (the base row's for a precision the table does not have)."""
+    t = thresholds or PRECISIONS.get(v.precision, base()).thresholds
     fails = ["NaN or inf in the outputs"] if v.non_finite else []
-    if v.argmax_agreement < t.get("argmax_agreement", 0.0):
-        fails.append(f"argmax agreement {v.argmax_agreement:.3f}% < {t['argmax_agreement']}%")
-    if "rel_max_abs_diff" in t and v.max_abs_diff is not None:
-        limit = t["rel_max_abs_diff"] * max(1.0, v.max_abs_logit or 0.0)
+    if v.argmax_agreement < t.argmax_agreement:
+        fails.append(f"argmax agreement {v.argmax_agreement:.3f}% < {t.argmax_agreement}%")
+    if t.rel_max_abs_diff is not None and v.max_abs_diff is not None:
+        limit = t.rel_max_abs_diff * max(1.0, v.max_abs_logit or 0.0)
         if not v.max_abs_diff <= limit:
             fails.append(f"max |logit diff| {v.max_abs_diff:.3g} > {limit:.3g}")
-    if "miou_drop" in t and v.miou_delta is not None and v.miou_delta < -t["miou_drop"]:
+    if t.miou_drop is not None and v.miou_delta is not None and v.miou_delta < -t.miou_drop:
         fails.append(
             f"mIoU {v.miou_onnx:.2f} is {-v.miou_delta:.2f} points below eager ({v.miou_eager:.2f}), "
-            f"more than {t['miou_drop']}"
+            f"more than {t.miou_drop}"
         )
     v.failures, v.passed = fails, not fails
     return v

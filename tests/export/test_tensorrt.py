@@ -134,7 +134,9 @@ def test_fp16_engine_builds_runs_and_agrees_with_onnx(tmp_path: Path, tiny_model
 
     report = export_model(
         tiny_model,
-        ExportOptions(out_dir=tmp_path, fp16=True, trt=True, shape="64x128:64x128:128x256", verify_frames=2),
+        ExportOptions(
+            out_dir=tmp_path, precisions=("fp16",), trt=True, shape="64x128:64x128:128x256", verify_frames=2
+        ),
     )
     engine = report.artifacts[-1].engine_path
     assert engine is not None and json.loads((tmp_path / "model_fp16.engine.json").read_text())["gpu"]
