@@ -68,10 +68,17 @@ def export_model(
     claim_dir(opts.out_dir, "export", inputs=(source, opts.calib, opts.labels))
     size = (profile.opt[2], profile.opt[3])
     verify, calib, source_desc = _frames(opts, size, model.num_classes)
+    disjoint = not any(f is v for f in calib for v in verify)
+    if not disjoint and (calibrated := [r.name for r in rows if r.needs_calibration]):
+        say(
+            f"--calib has {len(calib)} frame(s), too few to split from the {opts.verify_frames} "
+            f"verification frames: {', '.join(calibrated)} is calibrated and verified on the same "
+            "frames, so its check is optimistic (give the folder more frames than --verify-frames)"
+        )
     final = opts.out_dir / f"{opts.name}.onnx"
-    report = ExportReport([], source_desc)
+    report = ExportReport([], source_desc, calibration_disjoint=disjoint)
     with staging_dir(final) as stage:
-        job = ExportJob(model, opts, stage, verify, calib, _comparer(model, opts), say)
+        job = ExportJob(model, opts, stage, verify, calib, _comparer(model, opts), say, disjoint)
         staged = [_stage(job, row, report) for row in rows]
         if show:
             show([s.verification for s in staged])
@@ -116,7 +123,7 @@ def _frames(
     except DataError as exc:
         raise DataError(f"--calib: {exc}") from None
     if len(frames) <= opts.verify_frames:
-        return frames, frames, desc  # too few to split: calibrate and verify on the same frames
+        return frames, frames, desc  # too few to split: the caller says so
     verify = frames[:: max(1, len(frames) // opts.verify_frames)][: opts.verify_frames]
     calib = [f for f in frames if not any(f is v for v in verify)]
     return verify, calib, desc

@@ -70,6 +70,7 @@ class ExportReport:
     artifacts: list[Artifact]
     frames: str
     calibration: Int8Result | None = None
+    calibration_disjoint: bool = True  # False: calibrated on the verification frames (too few to split)
     trt_error: str | None = None
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -80,7 +81,15 @@ class ExportReport:
             **main.to_dict(),
             "artifacts": [a.to_dict() for a in self.artifacts],
             "frames": self.frames,
-            "calibration": {"method": cal.method, "scores": cal.scores} if cal else None,
+            "calibration": (
+                {
+                    "method": cal.method,
+                    "scores": cal.scores,
+                    "disjoint_from_verification": self.calibration_disjoint,
+                }
+                if cal
+                else None
+            ),
             "trt_error": self.trt_error,
             "seconds": self.seconds,
         }

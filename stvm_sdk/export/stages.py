@@ -48,6 +48,7 @@ class ExportJob:
     calib: list[VerifyFrame]
     compare: Callable[[Path, Sequence[VerifyFrame], str], Verification]
     say: Callable[[str], None]
+    calib_disjoint: bool = True  # False: too few frames to split, calibration reuses verification's
     base: StagedGraph | None = None  # the base row's graph, once written
 
     def path(self, row: Precision) -> Path:
@@ -71,17 +72,17 @@ def export_float(job: ExportJob, row: Precision) -> StagedGraph:
 
 
 def export_int8(job: ExportJob, row: Precision) -> StagedGraph:
-    """A Q/DQ graph quantized from the base graph, calibrated on the calibration frames; the method is
-    chosen by mIoU on the verification frames when they are labelled, else by agreement with the
-    float model."""
+    """A Q/DQ graph quantized from the base graph. Ranges are calibrated, and the calibration method
+    chosen (mIoU when labelled, else agreement with the float model), on the calibration frames: the
+    verification frames judge the chosen graph, so they must not have picked it."""
     from stvm_sdk.export.frames import onnx_inputs
     from stvm_sdk.export.quantize import quantize_int8
 
     assert job.base is not None, "the base graph is written first"
-    labelled = any(f.label is not None for f in job.verify)
+    labelled = any(f.label is not None for f in job.calib)
 
     def score(path: Path) -> float:
-        v = job.compare(path, job.verify, row.name)
+        v = job.compare(path, job.calib, row.name)
         return float(v.miou_onnx) if labelled and v.miou_onnx is not None else v.argmax_agreement
 
     inputs = onnx_inputs(job.calib, job.model, baked_normalize=job.opts.bake_normalize)
@@ -93,6 +94,7 @@ def export_int8(job: ExportJob, row: Precision) -> StagedGraph:
         "scores": res.scores,
         "frames": len(job.calib),
         "score": "mIoU" if labelled else "argmax agreement %",
+        "disjoint_from_verification": job.calib_disjoint,
         "symmetric": True,
         "per_channel": True,
     }
