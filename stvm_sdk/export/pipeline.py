@@ -20,8 +20,9 @@ from stvm_sdk.errors import ConfigError, DataError, VerificationError
 from stvm_sdk.export import sidecar as sc
 from stvm_sdk.export.artifacts import publish, staging_dir
 from stvm_sdk.export.frames import VerifyFrame, load_frames
+from stvm_sdk.export.options import ExportOptions
 from stvm_sdk.export.precisions import Precision, engine_precisions, requested
-from stvm_sdk.export.report import Artifact, ExportOptions, ExportReport
+from stvm_sdk.export.report import Artifact, ExportReport
 from stvm_sdk.export.stages import ExportJob, StagedGraph
 from stvm_sdk.export.tensorrt import (
     build_engine,

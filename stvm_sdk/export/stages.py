@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from stvm_sdk.export.frames import VerifyFrame
+    from stvm_sdk.export.options import ExportOptions
     from stvm_sdk.export.precisions import Precision
     from stvm_sdk.export.quantize import Int8Result
-    from stvm_sdk.export.report import ExportOptions
     from stvm_sdk.export.verify import Verification
     from stvm_sdk.models.io import SegModel
 

@@ -71,17 +71,29 @@ ALT = replace(
 )  # fmt: skip
 
 
-def test_a_registered_row_is_exported_verified_benched_and_estimated(tiny_model, tmp_path: Path) -> None:
+def test_a_registered_row_is_a_flag_exported_verified_benched_and_estimated(
+    checkpoint: Path, tmp_path: Path
+) -> None:
+    import typer
+    from stvm_sdk.cli.commands import register_all
+    from typer.testing import CliRunner
+
     from stvm_sdk.bench.run import bench_models
 
     with registered(ALT):
-        opts = ExportOptions(out_dir=tmp_path / "out", precisions=("alt",), shape="32x64", verify_frames=1)
-        art = export_model(tiny_model, opts).artifacts[-1]
-        assert art.onnx_path.name == "model_alt.onnx" and art.verification.passed
-        assert art.trtexec.endswith("--timingCacheFile=model_alt.timing.cache --fp16")
+        app = typer.Typer()
+        register_all(app)  # the command is built from the table as it is now
+        args = ["export", checkpoint, "--alt", "--out", tmp_path / "out", "--shape", "32x64"]
+        res = CliRunner().invoke(app, [str(a) for a in [*args, "--verify-frames", "1", "--json"]])
+        assert res.exit_code == 0, res.output
+        obj = json.loads(res.stdout.strip().splitlines()[-1])
+        assert obj["precision"] == "alt" and Path(obj["onnx_path"]).name == "model_alt.onnx"
+        assert obj["verification"]["passed"] and obj["trtexec"].endswith("model_alt.timing.cache --fp16")
         close = Verification("alt", 1, (32, 64), argmax_agreement=99.2)
         assert judge(close).passed and not judge(replace(close, precision="fp32")).passed
-        report = bench_models([art.onnx_path], backends="ort", shape=(32, 64), warmup=0, iters=1, threads=1)
+        report = bench_models(
+            [obj["onnx_path"]], backends="ort", shape=(32, 64), warmup=0, iters=1, threads=1
+        )
     assert [r.precision for r in report.rows] == ["alt"]
     assert report.edge is not None
     by = {(r["device"], r["precision"]): r for r in report.edge["rows"]}
