@@ -69,17 +69,13 @@ def export_model(
     claim_dir(opts.out_dir, "export", inputs=(source, opts.calib, opts.labels))
     size = (profile.opt[2], profile.opt[3])
     verify, calib, source_desc = _frames(opts, size, model.num_classes)
-    disjoint = not any(f is v for f in calib for v in verify)
-    if not disjoint and (calibrated := [r.name for r in rows if r.needs_calibration]):
-        say(
-            f"--calib has {len(calib)} frame(s), too few to split from the {opts.verify_frames} "
-            f"verification frames: {', '.join(calibrated)} is calibrated and verified on the same "
-            "frames, so its check is optimistic (give the folder more frames than --verify-frames)"
-        )
+    disjoint = _disjoint(verify, calib, rows, opts, say)
     final = opts.out_dir / f"{opts.name}.onnx"
     report = ExportReport([], source_desc, calibration_disjoint=disjoint)
     with staging_dir(final) as stage:
-        job = ExportJob(model, opts, stage, verify, calib, _comparer(model, opts), say, disjoint)
+        job = ExportJob(
+            model, opts, stage, verify, calib, _comparer(model, opts), say, calib_disjoint=disjoint
+        )
         staged = [_stage(job, row, report) for row in rows]
         if show:
             show([s.verification for s in staged])
@@ -128,6 +124,20 @@ def _frames(
     verify = frames[:: max(1, len(frames) // opts.verify_frames)][: opts.verify_frames]
     calib = [f for f in frames if not any(f is v for v in verify)]
     return verify, calib, desc
+
+
+def _disjoint(
+    verify: list[VerifyFrame], calib: list[VerifyFrame], rows: list[Precision], opts: ExportOptions, say: Log
+) -> bool:
+    """Whether calibration and verification frames are apart; says so when a calibrated row lacks it."""
+    disjoint = not any(f is v for f in calib for v in verify)
+    if not disjoint and (calibrated := [r.name for r in rows if r.needs_calibration]):
+        say(
+            f"--calib has {len(calib)} frame(s), too few to split from the {opts.verify_frames} "
+            f"verification frames: {', '.join(calibrated)} is calibrated and verified on the same "
+            "frames, so its check is optimistic (give the folder more frames than --verify-frames)"
+        )
+    return disjoint
 
 
 def _comparer(
