@@ -125,7 +125,8 @@ def calib_folder(a: argparse.Namespace, train: Path, n: int = 24) -> Path:
 
 def accuracy(model, export, val: Path, size: tuple[int, int]) -> dict:  # noqa: ANN001
     """fp32/fp16/int8 graphs vs eager on every held-out labelled frame (not used for calibration)."""
-    from stvm_sdk.export.verify import load_frames, verify_onnx
+    from stvm_sdk.export.frames import load_frames
+    from stvm_sdk.export.verify import verify_onnx
 
     frames, desc = load_frames(val, size=size, n=10_000)
     out = {"frames": desc}
@@ -145,8 +146,7 @@ def measure(a: argparse.Namespace, model_path: Path, val: Path, train: Path) -> 
     t0 = time.perf_counter()
     opts = ExportOptions(
         out_dir=a.cache / "export",
-        fp16=True,
-        int8=True,
+        precisions=("fp16", "int8"),
         calib=calib_folder(a, train),
         shape=a.shape,
         verify_frames=8,

@@ -1,8 +1,19 @@
-"""`stvm export`: verified ONNX (fp32/fp16/INT8 Q/DQ) and, where possible, TensorRT engines."""
+"""`stvm export`: verified ONNX (fp32/fp16/INT8 Q/DQ) and, where possible, TensorRT engines.
+
+The command's options are not written here: its signature is built from the fields of
+:class:`~stvm_sdk.export.options.ExportOptions` (flag, type, default, help) and the rows of the
+precision table (one flag each), and Typer reads that signature. Only what is not an export option
+(the MODEL argument, ``--onnx``, ``--json``) is declared below.
+"""
 
 from __future__ import annotations
 
+import functools
+import inspect
+import typing
+from dataclasses import MISSING, Field, fields
 from pathlib import Path
+from typing import Any, Literal
 
 import typer
 from rich.console import Console
@@ -15,87 +26,86 @@ from stvm_sdk.cli.common import (
     user_errors,
 )
 
+from stvm_sdk.export.options import ExportOptions
+from stvm_sdk.export.precisions import PRECISIONS
+
+SHARED = {"trust_pickle": TRUST_PICKLE, "ignore_out_of_range": IGNORE_OUT_OF_RANGE}
+# The flags that are not export options.
+MODEL = typer.Argument(..., help="Model file (a .pt checkpoint dict).")
+ONNX = typer.Option(
+    True, "--onnx", help="Write ONNX (always on: engines are built from it and checked against it)."
+)
+JSON = typer.Option(False, "--json", help="Print one JSON object on stdout.")
+
+
+def _param(name: str, annotation: Any, default: Any) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
+
+
+def _cli_params() -> list[inspect.Parameter]:
+    """One parameter per flag: MODEL and --onnx, every ExportOptions flag in field order, --json."""
+    hints = typing.get_type_hints(ExportOptions)
+    params = [_param("model", Path, MODEL), _param("onnx", bool, ONNX)]
+    for f in fields(ExportOptions):
+        params += _field_params(f, hints[f.name])
+    params.append(_param("json_out", bool, JSON))
+    assert len({p.name for p in params}) == len(params), "a precision row is named like an option"
+    return params
+
+
+def _field_params(f: Field[Any], hint: Any) -> list[inspect.Parameter]:
+    """The flag(s) of one ExportOptions field; none for an SDK-only field."""
+    if f.metadata.get("per_precision"):
+        flagged = [(r.name, r.flag, r.help) for r in PRECISIONS.values() if r.flag is not None]
+        return [_param(name, bool, typer.Option(False, flag, help=help)) for name, flag, help in flagged]
+    if f.metadata.get("shared"):
+        return [_param(f.name, hint, SHARED[f.name])]
+    if "flags" not in f.metadata:
+        return []
+    assert f.default is not MISSING, f"{f.name}: a flag needs a default"
+    cli_type = str if typing.get_origin(hint) is Literal else hint  # choices are validated by the SDK
+    opt = typer.Option(f.default, *f.metadata["flags"], help=f.metadata["help"])
+    return [_param(f.name, cli_type, opt)]
+
+
+def _options(params: dict[str, Any]) -> ExportOptions:
+    """ExportOptions from the parsed flags (the per-precision booleans become ``precisions``)."""
+    asked = tuple(name for name in PRECISIONS if params.pop(name, False))
+    return ExportOptions(precisions=asked, **params)
+
 
 @user_errors
-def export_command(
-    model: Path = typer.Argument(..., help="Model file (a .pt checkpoint dict)."),
-    onnx: bool = typer.Option(
-        True, "--onnx", help="Write ONNX (always on: engines are built from it and checked against it)."
-    ),
-    trt: bool = typer.Option(False, "--trt", help="Also build TensorRT engines (needs a GPU and TensorRT)."),
-    fp16: bool = typer.Option(False, "--fp16", help="Also write a half-precision graph (float32 I/O)."),
-    int8: bool = typer.Option(False, "--int8", help="Also write an INT8 Q/DQ graph (needs --calib)."),
-    calib: Path | None = typer.Option(
-        None, "--calib", help="Target frames for INT8 calibration and verification."
-    ),
-    labels: Path | None = typer.Option(
-        None, "--labels", help="Labels for --calib frames (mIoU in the checks)."
-    ),
-    argmax: bool = typer.Option(False, "--argmax", help="Output uint8 class ids [B,H,W] instead of logits."),
-    opset: int = typer.Option(17, "--opset", help="ONNX opset (17: TensorRT 8.5+; dynamo needs >= 18)."),
-    exporter: str = typer.Option("auto", "--exporter", help="auto, legacy (fast, opset 17) or dynamo."),
-    dynamic: bool = typer.Option(True, "--dynamic/--static", help="Dynamic batch/height/width axes."),
-    normalize: bool = typer.Option(
-        True,
-        "--bake-normalize/--no-bake-normalize",
-        help="Input is [0,1] RGB and the graph normalises (else: normalised input).",
-    ),
-    shape: str = typer.Option(
-        "512x1024", "--shape", help="HxW, or MIN:OPT:MAX for the engine profile; verification runs at OPT."
-    ),
-    batch: int = typer.Option(1, "--batch", help="Batch size of the engine profile."),
-    workspace: int = typer.Option(4096, "--workspace", help="TensorRT workspace limit in MiB."),
-    verify_frames: int = typer.Option(8, "--verify-frames", help="Frames the checks run on."),
-    calib_frames: int = typer.Option(8, "--calib-frames", help="Frames INT8 ranges are calibrated on."),
-    out: Path = typer.Option(Path("export"), "--out", help="Output folder."),
-    name: str = typer.Option("model", "--name", help="Base file name (model.onnx, model_fp16.onnx, ...)."),
-    trust_pickle: bool = TRUST_PICKLE,
-    ignore_out_of_range: bool = IGNORE_OUT_OF_RANGE,
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
-) -> None:
+def export_command(**params: Any) -> None:
     """Export MODEL to ONNX (and TensorRT), verifying every artifact against eager PyTorch."""
     from stvm_sdk.errors import BackendUnavailableError
-    from stvm_sdk.export.pipeline import ExportOptions, export_model
+    from stvm_sdk.export.pipeline import export_model
     from stvm_sdk.models import load_model
 
-    opts = ExportOptions(
-        out_dir=out,
-        name=name,
-        fp16=fp16,
-        int8=int8,
-        calib=calib,
-        labels=labels,
-        argmax=argmax,
-        opset=opset,
-        exporter=exporter,  # type: ignore[arg-type]  # validated by export_onnx
-        dynamic=dynamic,
-        bake_normalize=normalize,
-        trt=trt,
-        shape=shape,
-        batch=batch,
-        workspace_mib=workspace,
-        verify_frames=verify_frames,
-        calib_frames=calib_frames,
-        trust_pickle=trust_pickle,
-        ignore_out_of_range=ignore_out_of_range,
-    )
-    seg = load_model(model, trust_pickle=trust_pickle)
+    model, json_out = params.pop("model"), params.pop("json_out")
+    params.pop("onnx")  # always on
+    opts = _options(params)
+    seg = load_model(model, trust_pickle=opts.trust_pickle)
     say = out_console(json_out)
     report = export_model(seg, opts, source=model, log=say.print, show=lambda r: _show_table(r, say))
     if json_out:
         print_json(report.to_dict())
     else:
-        for a in report.artifacts:
-            console.print(
-                f"wrote {a.onnx_path} + {a.sidecar_path.name}"
-                + (f", {a.engine_path}" if a.engine_path else "")
-            )
-            engine_built_for = a.precision != "fp32" or len(report.artifacts) == 1  # as _build_engines does
-            if trt and engine_built_for:
-                # One unwrapped line: it is meant to be copied to the car as is.
-                console.print(f"  on the car: {a.trtexec}", soft_wrap=True, markup=False, highlight=False)
+        _print_written(report, opts.trt)
     if report.trt_error:
-        raise BackendUnavailableError(f"ONNX written to {out}; {report.trt_error}")
+        raise BackendUnavailableError(f"ONNX written to {opts.out_dir}; {report.trt_error}")
+
+
+def _print_written(report: Any, trt: bool) -> None:
+    from stvm_sdk.export.precisions import engine_precisions
+
+    engines = engine_precisions(a.precision for a in report.artifacts)
+    for a in report.artifacts:
+        console.print(
+            f"wrote {a.onnx_path} + {a.sidecar_path.name}" + (f", {a.engine_path}" if a.engine_path else "")
+        )
+        if trt and a.precision in engines:
+            # One unwrapped line: it is meant to be copied to the car as is.
+            console.print(f"  on the car: {a.trtexec}", soft_wrap=True, markup=False, highlight=False)
 
 
 def _show_table(results: list, con: Console) -> None:
@@ -112,4 +122,10 @@ def _show_table(results: list, con: Console) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("export")(export_command)
+    """Add `stvm export` to ``app``, its flags built now from ExportOptions and the precision table.
+
+    Each app gets its own copy of the command, so the signature one app was built with stays its own.
+    """
+    command: Any = functools.wraps(export_command)(lambda **params: export_command(**params))
+    command.__signature__ = inspect.Signature(_cli_params(), return_annotation=None)
+    app.command("export")(command)

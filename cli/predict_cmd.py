@@ -24,10 +24,10 @@ def predict_command(
     """Run MODEL on frames or a video and write colour maps (Cityscapes palette) and overlays."""
     from rich.progress import Progress
 
-    from stvm_sdk.bench.runners import open_runner
     from stvm_sdk.errors import DataError
     from stvm_sdk.export.predict import VIDEO_EXTENSIONS, predict_folder, predict_video
     from stvm_sdk.export.tensorrt import parse_profile
+    from stvm_sdk.runners.dispatch import open_runner
 
     size = None
     if shape is not None:

@@ -1,2 +1,2 @@
-"""Inference runners for .pt/.onnx/.engine (`runners`), latency measurement (`timing`), the edge
-roofline estimate (`roofline`) and `run.bench_models`, which is `stvm bench`."""
+"""Latency measurement (`timing`), the edge roofline estimate (`roofline`) and `run.bench_models`,
+which is `stvm bench`. The runners it times live in `stvm_sdk.runners`."""

@@ -8,8 +8,9 @@ avoid: weights once, the input image and the output map. A real engine moves act
 so expect measured latency several times the lower bound.
 
 Peaks are GPU-only figures derived from NVIDIA's published module specs (datasheets / technical
-briefs): sparse INT8 tensor TOPS of the GPU, dense INT8 = 1/2 and dense FP16 = 1/4 of it, FP32 on
-the CUDA cores = 2 x cores x clock. DLAs are not counted.
+briefs): sparse INT8 tensor TOPS of the GPU, of which each precision reaches a share on the tensor
+cores (dense INT8 = 1/2, dense FP16 = 1/4: ``tensor_share`` in the precision table), FP32 on the
+CUDA cores = 2 x cores x clock. DLAs are not counted. Bytes per element also come from the table.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from stvm_sdk.export.precisions import PRECISIONS, precision
 
 
 @dataclass(frozen=True)
@@ -30,9 +33,9 @@ class EdgeDevice:
     bandwidth_gbs: float
     note: str
 
-    def peak_flops(self, precision: str) -> float:
-        dense = {"int8": self.gpu_sparse_int8_tops / 2, "fp16": self.gpu_sparse_int8_tops / 4}
-        return 1e12 * dense.get(precision, self.fp32_tflops)
+    def peak_flops(self, name: str) -> float:
+        share = precision(name).tensor_share
+        return 1e12 * (self.gpu_sparse_int8_tops * share if share is not None else self.fp32_tflops)
 
 
 EDGE_DEVICES = (
@@ -49,7 +52,6 @@ EDGE_DEVICES = (
         "DRIVE AGX Orin", 170.0, 5.2, 204.8, "same GA10B GPU class; SoC 254 TOPS incl. DLA, LPDDR5 256-bit"
     ),
 )
-BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "int8": 1}
 
 
 @dataclass
@@ -62,12 +64,17 @@ class ModelCost:
     activation_elements: int
     shape: tuple[int, ...]
 
-    def min_bytes(self, precision: str) -> float:
-        b = BYTES_PER_ELEMENT.get(precision, 4)
+    def min_bytes(self, name: str) -> float:
+        b = precision(name).bytes_per_element
         return self.params * b + self.io_elements * 4  # fp32 image in, logits out (the I/O contract)
 
-    def unfused_bytes(self, precision: str) -> float:
-        return self.min_bytes(precision) + 2 * self.activation_elements * BYTES_PER_ELEMENT.get(precision, 4)
+    def unfused_bytes(self, name: str) -> float:
+        return self.min_bytes(name) + 2 * self.activation_elements * precision(name).bytes_per_element
+
+
+def edge_precisions() -> list[str]:
+    """The precisions the edge estimate lists: those that run on the tensor cores, in table order."""
+    return [row.name for row in PRECISIONS.values() if row.tensor_share is not None]
 
 
 def _static(proto: Any, shape: tuple[int, ...]) -> Any:

@@ -22,10 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from stvm_sdk.bench.runners import BACKENDS, Runner, open_runner
 from stvm_sdk.bench.timing import Stats, measure_interleaved, open_and_warm
 from stvm_sdk.boundary.args import suggest
 from stvm_sdk.errors import ConfigError, ModelLoadError
+from stvm_sdk.runners.base import Runner
+from stvm_sdk.runners.dispatch import BACKENDS, backend_of, open_runner
+from stvm_sdk.runners.trt import TrtRunner
 
 
 @dataclass
@@ -97,10 +99,8 @@ def _has_vnni() -> bool | None:
 def _pairs(paths: Sequence[Path], wanted: list[str] | None) -> list[tuple[Path, str]]:
     pairs = []
     for p in paths:
-        kind = {".onnx": ["ort"], ".engine": ["trt"], ".plan": ["trt"]}.get(
-            p.suffix.lower(), ["torch", "ort"]
-        )
-        for b in kind:
+        own = backend_of(p)
+        for b in [own, "ort"] if own == "torch" else [own]:  # a checkpoint also runs exported on the fly
             if wanted is None or b in wanted:
                 pairs.append((p, b))
     for b in wanted or []:
@@ -126,8 +126,6 @@ def _open(
         runner.path = path
         return runner
     if backend == "trt":
-        from stvm_sdk.export.tensorrt import TrtRunner
-
         TrtRunner.check_compatible(path, shape)  # profile and GPU/TensorRT match, before any TensorRT object
     return open_runner(path, backend, trust_pickle=trust_pickle, threads=threads)
 
@@ -192,7 +190,7 @@ def edge_estimate(runners: Sequence[Runner], shape: tuple[int, ...], tmp: Path) 
     """Roofline lower bounds for the first model that has (or can export) an ONNX graph."""
     import onnx
 
-    from stvm_sdk.bench.roofline import edge_estimates, model_cost
+    from stvm_sdk.bench.roofline import edge_estimates, edge_precisions, model_cost
 
     for r in runners:
         path = r.path
@@ -201,7 +199,7 @@ def edge_estimate(runners: Sequence[Runner], shape: tuple[int, ...], tmp: Path) 
         if Path(path).suffix != ".onnx" or not Path(path).is_file():
             continue
         cost = model_cost(onnx.load(str(path), load_external_data=False), shape)
-        rows = [row for prec in ("fp16", "int8") for row in edge_estimates(cost, prec)]
+        rows = [row for prec in edge_precisions() for row in edge_estimates(cost, prec)]
         return {
             "model": Path(r.path).name,
             "gflops": cost.flops / 1e9,

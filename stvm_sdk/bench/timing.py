@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from stvm_sdk.bench.runners import Runner
+from stvm_sdk.runners.base import Runner
 
 
 @dataclass

@@ -8,14 +8,12 @@ half-written file under the final name (``os.replace`` is atomic within one file
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import platform
 import shutil
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 from stvm_sdk.boundary.outputs import write_error
 
@@ -47,26 +45,6 @@ def publish(staged: Path, final: Path) -> Path:
     except OSError as exc:
         raise write_error(exc, final) from None
     return final
-
-
-def sidecar_path(artifact: Path) -> Path:
-    """The sidecar JSON of an artifact: ``m.onnx`` -> ``m.json``, ``m.engine`` -> ``m.engine.json``.
-
-    Engines keep their suffix in the name so an engine and the ONNX it came from never share a sidecar.
-    """
-    if artifact.suffix.lower() == ".onnx":
-        return artifact.with_suffix(".json")
-    return artifact.with_name(artifact.name + ".json")
-
-
-def read_sidecar(artifact: Path) -> dict[str, Any] | None:
-    """The artifact's sidecar as a dict, or None when there is none or it is not valid JSON."""
-    p = sidecar_path(artifact)
-    try:
-        data = json.loads(p.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def tool_versions() -> dict[str, str | None]:

@@ -25,21 +25,19 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from stvm_sdk.errors import ConfigError, ModelLoadError
 from stvm_sdk.export.artifacts import publish, staging_dir
+from stvm_sdk.export.options import DEFAULT_OPSET, Exporter
 from stvm_sdk.models.contract import forward_logits
 from stvm_sdk.models.io import SegModel
 
-Exporter = Literal["auto", "legacy", "dynamo"]
 INPUT_NAME = "image"
 LOGITS_NAME = "logits"
 CLASSES_NAME = "classes"
-DEFAULT_OPSET = 17
 IN_AXES = {0: "batch", 2: "height", 3: "width"}
 # Weights above this size go to an external-data file; protobuf refuses messages over 2 GiB.
 EXTERNAL_DATA_THRESHOLD = 1 << 30

@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from stvm_sdk.bench.runners import Runner
 from stvm_sdk.boundary.frames import FrameRejected
 from stvm_sdk.boundary.outputs import claim_dir, write_bytes_atomic
 from stvm_sdk.errors import BackendUnavailableError, DataError
 from stvm_sdk.export.palette import colorize, confidence_image, overlay, palette_for
+from stvm_sdk.runners.base import Runner
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 CV2_HINT = (

@@ -26,11 +26,12 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from stvm_sdk.errors import ConfigError, DataError
+
+if TYPE_CHECKING:  # only in annotations: the export options (and the CLI) import this module
+    import numpy as np
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 QUANTIZED_OPS = ["Conv", "ConvTranspose", "Gemm", "MatMul"]

@@ -1,4 +1,7 @@
-"""What `stvm export` is asked for (:class:`ExportOptions`) and what it made (:class:`ExportReport`)."""
+"""What `stvm export` made: one :class:`Artifact` per precision, gathered in an :class:`ExportReport`.
+
+What it is asked for is :class:`stvm_sdk.export.options.ExportOptions`.
+"""
 
 from __future__ import annotations
 
@@ -6,37 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stvm_sdk.export.onnx import DEFAULT_OPSET, Exporter
-from stvm_sdk.export.quantize import CALIBRATION_METHODS, Int8Result
+from stvm_sdk.export.quantize import Int8Result
 from stvm_sdk.export.verify import Verification
-
-
-@dataclass
-class ExportOptions:
-    """What `stvm export` was asked for (see the CLI help for each option)."""
-
-    out_dir: Path = Path("export")
-    name: str = "model"
-    fp16: bool = False
-    int8: bool = False
-    calib: Path | None = None
-    labels: Path | None = None
-    argmax: bool = False
-    opset: int = DEFAULT_OPSET
-    exporter: Exporter = "auto"
-    dynamic: bool = True
-    bake_normalize: bool = True
-    trt: bool = False
-    shape: str = "512x1024"
-    batch: int = 1
-    workspace_mib: int = 4096
-    verify_frames: int = 8
-    # ONNX Runtime's calibrators keep every quantized tensor of every frame in memory at once
-    # (~0.25 GB per 512x1024 frame for lraspp): 8 frames are enough for ranges and stay affordable.
-    calib_frames: int = 8
-    calib_methods: tuple[str, ...] = CALIBRATION_METHODS
-    trust_pickle: bool = False
-    ignore_out_of_range: bool = False  # score label ids outside the model's classes as ignored
 
 
 @dataclass
@@ -70,6 +44,7 @@ class ExportReport:
     artifacts: list[Artifact]
     frames: str
     calibration: Int8Result | None = None
+    calibration_disjoint: bool = True  # False: calibrated on the verification frames (too few to split)
     trt_error: str | None = None
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -80,7 +55,15 @@ class ExportReport:
             **main.to_dict(),
             "artifacts": [a.to_dict() for a in self.artifacts],
             "frames": self.frames,
-            "calibration": {"method": cal.method, "scores": cal.scores} if cal else None,
+            "calibration": (
+                {
+                    "method": cal.method,
+                    "scores": cal.scores,
+                    "disjoint_from_verification": self.calibration_disjoint,
+                }
+                if cal
+                else None
+            ),
             "trt_error": self.trt_error,
             "seconds": self.seconds,
         }

@@ -20,33 +20,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from stvm_sdk.boundary.labels import check_label_ids
 from stvm_sdk.data.images import resize_label
 from stvm_sdk.errors import DataError, VerificationError
 from stvm_sdk.eval.metrics import confusion_matrix, mean_iou
+from stvm_sdk.export.frames import VerifyFrame, onnx_inputs
+from stvm_sdk.export.precisions import PRECISIONS, Thresholds, base
 from stvm_sdk.models.contract import forward_logits, normalize
 from stvm_sdk.models.io import SegModel
-
-# Pass criteria per precision. fp32 differs only by kernel rounding; fp16 and int8 may flip pixels
-# whose two best logits are nearly tied, so they are judged on class agreement and mIoU instead.
-THRESHOLDS: dict[str, dict[str, float]] = {
-    "fp32": {"rel_max_abs_diff": 1e-3, "argmax_agreement": 99.9},
-    "fp16": {"argmax_agreement": 99.5},
-    "int8": {"argmax_agreement": 90.0, "miou_drop": 1.0},
-}
-
-
-@dataclass
-class VerifyFrame:
-    """One verification frame: ``image [3,H,W]`` in [0,1] and optional ``label [H,W]`` (255 = ignore)."""
-
-    image: torch.Tensor
-    label: torch.Tensor | None = None
 
 
 @dataclass
 class Verification:
-    """How an ONNX graph compares with eager PyTorch; ``passed`` applies :data:`THRESHOLDS`."""
+    """How an ONNX graph compares with eager PyTorch; ``passed`` applies its precision's thresholds."""
 
     precision: str
     n_frames: int
@@ -68,75 +53,6 @@ class Verification:
         return d
 
 
-def load_frames(
-    folder: str | Path | None,
-    *,
-    size: tuple[int, int],
-    n: int = 8,
-    labels: str | Path | None = None,
-    seed: int = 0,
-    num_classes: int | None = None,
-    ignore_out_of_range: bool = False,
-) -> tuple[list[VerifyFrame], str]:
-    """Up to ``n`` frames (evenly spread over the folder) resized to ``size``; generated when no folder.
-
-    Frames that fail to decode are skipped; with ``num_classes``, label ids are checked against it
-    (:mod:`stvm_sdk.boundary.labels`). Returns the frames and a description of where they came from
-    (for the sidecar).
-    """
-    if folder is None:
-        frames = generated_frames(n, size, seed)
-        if (
-            num_classes is not None and num_classes != 19
-        ):  # the generator's labels are the 19 Cityscapes classes
-            frames = [VerifyFrame(f.image) for f in frames]
-        return frames, f"{n} generated synthetic target frames"
-    from stvm_sdk.data.frames import scan_frames
-
-    scanned = scan_frames(folder, labels if labels is not None else _cityscapes_labels(Path(folder)))
-    picks = np.linspace(0, len(scanned.frames) - 1, num=min(n, len(scanned.frames))).round().astype(int)
-    out = []
-    for i in sorted(set(picks.tolist())):
-        frame = scanned.frames[i]
-        loaded = scanned.load(frame, size, with_label=True)
-        if loaded is None:
-            continue
-        img, lab = loaded
-        if lab is not None and num_classes is not None:
-            lab = check_label_ids(lab, num_classes, frame.label, ignore_out_of_range=ignore_out_of_range)
-        out.append(VerifyFrame(img, lab))
-    if not out:
-        raise DataError(f"none of the frames picked from {folder} could be decoded")
-    n_lab = sum(f.label is not None for f in out)
-    return out, f"{len(out)} frames of {folder} ({n_lab} labelled)"
-
-
-def _cityscapes_labels(root: Path) -> Path | None:
-    return root if (root / "gtFine").is_dir() else None
-
-
-def generated_frames(n: int, size: tuple[int, int], seed: int = 0) -> list[VerifyFrame]:
-    """Labelled synthetic target frames (validation split), rendered in memory."""
-    from stvm_sdk.synthetic.dataset import iter_frames
-
-    return [
-        VerifyFrame(
-            torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255.0,
-            torch.from_numpy(np.array(lab)).long(),
-        )
-        for img, lab in iter_frames("target", n, seed=seed, size=size, split="val")
-    ]
-
-
-def onnx_inputs(frames: Sequence[VerifyFrame], model: SegModel, *, baked_normalize: bool) -> list[np.ndarray]:
-    """Per-frame ``[1,3,H,W]`` float32 arrays in the graph's input space."""
-    out = []
-    for f in frames:
-        x = f.image[None]
-        out.append((x if baked_normalize else normalize(x, model.mean, model.std)).numpy().astype(np.float32))
-    return out
-
-
 def verify_onnx(
     path: str | Path,
     model: SegModel,
@@ -154,7 +70,7 @@ def verify_onnx(
     """
     if not frames:
         raise DataError("no frames to verify the export on")
-    from stvm_sdk.bench.runners import ort_session
+    from stvm_sdk.runners.ort import ort_session
 
     sess = session or ort_session(Path(path))
     acc = _Accumulator(model.num_classes)
@@ -204,20 +120,21 @@ class _Accumulator:
             self.labelled += 1
 
 
-def judge(v: Verification, thresholds: dict[str, dict[str, float]] | None = None) -> Verification:
-    """Set ``v.passed``/``v.failures`` from the thresholds of its precision."""
-    t = (thresholds or THRESHOLDS).get(v.precision, THRESHOLDS["fp32"])
+def judge(v: Verification, thresholds: Thresholds | None = None) -> Verification:
+    """Set ``v.passed``/``v.failures`` from ``thresholds``, by default those of its precision's row
+    (the base row's for a precision the table does not have)."""
+    t = thresholds or PRECISIONS.get(v.precision, base()).thresholds
     fails = ["NaN or inf in the outputs"] if v.non_finite else []
-    if v.argmax_agreement < t.get("argmax_agreement", 0.0):
-        fails.append(f"argmax agreement {v.argmax_agreement:.3f}% < {t['argmax_agreement']}%")
-    if "rel_max_abs_diff" in t and v.max_abs_diff is not None:
-        limit = t["rel_max_abs_diff"] * max(1.0, v.max_abs_logit or 0.0)
+    if v.argmax_agreement < t.argmax_agreement:
+        fails.append(f"argmax agreement {v.argmax_agreement:.3f}% < {t.argmax_agreement}%")
+    if t.rel_max_abs_diff is not None and v.max_abs_diff is not None:
+        limit = t.rel_max_abs_diff * max(1.0, v.max_abs_logit or 0.0)
         if not v.max_abs_diff <= limit:
             fails.append(f"max |logit diff| {v.max_abs_diff:.3g} > {limit:.3g}")
-    if "miou_drop" in t and v.miou_delta is not None and v.miou_delta < -t["miou_drop"]:
+    if t.miou_drop is not None and v.miou_delta is not None and v.miou_delta < -t.miou_drop:
         fails.append(
             f"mIoU {v.miou_onnx:.2f} is {-v.miou_delta:.2f} points below eager ({v.miou_eager:.2f}), "
-            f"more than {t['miou_drop']}"
+            f"more than {t.miou_drop}"
         )
     v.failures, v.passed = fails, not fails
     return v

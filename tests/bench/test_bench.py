@@ -14,8 +14,8 @@ from stvm_sdk.cli.app import app
 from typer.testing import CliRunner
 
 from stvm_sdk.bench.roofline import EDGE_DEVICES, edge_estimates, model_cost
-from stvm_sdk.bench.runners import Runner
 from stvm_sdk.bench.timing import add_ratios, summarize
+from stvm_sdk.runners.base import Runner
 
 runner = CliRunner()
 

@@ -101,8 +101,7 @@ def full_export(seg_model, checkpoint: Path, target_root: Path, tmp_path_factory
     out = tmp_path_factory.mktemp("export")
     opts = ExportOptions(
         out_dir=out,
-        fp16=True,
-        int8=True,
+        precisions=("fp16", "int8"),
         calib=target_root,
         shape="64x128",
         verify_frames=3,

@@ -136,3 +136,23 @@ def test_predict_video_without_opencv_says_how(tiny_onnx: Path, tmp_path: Path) 
     video.write_bytes(b"\x00" * 64)
     line = _error_line(_run("predict", tiny_onnx, "--input", video, "--out", tmp_path / "v"))
     assert "opencv-python-headless" in line and "ffmpeg" in line
+
+
+def test_export_lists_the_same_flags_in_the_same_order() -> None:
+    import typer.main
+
+    command = typer.main.get_command(app).commands["export"]  # type: ignore[attr-defined]
+    flags = ["/".join(p.opts + p.secondary_opts) for p in command.params]
+    assert flags == [
+        "model", "--onnx", "--trt", "--fp16", "--int8", "--calib", "--labels", "--argmax", "--opset",
+        "--exporter", "--dynamic/--static", "--bake-normalize/--no-bake-normalize", "--shape", "--batch",
+        "--workspace", "--verify-frames", "--calib-frames", "--out", "--name", "--trust-pickle",
+        "--ignore-out-of-range", "--json",
+    ]  # fmt: skip
+    defaults = {p.opts[0]: p.default for p in command.params}
+    assert (defaults["--opset"], defaults["--shape"], defaults["--workspace"], defaults["--out"]) == (
+        17,
+        "512x1024",
+        4096,
+        Path("export"),
+    )

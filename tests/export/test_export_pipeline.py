@@ -13,9 +13,10 @@ from onnx import numpy_helper
 
 from stvm_sdk.boundary.fingerprint import sha256
 from stvm_sdk.errors import VerificationError
+from stvm_sdk.export.frames import VerifyFrame, load_frames
 from stvm_sdk.export.quantize import quantize_int8
 from stvm_sdk.export.trt_ops import check_file
-from stvm_sdk.export.verify import VerifyFrame, load_frames, require_pass, verify_onnx
+from stvm_sdk.export.verify import require_pass, verify_onnx
 
 
 def test_every_precision_passes_its_checks_on_labelled_frames(full_export) -> None:
@@ -87,3 +88,40 @@ def test_verification_frames_are_generated_and_labelled_without_a_folder() -> No
     frames, desc = load_frames(None, size=(32, 64), n=2)
     assert len(frames) == 2 and all(f.label is not None and f.image.shape == (3, 32, 64) for f in frames)
     assert "generated" in desc
+
+
+def test_int8_calibration_is_chosen_on_calibration_frames_and_verified_on_the_others(
+    full_export, seg_model, target_root: Path
+) -> None:
+    # full_export asks for 3 verification + 3 calibration frames from a 6-frame folder: every
+    # second frame verifies, the others calibrate.
+    frames, _ = load_frames(target_root, size=(64, 128), n=6, num_classes=19)
+    verify, calib = frames[0::2], frames[1::2]
+    int8 = full_export.artifacts[2]
+    on_calib = verify_onnx(int8.onnx_path, seg_model, calib, precision="int8")
+    on_verify = verify_onnx(int8.onnx_path, seg_model, verify, precision="int8")
+    assert full_export.calibration.scores == {"minmax": pytest.approx(on_calib.miou_onnx)}
+    assert int8.verification.miou_onnx == pytest.approx(on_verify.miou_onnx)
+    assert on_calib.miou_onnx != pytest.approx(on_verify.miou_onnx)  # the two sets tell apart
+    meta = json.loads(int8.sidecar_path.read_text())["calibration"]
+    assert meta["frames"] == 3 and meta["disjoint_from_verification"] is True
+    assert full_export.to_dict()["calibration"]["disjoint_from_verification"] is True
+
+
+def test_too_few_frames_to_split_is_said_in_a_log_line_and_the_report(
+    tiny_model, frames_dir: Path, tmp_path: Path
+) -> None:
+    from stvm_sdk.export.pipeline import ExportOptions, export_model
+
+    lines: list[str] = []
+    opts = ExportOptions(
+        out_dir=tmp_path / "out", precisions=("int8",), calib=frames_dir, shape="64x128",
+        verify_frames=3, calib_methods=("minmax",),
+    )  # fmt: skip
+    report = export_model(tiny_model, opts, log=lines.append)
+    assert any(
+        "too few to split" in ln and "int8 is calibrated and verified on the same" in ln for ln in lines
+    )
+    assert report.to_dict()["calibration"]["disjoint_from_verification"] is False
+    meta = json.loads(report.artifacts[-1].sidecar_path.read_text())["calibration"]
+    assert meta["disjoint_from_verification"] is False and meta["frames"] == 3

@@ -13,8 +13,9 @@ import pytest
 from onnx import TensorProto, helper
 
 from stvm_sdk.errors import BackendUnavailableError, ConfigError, ModelLoadError
-from stvm_sdk.export.tensorrt import Profile, TrtRunner, parse_profile, trtexec_command
+from stvm_sdk.export.tensorrt import parse_profile, trtexec_command
 from stvm_sdk.export.trt_ops import TRT_PARSER_OPS, trt_parser_problems
+from stvm_sdk.runners.trt import Profile, TrtRunner
 
 
 def _graph(nodes: list, inits: list | None = None, opset: int = 17) -> onnx.ModelProto:
@@ -128,12 +129,14 @@ def _trt_ready() -> bool:
 @pytest.mark.trt
 @pytest.mark.skipif(not _trt_ready(), reason="needs a CUDA GPU and TensorRT")
 def test_fp16_engine_builds_runs_and_agrees_with_onnx(tmp_path: Path, tiny_model, tiny_onnx: Path) -> None:
-    from stvm_sdk.bench.runners import open_runner
     from stvm_sdk.export.pipeline import ExportOptions, export_model
+    from stvm_sdk.runners.dispatch import open_runner
 
     report = export_model(
         tiny_model,
-        ExportOptions(out_dir=tmp_path, fp16=True, trt=True, shape="64x128:64x128:128x256", verify_frames=2),
+        ExportOptions(
+            out_dir=tmp_path, precisions=("fp16",), trt=True, shape="64x128:64x128:128x256", verify_frames=2
+        ),
     )
     engine = report.artifacts[-1].engine_path
     assert engine is not None and json.loads((tmp_path / "model_fp16.engine.json").read_text())["gpu"]
