@@ -21,7 +21,7 @@ def demo_command(
     json_out: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
 ) -> None:
     """Generate data, train a source model, adapt it with STvM, evaluate, export and benchmark."""
-    from stvm_sdk.synthetic.demo import DemoSettings, run_demo
+    from stvm_sdk.demo import DemoSettings, run_demo
 
     logging.basicConfig(level=logging.INFO if not json_out else logging.WARNING, format="%(message)s")
     settings = DemoSettings.quick() if quick else DemoSettings()

@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import importlib
 import pkgutil
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from stvm_sdk.boundary.args import suggest
@@ -28,12 +29,10 @@ _registered: dict[str, type[Method]] = {}
 @functools.cache
 def builtin_names() -> tuple[str, ...]:
     """Names of the built-in methods (the method modules of this package), sorted."""
-    import stvm_sdk.methods as pkg
-
     return tuple(
         sorted(
             m.name
-            for m in pkgutil.iter_modules(pkg.__path__)
+            for m in pkgutil.iter_modules([str(Path(__file__).parent)])
             if not m.ispkg and not m.name.startswith("_") and m.name not in _NOT_METHODS
         )
     )

@@ -135,7 +135,7 @@ def test_every_json_command_prints_exactly_one_json_object_on_stdout(
 
 
 def test_demo_json_is_one_object_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from stvm_sdk.synthetic.demo import DemoSettings
+    from stvm_sdk.demo import DemoSettings
 
     tiny = DemoSettings(
         size=(64, 128),

@@ -10,7 +10,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from stvm_sdk.synthetic.demo import DemoSettings, run_demo
+from stvm_sdk.demo import DemoSettings, run_demo
 
 TINY = DemoSettings(
     size=(64, 128), n_source=6, n_target=6, n_val=3, source_iters=3, adapt_iters=3, warmup=1, bench_iters=2

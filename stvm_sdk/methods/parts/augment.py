@@ -6,11 +6,14 @@ number drawn from an explicit generator. Geometry is untouched, so labels and we
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as nnf
 from torch import Tensor
 
-from stvm_sdk.config import AugConfig
+if TYPE_CHECKING:
+    from stvm_sdk.config import AugConfig
 
 _LUMA = (0.299, 0.587, 0.114)
 
