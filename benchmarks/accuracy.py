@@ -246,6 +246,10 @@ def cell(
             "per_class_iou_student": scores["student"].per_class_iou if scores["student"] else None,
             "config": cfg.to_dict(),
         }
+        if result.metric is not None:  # STvM: how well its reliability finds wrong pseudo-labels
+            from accuracy_figures import pseudo_label_scores  # type: ignore[import-not-found]
+
+            out["error_detection"] = pseudo_label_scores(result, evaluation)
     out["settings"] = _settings(plan, arch, name, seed, split, over)
     out["seconds"] = round(time.perf_counter() - t0, 1)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -11,10 +11,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from stvm_sdk.api import load_run, reliability_map
+from stvm_sdk.api import AdaptResult, load_run, reliability_map
 from stvm_sdk.data import scan_frames
 from stvm_sdk.data.batches import load_frame
 from stvm_sdk.eval import predict
+from stvm_sdk.eval.error_detection import error_detection
 from stvm_sdk.export.palette import colorize, palette_for
 from stvm_sdk.models import load_model, normalize
 from stvm_sdk.synthetic.cache import ensure_domain
@@ -46,55 +47,70 @@ def sweep_plot(sweep: dict[str, float], reference: dict[str, float], path: Path)
     plt.close(fig)
 
 
-def _auroc(score: np.ndarray, positive: np.ndarray) -> float:
-    """Area under the ROC curve of ``score`` separating correct (positive) from wrong pixels."""
-    order = np.argsort(score, kind="stable")
-    ranks = np.empty(len(score))
-    ranks[order] = np.arange(1, len(score) + 1)
-    n_pos, n_neg = positive.sum(), (~positive).sum()
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
 @torch.no_grad()
-def reliability_vs_correctness(run_dir: Path, eval_root: Path, path: Path, bins: int = 10) -> dict[str, Any]:
-    """Bin the teacher's pseudo-labels by metric reliability and, for comparison, by the teacher's own
-    max-softmax confidence; plot the share that is correct per bin and report each score's AUROC."""
-    result = load_run(run_dir)
-    teacher = result.teacher
+def pseudo_labels(run: AdaptResult, eval_root: Path, n: int | None = None) -> dict[str, torch.Tensor]:
+    """The teacher's pseudo-labels on up to ``n`` labelled frames, flattened over the valid pixels:
+    ``reliability`` (STvM's pixel weight), ``confidence`` (max-softmax) and ``correct`` (bool)."""
+    teacher = run.teacher
     assert teacher is not None
     folder = scan_frames(eval_root, eval_root)
     rels, confs, oks = [], [], []
-    for frame in folder.labelled[:40]:
+    for frame in folder.labelled[:n]:
         img, label = load_frame(frame, None, with_label=True)
         assert label is not None
-        pseudo, rel = reliability_map(result, img[None])
+        pseudo, rel = reliability_map(run, img[None])
         logits = teacher.module.eval()(normalize(img[None], teacher.mean, teacher.std))
         logits = logits["out"] if isinstance(logits, dict) else logits
         conf = logits.softmax(1).max(1).values
         valid = label != 255
-        rels.append(rel[0][valid].numpy())
-        confs.append(conf[0][valid].numpy())
-        oks.append((pseudo[0][valid] == label[valid]).numpy())
-    ok = np.concatenate(oks)
-    scores = {"metric reliability": np.concatenate(rels), "teacher confidence": np.concatenate(confs)}
+        rels.append(rel[0][valid])
+        confs.append(conf[0][valid])
+        oks.append(pseudo[0][valid] == label[valid])
+    return {"reliability": torch.cat(rels), "confidence": torch.cat(confs), "correct": torch.cat(oks)}
+
+
+def risk_coverage(score: torch.Tensor, correct: torch.Tensor, points: int = 50) -> list[float]:
+    """The risk (share wrong) of the top-scored ``c`` share of pixels at ``points`` even coverages."""
+    order = torch.argsort(score.double(), descending=True, stable=True)
+    wrong = (~correct[order]).double().cumsum(0)
+    idx = (torch.linspace(1 / points, 1, points) * len(order)).long().clamp(1, len(order)) - 1
+    return (wrong[idx] / (idx + 1)).tolist()
+
+
+def pseudo_label_scores(run: AdaptResult, eval_root: Path, n: int | None = None) -> dict[str, Any]:
+    """How well reliability and confidence find the wrong pseudo-labels (stvm_sdk.eval.error_detection)."""
+    pl = pseudo_labels(run, eval_root, n)
+    out: dict[str, Any] = {"pseudo_label_accuracy": float(pl["correct"].double().mean())}
+    for name in ("reliability", "confidence"):
+        out[name] = error_detection(pl[name], pl["correct"]).to_dict()
+        out[name]["risk_coverage"] = risk_coverage(pl[name], pl["correct"])
+    return out
+
+
+def reliability_vs_correctness(run_dir: Path, eval_root: Path, path: Path, bins: int = 10) -> dict[str, Any]:
+    """Bin the teacher's pseudo-labels by metric reliability and, for comparison, by the teacher's own
+    max-softmax confidence; plot the share that is correct per bin and report each score's AUROC."""
+    pl = pseudo_labels(load_run(run_dir), eval_root, 40)
+    ok = pl["correct"].numpy()
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5, 3.4))
     centers = (np.arange(bins) + 0.5) / bins
     out: dict[str, Any] = {"pseudo_label_accuracy": float(ok.mean())}
-    for k, (name, score) in enumerate(scores.items()):
+    for k, name in enumerate(("reliability", "confidence")):
+        score = pl[name].numpy()
         idx = np.minimum((score * bins).astype(int), bins - 1)
         total = np.bincount(idx, minlength=bins).astype(float)
         correct = np.bincount(idx, weights=ok.astype(float), minlength=bins)
         acc = np.where(total > 0, correct / np.maximum(total, 1), np.nan)
-        auroc = _auroc(score, ok)
+        figures = error_detection(pl[name], pl["correct"])
         ax.bar(
             centers + (k - 0.5) * 0.4 / bins, total / total.sum(), width=0.4 / bins, alpha=0.3, color=f"C{k}"
         )
-        ax.plot(centers, acc, "o-", color=f"C{k}", label=f"{name} (AUROC {auroc:.2f})")
-        key = name.split()[1]
-        out[key] = {"auroc": auroc, "bin_accuracy": acc.tolist(), "bin_share": (total / total.sum()).tolist()}
+        label = {"reliability": "metric reliability", "confidence": "teacher confidence"}[name]
+        ax.plot(centers, acc, "o-", color=f"C{k}", label=f"{label} (AUROC {figures.auroc:.2f})")
+        out[name] = {
+            "auroc": figures.auroc, "bin_accuracy": acc.tolist(), "bin_share": (total / total.sum()).tolist()
+        }  # fmt: skip
     ax.plot([0, 1], [0, 1], ":", color="gray", lw=1)
     ax.set_xlabel("score bin (bars: share of pixels)")
     ax.set_ylabel("pseudo-label accuracy")

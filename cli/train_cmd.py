@@ -21,6 +21,9 @@ def train_source_command(
     resize: str | None = typer.Option(None, "--resize", help="Resize frames to HxW first."),
     lr: float = typer.Option(2e-3, "--lr"),
     seed: int = typer.Option(0, "--seed", help="Seed of the initial weights, batches and crops."),
+    init: Path | None = typer.Option(
+        None, "--init", help="Start from this checkpoint's weights (fine-tune it) instead of random ones."
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
@@ -38,6 +41,7 @@ def train_source_command(
         lr=lr,
         seed=seed,
         device=device,
+        init=str(init) if init is not None else None,
     )
     train_source(images, labels, out, cfg, progress=not json_out)
     if json_out:

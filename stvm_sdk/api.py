@@ -53,10 +53,9 @@ def reliability_map(result: AdaptResult, images: torch.Tensor) -> tuple[torch.Te
     teacher = result.teacher
     if not isinstance(result.metric, MetricHead) or teacher is None or teacher.classifier is None:
         raise ValueError("reliability maps need an STvM run (method stvm or stvm_no_mocm)")
-    cfg = result.config.reliability
     x = normalize(images, teacher.mean, teacher.std)
     return pseudo_label_reliability(
-        teacher.module.eval(), teacher.classifier, result.metric.eval(), x, cfg.mode, cfg.scale
+        teacher.module.eval(), teacher.classifier, result.metric.eval(), x, result.config.reliability
     )
 
 

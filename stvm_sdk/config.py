@@ -50,6 +50,11 @@ class MetricConfig:
     nca_scale: float = 16.0  # Proxy-NCA softmax scale
     pixels_per_class: int = 512  # class-balanced sampling cap per batch
     proxy_lr_mult: float = 100.0  # proxies' lr relative to M's (Proxy-Anchor convention)
+    # Which pseudo-labelled pixels train M and P: "all" (the paper) or "confident": each class's
+    # `clean_quantile` most confident share of the batch (CBST-style), so M learns what a clean pixel
+    # of a class looks like instead of fitting the teacher's systematic errors.
+    clean: str = "all"
+    clean_quantile: float = 0.5
     warmup: int = 200  # steps where M and P train while the student waits
     weight: float = 1.0  # lambda in L = L_st + lambda * L_M
 
@@ -63,14 +68,18 @@ class MetricConfig:
             self.pixels_per_class >= 1 and self.warmup >= 0,
             "metric.pixels_per_class >= 1, metric.warmup >= 0",
         )
+        _check(self.clean in ("all", "confident"), f"metric.clean must be all|confident, got {self.clean}")
+        _check(0.0 < self.clean_quantile <= 1.0, "metric.clean_quantile must be in (0, 1]")
 
 
 @dataclass(frozen=True)
 class ReliabilityConfig:
     """How a pixel's reliability weight is computed and used (decisions 5-6)."""
 
-    mode: str = "softmax"  # softmax | cosine | agreement
+    mode: str = "softmax"  # softmax | cosine | agreement | combined (confidence^a * softmax^(1-a))
     scale: float = 16.0  # gamma
+    confidence_power: float = 0.5  # a, for mode "combined"
+    classwise: bool = False  # replace each weight by its quantile inside its pseudo-class (the batch's)
     # Decision 6's denominator: "valid" (the brief's rule) divides the weighted CE by the valid pixels,
     # "weights" by the sum of weights; "class" averages each pseudo-class's mean weighted CE over the
     # classes in the batch, so the classes the teacher over-predicts do not absorb the others. Changed to
@@ -79,7 +88,11 @@ class ReliabilityConfig:
     normalize: str = "class"
 
     def __post_init__(self) -> None:
-        _check(self.mode in ("softmax", "cosine", "agreement"), f"reliability.mode invalid: {self.mode}")
+        _check(
+            self.mode in ("softmax", "cosine", "agreement", "combined"),
+            f"reliability.mode must be softmax|cosine|agreement|combined, got {self.mode}",
+        )
+        _check(0.0 <= self.confidence_power <= 1.0, "reliability.confidence_power must be in [0, 1]")
         _check(
             self.normalize in ("valid", "weights", "class"),
             f"reliability.normalize must be valid|weights|class, got {self.normalize}",
@@ -93,10 +106,14 @@ class MixConfig:
     patch: int = 32  # p
     tau: float = 0.5  # minimum mean reliability of a pasted patch
     class_fraction: float = 0.5  # share of the present classes that are pasted
+    # Classes are drawn with probability ∝ mean reliability x (share of the sample's pixels)^-rare_power:
+    # 0 is the paper's rule; > 0 favours rare classes (DAFormer's rare-class sampling, per sample).
+    rare_power: float = 0.0
 
     def __post_init__(self) -> None:
         _check(self.patch >= 1 and 0.0 <= self.tau <= 1.0, "mix.patch >= 1 and 0 <= mix.tau <= 1")
         _check(0.0 < self.class_fraction <= 1.0, "mix.class_fraction must be in (0, 1]")
+        _check(self.rare_power >= 0.0, "mix.rare_power must be >= 0")
 
 
 @dataclass(frozen=True)

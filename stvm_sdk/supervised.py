@@ -26,6 +26,7 @@ from stvm_sdk.models.io import (
     build_torchvision,
     from_module,
     is_sdk_checkpoint,
+    load_model,
     save_model,
 )
 
@@ -49,6 +50,9 @@ class TrainConfig:
     # torchvision's MobileNet BNs use momentum 0.01: after a short training their running statistics
     # still remember the initialisation. Re-estimate them on this many training frames at the end.
     precise_bn_frames: int = 200
+    # Start from this checkpoint's weights instead of random ones (fine-tuning; its arch and class
+    # count must match). The benchmark's oracles are the source model fine-tuned on target labels.
+    init: str | None = None
 
     def __post_init__(self) -> None:
         if self.iters < 1 or self.batch_size < 1 or self.lr <= 0:
@@ -69,12 +73,11 @@ def train_source(
 
     labels_dir = labels_dir if labels_dir is not None else images_dir
     folder = scan_frames(images_dir, labels_dir, require_labels=True)
-    out = claim_file(out_path, ours=is_sdk_checkpoint, inputs=(images_dir, labels_dir))
+    out = claim_file(out_path, ours=is_sdk_checkpoint, inputs=(images_dir, labels_dir, cfg.init))
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)  # torchvision draws initial weights from the global generator
-    net = build_torchvision(cfg.arch, cfg.num_classes).to(device).train()
-    names = list(CITYSCAPES_CLASSES) if cfg.num_classes == 19 else None
-    model = from_module(net, arch=cfg.arch, class_names=names)
+    model = _initial_model(cfg)
+    net = model.module.to(device).train()
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     loader = BatchLoader(
         folder.labelled,
@@ -113,6 +116,19 @@ def train_source(
     net.cpu().eval()
     save_model(model, out)
     log.info("saved %s", out)
+    return model
+
+
+def _initial_model(cfg: TrainConfig) -> SegModel:
+    """Random weights of ``cfg.arch``, or the weights of ``cfg.init`` (checked against ``cfg``)."""
+    if cfg.init is None:
+        names = list(CITYSCAPES_CLASSES) if cfg.num_classes == 19 else None
+        return from_module(build_torchvision(cfg.arch, cfg.num_classes), arch=cfg.arch, class_names=names)
+    model = load_model(cfg.init, num_classes=cfg.num_classes)
+    if model.arch != cfg.arch:
+        raise ConfigError(
+            f"--init {cfg.init} is a {model.arch} model but --arch is {cfg.arch}: pass the same arch"
+        )
     return model
 
 

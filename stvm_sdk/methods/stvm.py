@@ -20,7 +20,7 @@ from stvm_sdk.methods.base import Logs
 from stvm_sdk.methods.mean_teacher import MeanTeacher
 from stvm_sdk.methods.parts.metric import MetricHead, balanced_pixel_mask, proxy_anchor_loss, proxy_nca_loss
 from stvm_sdk.methods.parts.mixing import mocm
-from stvm_sdk.methods.parts.pseudo import detach_features, reliability
+from stvm_sdk.methods.parts.pseudo import confident_labels, detach_features, pixel_reliability
 from stvm_sdk.methods.registry import register_method
 from stvm_sdk.models.contract import FeatureHook, get_submodule
 
@@ -72,10 +72,14 @@ class Stvm(MeanTeacher):
         assert isinstance(self.metric, MetricHead)
         cfg = self.cfg.metric
         z = self.net("metric")(detach_features(self._teacher_hook.pop()))
-        y_feat = nnf.interpolate(t_logits, size=z.shape[-2:], mode="bilinear", align_corners=False).argmax(1)
+        small = nnf.interpolate(t_logits, size=z.shape[-2:], mode="bilinear", align_corners=False)
+        y_feat = small.argmax(1)
         # The metric loss is a set function of the batch (per-class caps, per-proxy sums): take it
         # over the global batch, identical on every process (identity in one process).
         z_all, y_all = self.comm.gather(z), self.comm.gather(y_feat)
+        if cfg.clean == "confident":  # M learns from each class's most confident pixels only
+            c_all = self.comm.gather(small.softmax(1).amax(1))
+            y_all = confident_labels(y_all, c_all, self.num_classes, cfg.clean_quantile)
         mask = balanced_pixel_mask(y_all, self.num_classes, cfg.pixels_per_class, g_batch)
         proxies = self.metric.unit_proxies()
         if cfg.loss == "proxy_anchor":
@@ -83,12 +87,11 @@ class Stvm(MeanTeacher):
         else:
             l_metric = proxy_nca_loss(z_all, y_all, proxies, mask, cfg.nca_scale)
         logs["loss_metric"] = l_metric.detach()
-        rel = self.cfg.reliability
-        r = reliability(z, proxies, y_feat, rel.mode, rel.scale, self.cfg.run.kernel_backend)
-        weights = nnf.interpolate(r[:, None], size=pseudo.shape[-2:], mode="bilinear", align_corners=False)[
-            :, 0
-        ]
-        return t_logits.new_zeros(()) + cfg.weight * l_metric, weights.clamp_(0.0, 1.0), pseudo
+        backend = self.cfg.run.kernel_backend
+        weights = pixel_reliability(
+            z, proxies, y_feat, pseudo, conf, self.cfg.reliability, self.num_classes, backend
+        )
+        return t_logits.new_zeros(()) + cfg.weight * l_metric, weights, pseudo
 
     def mix(
         self, images: Tensor, labels: Tensor, weights: Tensor, g: torch.Generator, logs: Logs
@@ -98,6 +101,7 @@ class Stvm(MeanTeacher):
         x, labels, weights, mask = mocm(
             images, labels, weights, self.num_classes, patch=mix.patch, tau=mix.tau,
             fraction=mix.class_fraction, generator=g, backend=self.cfg.run.kernel_backend,
+            rare_power=mix.rare_power,
         )  # fmt: skip
         logs["mix_fraction"] = mask.float().mean()
         return x, labels, weights

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -213,3 +214,85 @@ def test_class_normalised_step_moves_the_student(tiny_net: torch.nn.Module, meth
     logs = a.step(_images(), 0, torch.Generator().manual_seed(0))
     assert torch.isfinite(logs["loss_st"])
     assert any(not torch.equal(v, before[k]) for k, v in a.student.state_dict().items())
+
+
+def test_confident_labels_keep_each_classes_most_confident_share() -> None:
+    from stvm_sdk.methods.parts.pseudo import confident_labels
+
+    g = torch.Generator().manual_seed(4)
+    labels = torch.randint(0, 4, (2, 9, 11), generator=g)
+    labels[0, 0] = 255
+    conf = torch.rand(2, 9, 11, generator=g)
+    kept = confident_labels(labels, conf, 5, 0.3)
+    for c in range(4):
+        in_class = labels == c
+        values = conf[in_class].sort(descending=True).values
+        n_keep = math.ceil(0.3 * len(values))
+        expected = in_class & (conf >= values[n_keep - 1])
+        assert torch.equal(kept == c, expected), c
+    assert bool((kept[labels == 255] == 255).all())
+
+
+def test_combined_and_classwise_reliability_stay_in_the_unit_interval_and_rank_within_classes() -> None:
+    from stvm_sdk.config import ReliabilityConfig
+    from stvm_sdk.methods.parts.pseudo import pixel_reliability
+
+    g = torch.Generator().manual_seed(5)
+    z = torch.nn.functional.normalize(torch.randn(2, 8, 4, 6, generator=g), dim=1)
+    proxies = torch.nn.functional.normalize(torch.randn(3, 8, generator=g), dim=1)
+    y_feat = torch.randint(0, 3, (2, 4, 6), generator=g)
+    pseudo = torch.randint(0, 3, (2, 16, 24), generator=g)
+    conf = torch.rand(2, 16, 24, generator=g)
+    soft = pixel_reliability(z, proxies, y_feat, pseudo, conf, ReliabilityConfig(), 3, "torch")
+    comb = pixel_reliability(
+        z,
+        proxies,
+        y_feat,
+        pseudo,
+        conf,
+        ReliabilityConfig(mode="combined", confidence_power=0.25),
+        3,
+        "torch",
+    )
+    torch.testing.assert_close(comb, conf**0.25 * soft**0.75)
+    cw = pixel_reliability(
+        z, proxies, y_feat, pseudo, conf, ReliabilityConfig(mode="combined", classwise=True), 3, "torch"
+    )
+    assert float(cw.min()) >= 0.0 and float(cw.max()) <= 1.0
+    base = pixel_reliability(z, proxies, y_feat, pseudo, conf, ReliabilityConfig(mode="combined"), 3, "torch")
+    for c in range(3):  # the same order inside each class, and the class's best pixel gets 1
+        m = pseudo == c
+        assert torch.equal(torch.argsort(cw[m], stable=True), torch.argsort(base[m], stable=True))
+        assert float(cw[m].max()) == 1.0
+
+
+def test_rare_power_pastes_rare_classes_more_often() -> None:
+    from stvm_sdk.methods.parts.mixing import choose_classes
+
+    counts = torch.tensor([[900.0, 90.0, 10.0]]).repeat(4000, 1)
+    mean_rel = torch.full_like(counts, 0.8)
+    g = torch.Generator().manual_seed(0)
+    plain = choose_classes(counts, mean_rel, 1 / 3, g).float().mean(0)
+    rare = (
+        choose_classes(counts, mean_rel, 1 / 3, torch.Generator().manual_seed(0), rare_power=1.0)
+        .float()
+        .mean(0)
+    )
+    assert abs(float(plain[2]) - 1 / 3) < 0.03  # equal reliability: uniform
+    assert float(rare[2]) > 0.8 and float(rare[0]) < 0.05  # p ∝ 1/share: the 1 % class nearly always
+
+
+@pytest.mark.parametrize(
+    "over",
+    [
+        {"metric.clean": "confident"},
+        {"reliability.mode": "combined"},
+        {"reliability.classwise": True},
+        {"mix.rare_power": 1.0},
+    ],
+)
+def test_stvm_options_take_a_finite_step(tiny_net: torch.nn.Module, over: dict[str, object]) -> None:
+    a = _adapter(tiny_net, **over)
+    logs = a.step(_images(), 0, torch.Generator().manual_seed(0))
+    assert torch.isfinite(logs["loss"]) and torch.isfinite(logs["loss_metric"])
+    assert 0.0 <= float(logs["mean_weight"]) <= 1.0

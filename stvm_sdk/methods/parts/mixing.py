@@ -30,7 +30,11 @@ def class_reliability(
 
 
 def choose_classes(
-    counts: Tensor, mean_rel: Tensor, fraction: float, generator: torch.Generator | None
+    counts: Tensor,
+    mean_rel: Tensor,
+    fraction: float,
+    generator: torch.Generator | None,
+    rare_power: float = 0.0,
 ) -> Tensor:
     """Sample ``ceil(fraction * n_present)`` classes per row without replacement, p ∝ mean reliability.
 
@@ -43,6 +47,9 @@ def choose_classes(
     u = torch.rand(counts.shape, generator=generator, device="cpu").to(counts.device)
     gumbel = -torch.log(-torch.log(u.clamp(1e-12, 1 - 1e-7)))
     keys = torch.log(mean_rel.clamp(min=1e-6)) + gumbel
+    if rare_power:  # p ∝ mean reliability x share^-rare_power: rare classes are pasted more often
+        share = counts / counts.sum(1, keepdim=True).clamp(min=1)
+        keys = keys - rare_power * torch.log(share.clamp(min=1e-6))
     keys = torch.where(present, keys, torch.full_like(keys, float("-inf")))
     rank = torch.argsort(torch.argsort(keys, dim=1, descending=True), dim=1)
     return present & (rank < k[:, None])
@@ -71,6 +78,7 @@ def mocm(
     fraction: float,
     generator: torch.Generator | None,
     backend: str = "auto",
+    rare_power: float = 0.0,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Mix a batch with its rolled partner. Returns (images, labels, weights, mask ``[B,H,W]`` bool).
 
@@ -80,7 +88,7 @@ def mocm(
     """
     b = images.shape[0]
     counts, mean_rel = class_reliability(labels, weights, num_classes)
-    class_mask = choose_classes(counts, mean_rel, fraction, generator)
+    class_mask = choose_classes(counts, mean_rel, fraction, generator, rare_power)
     keep = patch_keep_mask(labels, weights, class_mask, patch, tau)
     partner = torch.roll(torch.arange(b, device=images.device), shifts=-1)
     return mocm_blend(images, labels, weights, partner, class_mask, keep, patch_size=patch, backend=backend)

@@ -5,7 +5,7 @@ Pure torch, no host syncs: the pieces the self-training methods (stvm_sdk.method
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as nnf
@@ -14,6 +14,9 @@ from torch import Tensor, nn
 from stvm_sdk.kernels import proxy_reliability
 from stvm_sdk.methods.parts.metric import MetricHead
 from stvm_sdk.models.contract import capture_features, forward_logits
+
+if TYPE_CHECKING:
+    from stvm_sdk.config import ReliabilityConfig
 
 IGNORE = 255
 
@@ -60,15 +63,73 @@ def class_balance(counts: Tensor, num_classes: int) -> Tensor:
     return torch.where(present, counts.sum() / (present.sum().clamp_min(1) * counts.clamp_min(1)), 0.0)
 
 
+def class_ranks(labels: Tensor, score: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
+    """Each pixel's rank by ``score`` inside its label's class (0 = highest) and its class's size.
+
+    Vectorised and free of host syncs, like :func:`~stvm_sdk.methods.parts.metric.balanced_pixel_mask`:
+    one sort by ``label + (1 - score)``. Ignored pixels form an extra class. Scores must lie in [0,1].
+    """
+    flat = labels.reshape(-1).long()
+    lab = torch.where(flat == IGNORE, torch.full_like(flat, num_classes), flat)
+    key = lab.double() + (1.0 - score.reshape(-1).double().clamp(0.0, 1.0)) * (1.0 - 1e-9)
+    order = torch.argsort(key)
+    counts = torch.zeros(num_classes + 1, dtype=torch.long, device=flat.device).index_add_(
+        0, lab, torch.ones_like(lab)
+    )
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(flat.numel(), device=flat.device)
+    return (rank - starts[lab]).view_as(labels), counts[lab].view_as(labels)
+
+
+def confident_labels(labels: Tensor, confidence: Tensor, num_classes: int, keep: float) -> Tensor:
+    """``labels`` with all but each class's ``keep`` most confident share set to the ignore index."""
+    rank, size = class_ranks(labels, confidence, num_classes)
+    kept = rank.double() < torch.ceil(keep * size.double())
+    return torch.where(kept & (labels != IGNORE), labels, torch.full_like(labels, IGNORE))
+
+
+def pixel_reliability(
+    z: Tensor,
+    proxies: Tensor,
+    y_feat: Tensor,
+    pseudo: Tensor,
+    confidence: Tensor,
+    cfg: ReliabilityConfig,
+    num_classes: int,
+    backend: str,
+) -> Tensor:
+    """Each pseudo-label's weight ``[B,H,W]`` in [0,1] at pixel resolution (decision 5).
+
+    ``z`` are M's embeddings at feature resolution, ``y_feat`` the pseudo-labels there, ``pseudo`` and
+    ``confidence`` the teacher's argmax and max-softmax at pixel resolution. ``cfg.mode = "combined"``
+    multiplies confidence^a by the metric reliability^(1-a); ``cfg.classwise`` replaces each weight by
+    its quantile inside its pseudo-class (this batch's pixels).
+    """
+    base = "softmax" if cfg.mode == "combined" else cfg.mode
+    r = reliability(z, proxies, y_feat, base, cfg.scale, backend)
+    r = nnf.interpolate(r[:, None], size=pseudo.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    r = r.clamp_(0.0, 1.0)
+    if cfg.mode == "combined":
+        a = cfg.confidence_power
+        r = confidence.clamp(0.0, 1.0) ** a * r ** (1.0 - a)
+    if cfg.classwise:
+        rank, size = class_ranks(pseudo, r, num_classes)
+        r = torch.where(
+            pseudo == IGNORE, torch.zeros_like(r), 1.0 - rank.to(r.dtype) / size.clamp(min=1).to(r.dtype)
+        )
+    return r
+
+
 def pseudo_label_reliability(
-    teacher: nn.Module, classifier: str, metric: MetricHead, x: Tensor, mode: str, scale: float
+    teacher: nn.Module, classifier: str, metric: MetricHead, x: Tensor, cfg: ReliabilityConfig
 ) -> tuple[Tensor, Tensor]:
     """Teacher pseudo-labels and their reliability at pixel resolution for normalised images ``x``."""
     with capture_features(teacher, classifier) as hook:
         logits = forward_logits(teacher, x).float()
         z = metric(detach_features(hook.pop()))
-    pseudo = logits.argmax(1)
+    confidence, pseudo = logits.softmax(1).max(1)
     y_feat = nnf.interpolate(logits, size=z.shape[-2:], mode="bilinear", align_corners=False).argmax(1)
-    r = reliability(z, metric.unit_proxies(), y_feat, mode, scale, "auto")
-    r = nnf.interpolate(r[:, None], size=pseudo.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-    return pseudo, r.clamp(0.0, 1.0)
+    num_classes = logits.shape[1]
+    r = pixel_reliability(z, metric.unit_proxies(), y_feat, pseudo, confidence, cfg, num_classes, "auto")
+    return pseudo, r
