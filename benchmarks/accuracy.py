@@ -2,8 +2,7 @@
 
     python benchmarks/accuracy.py            # the full table (111 min from a fresh cache, 2-core CPU)
     python benchmarks/accuracy.py --quick    # a subset: one arch, one domain, one seed (7 min fresh)
-    python benchmarks/accuracy.py --tune     # STvM decisions compared on the *tuning* split only
-    python benchmarks/accuracy.py --tune-seeds [--tune-arch A]   # decision 6's variants, every seed
+    python benchmarks/tuning.py              # STvM variants compared on the *tuning* split only
 
 Writes benchmarks/results/accuracy{,_quick}.{md,json}, the threshold sweep plot, a reliability-vs-
 correctness plot and qualitative figures. Each finished cell (arch, domain, method, seed) is cached
@@ -23,7 +22,7 @@ import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from typing import Any
 import torch
 
 from stvm_sdk import AdaptConfig, adapt, evaluate, load_model
+from stvm_sdk.config import PRESETS
 from stvm_sdk.methods import ladder
 from stvm_sdk.supervised import TrainConfig
 from stvm_sdk.synthetic.cache import DomainSpec, ensure_domain, ensure_trained
@@ -64,52 +64,6 @@ DECISIONS = [
     "- Everything else is the brief's default. The deliverable stays the teacher (decision 10); both",
     "  networks are scored in every row below.",
 ]
-# (name, overrides) compared by --tune on the `val` split; the table uses the defaults in stvm_sdk.config.
-# The variants before `stvm@class_norm` ran while decision 6 divided by the valid pixels (the default
-# then): they keep that setting, so their cells stay the ones recorded in accuracy_tuning*.md.
-_VALID = {"reliability.normalize": "valid"}
-TUNING: list[tuple[str, dict[str, Any]]] = [
-    ("stvm@train_bn", {**_VALID, "student_bn": "train"}),  # the brief's decision: student BN in train mode
-    ("stvm", {**_VALID}),  # student_bn = "frozen", the default since this comparison
-    ("mean_teacher@train_bn", {**_VALID, "student_bn": "train"}),
-    ("mean_teacher", {**_VALID}),
-    ("adabn", {**_VALID}),  # the start of every self-training run
-    ("stvm@480it", {**_VALID, "run.iters": 480}),  # does the gain grow with a 4x longer run?
-    # The metric net learns the pseudo-labels (noise included) and reliability saturates (mean weight
-    # 0.12 -> 0.87 over 480 steps): does a 10x smaller lambda (slower M) keep it discriminative?
-    ("stvm@lambda0.1", {**_VALID, "metric.weight": 0.1}),
-    ("stvm@480it_lambda0.1", {**_VALID, "run.iters": 480, "metric.weight": 0.1}),
-    # Is the small share of the gap STvM closes a matter of knobs? Reliability sharpness (gamma),
-    # MOCM's patch threshold, a longer metric warm-up, the proxies' lr, the student's lr; one at a time.
-    ("stvm@gamma8", {**_VALID, "reliability.scale": 8.0}),
-    ("stvm@gamma32", {**_VALID, "reliability.scale": 32.0}),
-    ("stvm@tau0.7", {**_VALID, "mix.tau": 0.7}),
-    ("stvm@warmup60", {**_VALID, "metric.warmup": 60}),
-    ("stvm@proxy_lr10", {**_VALID, "metric.proxy_lr_mult": 10.0}),
-    ("stvm@lr1e-3", {**_VALID, "optim.lr": 1e-3}),
-    ("stvm@lr1e-4", {**_VALID, "optim.lr": 1e-4}),
-    # Decision 6's alternative: divide by the sum of weights, so a low mean reliability early in a
-    # short run does not also shrink the student's step (deeplabv3, 50 student steps: STvM 14.30 ended
-    # below mean_teacher 15.03 on test seed 0, barely moving from AdaBN's 14.37).
-    ("stvm@normalize_weights", {**_VALID, "reliability.normalize": "weights"}),
-    # The alternatives the brief names but the table's first tuning round did not try: decision 5's
-    # other reliabilities, decision 4's other metric loss, decision 9's AdamW; and two MOCM/augmentation
-    # choices (finer patches, no photometric augmentation) in case the tiny frames make them too harsh.
-    ("stvm@agreement", {**_VALID, "reliability.mode": "agreement"}),
-    ("stvm@cosine", {**_VALID, "reliability.mode": "cosine"}),
-    ("stvm@proxy_nca", {**_VALID, "metric.loss": "proxy_nca"}),
-    ("stvm@adamw6e-5", {**_VALID, "optim.optimizer": "adamw", "optim.lr": 6e-5}),
-    ("stvm@patch8", {**_VALID, "mix.patch": 8}),
-    ("stvm@no_aug", {**_VALID, "aug.jitter_prob": 0.0, "aug.blur_prob": 0.0}),
-    # The pseudo-label histogram drifts to the classes the teacher predicts most (road, building) and
-    # the drift grows with the step size (lr 1e-3, AdamW, proxy_nca's fast-saturating weights all
-    # collapse): decision 6's class-mean normalisation, for STvM and for mean_teacher alike.
-    ("stvm@class_norm", {"reliability.normalize": "class"}),  # the default since this comparison
-    ("mean_teacher@class_norm", {"reliability.normalize": "class"}),
-]
-TUNING_OTHER_ARCH = (
-    "adabn", "mean_teacher", "stvm", "stvm@normalize_weights", "stvm@class_norm", "mean_teacher@class_norm",
-)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -122,13 +76,14 @@ class Plan:
     size: tuple[int, int] = (128, 256)
     n_source: int = 400
     n_target: int = 200  # unlabeled adaptation frames (also the oracle's labelled training set)
-    n_tune: int = 30  # labelled tuning split (`val`)
-    n_test: int = 60  # labelled held-out split (`test`): the table
-    source_iters: int = 800
+    n_tune: int = 60  # labelled tuning split (`val`)
+    n_test: int = 120  # labelled held-out split (`test`): the table
+    source_iters: int = 1500  # from scratch on the source frames
+    oracle_iters: int = 600  # the oracle: the source model fine-tuned on the domain's labelled frames
     adapt_iters: dict[str, int] = field(
-        default_factory=lambda: {"lraspp_mobilenet_v3_large": 120, "deeplabv3_mobilenet_v3_large": 80}
+        default_factory=lambda: {"lraspp_mobilenet_v3_large": 200, "deeplabv3_mobilenet_v3_large": 140}
     )
-    warmup: int = 30
+    warmup: int = 40
     sweep_arch: str = "lraspp_mobilenet_v3_large"
 
     @classmethod
@@ -137,9 +92,10 @@ class Plan:
             archs=("lraspp_mobilenet_v3_large",),
             domains=("target",),
             seeds=(0,),
-            n_test=40,
-            source_iters=300,
-            adapt_iters={"lraspp_mobilenet_v3_large": 60},
+            n_test=60,
+            source_iters=500,
+            oracle_iters=200,
+            adapt_iters={"lraspp_mobilenet_v3_large": 80},
             warmup=20,
         )
 
@@ -149,7 +105,12 @@ class Plan:
         return DomainSpec(domain, split, n.get(split, self.n_test), self.size, 0)
 
     def train_cfg(self, arch: str) -> TrainConfig:
+        """The source model's training."""
         return TrainConfig(arch=arch, iters=self.source_iters, batch_size=8, crop=None, seed=0)
+
+    def oracle_cfg(self, arch: str, source: Path) -> TrainConfig:
+        """The oracle's training: the source model fine-tuned with the domain's labels."""
+        return replace(self.train_cfg(arch), iters=self.oracle_iters, init=str(source))
 
     def adapt_cfg(self, arch: str, method: str, seed: int, **over: Any) -> AdaptConfig:
         h, w = self.size
@@ -171,6 +132,12 @@ def source_model(plan: Plan, arch: str, cache: Path) -> Path:
     return ensure_trained(plan.spec("source", "train"), plan.train_cfg(arch), cache, progress=False)
 
 
+def oracle_model(plan: Plan, arch: str, domain: str, cache: Path) -> Path:
+    """The plan's oracle for ``arch`` on ``domain`` (fine-tuned from the source model on first use)."""
+    cfg = plan.oracle_cfg(arch, source_model(plan, arch, cache))
+    return ensure_trained(plan.spec(domain, "train"), cfg, cache, progress=False)
+
+
 def _cell_path(cache: Path, arch: str, domain: str, split: str, name: str, seed: int) -> Path:
     return cache / "cells" / arch / domain / split / name / f"seed{seed}.json"
 
@@ -186,7 +153,8 @@ def _settings(
     }
     train = asdict(plan.train_cfg(arch))
     if name == "oracle":
-        return json.loads(json.dumps({"oracle_train": train, **data}))
+        oracle = {**asdict(plan.oracle_cfg(arch, Path())), "init": "source model"}
+        return json.loads(json.dumps({"oracle_train": oracle, "source_train": train, **data}))
     adapt_cfg = plan.adapt_cfg(arch, name.split("@")[0], seed, **over).to_dict()
     return json.loads(
         json.dumps({"adapt": adapt_cfg, "source_train": train, "n_source": plan.n_source, **data})
@@ -219,8 +187,7 @@ def cell(
     target = ensure_domain(plan.spec(domain, "train"), cache)
     evaluation = ensure_domain(plan.spec(domain, split), cache)
     if name == "oracle":
-        oracle = ensure_trained(plan.spec(domain, "train"), plan.train_cfg(arch), cache, progress=False)
-        res = evaluate(load_model(oracle), evaluation, evaluation)
+        res = evaluate(load_model(oracle_model(plan, arch, domain, cache)), evaluation, evaluation)
         out: dict[str, Any] = {"miou": res.miou, "per_class_iou": res.per_class_iou}
     else:
         method = name.split("@")[0]
@@ -282,10 +249,14 @@ def _mean(xs: list[float | None]) -> float | None:
     return statistics.fmean(vals) if vals else None
 
 
+# STvM as first reconstructed (the `stvm_paper` preset), a row of the table beside today's default.
+PAPER = {k: v for k, v in PRESETS["stvm_paper"].items() if k != "method"}
+
+
 def methods(plan: Plan) -> list[tuple[str, dict[str, Any]]]:
-    """(table name, config overrides): the ladder, STvM without decision 0, and the oracle."""
+    """(table name, config overrides): the registry's ladder with the paper preset before STvM."""
     rows: list[tuple[str, dict[str, Any]]] = [(m, {}) for m in LADDER]
-    rows.insert(-1, ("stvm@bn_source", {"bn_init": "source"}))
+    rows.insert(-1, ("stvm@paper", PAPER))
     return rows
 
 
@@ -325,12 +296,12 @@ def _prepare(plan: Plan, cache: Path, jobs: int) -> None:
     parallel cells never train the same model twice. Models go longest first over ``jobs`` processes."""
     for spec in [plan.spec(d, s) for d in plan.domains for s in ("train", "test")]:
         ensure_domain(spec, cache)
-    # (training data, arch): the source model and one oracle per domain, for every arch
-    models = [(plan.spec(d, "train"), a) for a in plan.archs for d in ("source", *plan.domains)]
-    models.sort(key=lambda m: -ARCH_COST.get(m[1], 1.0))  # the slow ones first
-    train = partial(ensure_trained, cache=cache, progress=False)
+    # The source model of every arch, then (they start from it) one oracle per arch and domain.
+    archs = sorted(plan.archs, key=lambda a: -ARCH_COST.get(a, 1.0))  # the slow ones first
     with _pool(jobs) as pool:
-        list(pool.map(train, [spec for spec, _ in models], [plan.train_cfg(a) for _, a in models]))
+        list(pool.map(partial(source_model, plan, cache=cache), archs))
+        oracles = [(a, d) for a in archs for d in plan.domains]
+        list(pool.map(partial(oracle_model, plan, cache=cache), *zip(*oracles, strict=True)))
 
 
 def _threads(jobs: int) -> int:
@@ -401,6 +372,28 @@ def build_table(plan: Plan, cache: Path) -> dict[str, Any]:
             if block:
                 table.setdefault(arch, {})[domain] = block
     return table
+
+
+def build_reliability(plan: Plan, cache: Path, name: str = "stvm") -> dict[str, Any]:
+    """{arch: {domain: figures}}: how well ``name``'s reliability and the teacher's confidence find the
+    wrong pseudo-labels on the held-out frames at the end of the run, averaged over the seeds."""
+    out: dict[str, Any] = {}
+    for arch in plan.archs:
+        for domain in plan.domains:
+            cells = _cached(cache, plan, arch, domain, name, dict(methods(plan))[name], plan.seeds)
+            det = [c["error_detection"] for c in cells if "error_detection" in c]
+            if not det:
+                continue
+            figures: dict[str, Any] = {}
+            for score in ("reliability", "confidence"):
+                for key in ("auroc", "aupr_errors", "aurc"):
+                    figures[f"{key}_{score}"] = statistics.fmean(d[score][key] for d in det)
+                curves = [d[score]["risk_coverage"] for d in det]
+                figures[f"risk_coverage_{score}"] = [statistics.fmean(v) for v in zip(*curves, strict=True)]
+            figures["error_rate"] = statistics.fmean(d["reliability"]["error_rate"] for d in det)
+            figures["seeds"] = len(det)
+            out.setdefault(arch, {})[domain] = figures
+    return out
 
 
 def build_sweep(plan: Plan, cache: Path) -> dict[str, float]:
@@ -507,70 +500,9 @@ def write_markdown(
     path.write_text("\n".join(lines) + "\n")
 
 
-def run_tuning(plan: Plan, cache: Path, arch: str | None = None) -> Path:
-    """STvM's decisions compared on the tuning split (`val`) only: first domain, first seed. The first
-    arch runs every variant in TUNING; another arch the short list TUNING_OTHER_ARCH."""
-    arch = arch or plan.archs[0]
-    variants = TUNING if arch == plan.archs[0] else [v for v in TUNING if v[0] in TUNING_OTHER_ARCH]
-    domain, seed = plan.domains[0], plan.seeds[0]
-    lines = [
-        f"# STvM decisions on the tuning split (`val`, {plan.n_tune} frames)",
-        "",
-        f"{arch}, {domain}, seed {seed}, {plan.adapt_iters[arch]} iters; everything else as in accuracy.md.",
-        f"Command: `python benchmarks/accuracy.py --tune --tune-arch {arch} --cache {cache}`",
-        "",
-        "| variant | overrides | deliverable mIoU | teacher | student |",
-        "|---|---|---|---|---|",
-    ]
-    for name, over in variants:
-        res = cell(cache, plan, arch, domain, name, seed, "val", **over)
-        t, st = res.get("miou_teacher"), res.get("miou_student")
-        lines.append(
-            f"| {name} | `{json.dumps(over)}` | {res['miou']:.2f} | "
-            f"{'-' if t is None else f'{t:.2f}'} | {'-' if st is None else f'{st:.2f}'} |"
-        )
-        print(lines[-1], flush=True)
-    path = RESULTS / ("accuracy_tuning.md" if arch == plan.archs[0] else f"accuracy_tuning_{arch}.md")
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-# The decision whose seed-0 evidence was within a few noise widths: re-checked over every seed.
-SEED_CHECK = ("stvm", "stvm@class_norm", "mean_teacher", "mean_teacher@class_norm")
-
-
-def run_seed_check(plan: Plan, cache: Path, arch: str | None = None) -> Path:
-    """The SEED_CHECK variants of TUNING on the tuning split for every seed of the plan: mean ± std."""
-    arch = arch or plan.archs[0]
-    domain, variants = plan.domains[0], dict(TUNING)
-    lines = [
-        f"# Decision 6 on the tuning split (`val`, {plan.n_tune} frames), every seed",
-        "",
-        f"{arch}, {domain}, seeds {', '.join(map(str, plan.seeds))}, {plan.adapt_iters[arch]} iters; "
-        "everything else as in accuracy.md.",
-        f"Command: `python benchmarks/accuracy.py --tune-seeds --tune-arch {arch} --cache {cache}`",
-        "",
-        "| variant | overrides | deliverable mIoU, mean ± std | per seed |",
-        "|---|---|---|---|",
-    ]
-    for name in SEED_CHECK:
-        over = variants[name]
-        mious = [cell(cache, plan, arch, domain, name, seed, "val", **over)["miou"] for seed in plan.seeds]
-        mean, std = statistics.fmean(mious), statistics.pstdev(mious)
-        per_seed = ", ".join(f"{m:.2f}" for m in mious)
-        lines.append(f"| {name} | `{json.dumps(over)}` | {mean:.2f} ± {std:.2f} | {per_seed} |")
-        print(lines[-1], flush=True)
-    path = RESULTS / f"accuracy_tuning_seeds_{arch}.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--tune", action="store_true", help="compare STvM variants on the tuning split only")
-    ap.add_argument("--tune-arch", default=None, help="--tune on this arch (default: the plan's first)")
-    ap.add_argument("--tune-seeds", action="store_true", help="decision 6's variants on `val`, every seed")
     ap.add_argument("--cache", type=Path, default=Path(".stvm_cache"))  # shared with `stvm demo`
     ap.add_argument(
         "--budget-min",
@@ -586,14 +518,10 @@ def main(argv: list[str] | None = None) -> int:
         help="cells run in this many processes at once, sharing the cores (default: 2)",
     )
     args = ap.parse_args(argv)
-    if "OMP_NUM_THREADS" not in os.environ:  # in-process work (--tune, figures); cells use --jobs
+    if "OMP_NUM_THREADS" not in os.environ:  # in-process work (figures); cells use --jobs
         torch.set_num_threads(min(2, os.cpu_count() or 1))
     plan = Plan.quick() if args.quick else Plan()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    if args.tune or args.tune_seeds:
-        run = run_seed_check if args.tune_seeds else run_tuning
-        print(run(plan, args.cache, args.tune_arch))
-        return 0
     t0 = time.perf_counter()
     budget = None if args.budget_min is None else args.budget_min * 60
     skipped = run_cells(plan, args.cache, budget, max(1, args.jobs))
@@ -601,6 +529,12 @@ def main(argv: list[str] | None = None) -> int:
     suffix = "_quick" if args.quick else ""
     # accuracy.json is exactly {arch: {domain: {method: {...}}}}; the rest goes to a sidecar.
     (RESULTS / f"accuracy{suffix}.json").write_text(json.dumps(table, indent=1))
+    reliability = build_reliability(plan, args.cache)
+    # reliability.json is exactly {arch: {domain: {the four figures}}}; curves and AURC in the sidecar.
+    keys = ("auroc_reliability", "auroc_confidence", "aupr_errors_reliability", "aupr_errors_confidence")
+    four = {a: {d: {k: f[k] for k in keys} for d, f in by_d.items()} for a, by_d in reliability.items()}
+    (RESULTS / f"reliability{suffix}.json").write_text(json.dumps(four, indent=1))
+    (RESULTS / f"reliability{suffix}_meta.json").write_text(json.dumps(reliability, indent=1))
     extra: dict[str, Any] = {"plan": asdict(plan), "threshold_sweep": sweep, "cells_not_run": skipped}
     if not args.no_figures:
         from accuracy_figures import write_figures  # type: ignore[import-not-found]
@@ -609,6 +543,10 @@ def main(argv: list[str] | None = None) -> int:
         extra["reliability_calibration"] = write_figures(
             plan, args.cache, source, sweep, table, RESULTS, suffix
         )
+        if reliability:
+            from accuracy_figures import reliability_blocks_plot  # type: ignore[import-not-found]
+
+            reliability_blocks_plot(reliability, RESULTS / f"reliability_blocks{suffix}.png")
     (RESULTS / f"accuracy{suffix}_meta.json").write_text(json.dumps(extra, indent=1))
     write_markdown(
         plan,

@@ -122,6 +122,28 @@ def reliability_vs_correctness(run_dir: Path, eval_root: Path, path: Path, bins:
     return out
 
 
+def reliability_blocks_plot(reliability: dict[str, Any], path: Path) -> None:
+    """One panel per block (arch x domain): risk-coverage of STvM's reliability and of the teacher's
+    confidence (lower is better), with each score's AUROC and AUPR of the errors in the legend."""
+    blocks = [(a, d, f) for a, by_domain in reliability.items() for d, f in by_domain.items()]
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(blocks), figsize=(3.6 * len(blocks), 3.2), squeeze=False)
+    for ax, (arch, domain, f) in zip(axes[0], blocks, strict=True):
+        for k, score in enumerate(("reliability", "confidence")):
+            curve = f[f"risk_coverage_{score}"]
+            cov = [(i + 1) / len(curve) for i in range(len(curve))]
+            label = f"{score} (AUROC {f[f'auroc_{score}']:.3f}, AUPR err {f[f'aupr_errors_{score}']:.2f})"
+            ax.plot(cov, curve, color=f"C{k}", label=label)
+        ax.set_title(f"{arch.split('_')[0]} / {domain}", fontsize=9)
+        ax.set_xlabel("coverage (top-scored share kept)")
+        ax.set_ylabel("risk (share of kept pixels wrong)")
+        ax.legend(fontsize=6)
+    fig.suptitle("Which pseudo-labels are wrong? STvM's reliability vs the teacher's confidence", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 @torch.no_grad()
 def qualitative(run_dir: Path, source_path: Path, eval_root: Path, path: Path, n: int = 3) -> None:
     """image | ground truth | source-only | adapted | reliability (STvM) or teacher confidence."""

@@ -40,6 +40,11 @@ def adapt_command(
     config: Path | None = typer.Option(
         None, "--config", help="TOML/YAML/JSON config; options above override it."
     ),
+    preset: str | None = typer.Option(
+        None,
+        "--preset",
+        help="A named config instead of --config: stvm_paper (the paper as first reconstructed).",
+    ),
     out: Path | None = typer.Option(None, "--out", help="Run directory (default runs/<method>-<time>)."),
     resume: bool = typer.Option(
         False, "--resume", help="Continue the run in --out from its last checkpoint."
@@ -64,10 +69,13 @@ def adapt_command(
     from stvm_sdk import AdaptConfig, adapt
     from stvm_sdk.boundary.args import parse_hw
     from stvm_sdk.distributed import LAUNCHED_ENV, PeerLostError, RankZeroError, env_world
+    from stvm_sdk.errors import ConfigError
 
     rank, world, _ = env_world()  # set by torchrun (or by --nproc-per-node's launcher) in workers
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s")
-    cfg = AdaptConfig.from_file(config) if config else AdaptConfig()
+    if config is not None and preset is not None:
+        raise ConfigError("--config and --preset both give a whole config: pass one of them")
+    cfg = AdaptConfig.from_file(config) if config else AdaptConfig.preset(preset) if preset else AdaptConfig()
     overrides: dict[str, Any] = {
         "method": method, "run.iters": iters, "data.batch_size": batch_size, "run.device": device,
         "run.seed": seed, "data.resize": parse_hw(resize, "--resize") if resize else None,

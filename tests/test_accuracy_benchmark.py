@@ -153,18 +153,47 @@ def test_domain_gap_reports_the_accuracy_cells_and_the_issue_3_verdict(acc, tmp_
     assert res[plan.archs[0]]["fog"]["adabn"]["miou"] == 16.0
 
 
-def test_seed_check_reports_every_seed_of_each_decision_6_variant(acc, tmp_path: Path, monkeypatch) -> None:
-    """--tune-seeds reads (or runs) the `val` cells of SEED_CHECK for every seed: mean ± std per variant."""
+def test_tuning_rows_average_seeds_and_the_error_detection_of_each_score(acc) -> None:
+    """benchmarks/tuning.py's table: mean ± std of the seeds' mIoU, mean AUROC/AUPR/AURC per score."""
+    tuning = importlib.import_module("tuning")
+
+    def det(auroc: float) -> dict:
+        return {"auroc": auroc, "aupr_errors": 0.5, "aurc": 0.1, "error_rate": 0.3}
+
+    cells = [
+        {"miou": 10.0 + s, "error_detection": {"pseudo_label_accuracy": 0.6, "reliability": det(0.7 + s / 10),
+                                               "confidence": det(0.6)}}
+        for s in (0, 1, 2)
+    ]  # fmt: skip
+    row = tuning._row("stvm@clean", {"metric.clean": "confident"}, cells)
+    assert row == (
+        "| stvm@clean | 11.00 ± 0.82 | 0.800 | 0.600 | 0.500 | 0.500 | 0.100 | 0.100 | 60.0 | "
+        '`{"metric.clean": "confident"}` |'
+    )
+    assert (
+        tuning._row("adabn", {}, [{"miou": 12.0}]) == "| adabn | 12.00 | - | - | - | - | - | - | - | `{}` |"
+    )
+    assert [n for n, _ in tuning.ROUND_3].count("stvm") == 1 and ("stvm@paper", acc.PAPER) in tuning.ROUND_3
+
+
+def test_reliability_figures_are_the_seed_means_of_stvms_cells(acc, tmp_path: Path) -> None:
     plan = acc.Plan()
-    arch, domain, variants = plan.archs[0], plan.domains[0], dict(acc.TUNING)
-    for i, name in enumerate(acc.SEED_CHECK):
-        for seed in plan.seeds:
-            path = acc._cell_path(tmp_path, arch, domain, "val", name, seed)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            settings = acc._settings(plan, arch, name, seed, "val", variants[name])
-            path.write_text(json.dumps({"miou": 10.0 * i + seed, "settings": settings}))
-    monkeypatch.setattr(acc, "RESULTS", tmp_path)
-    text = acc.run_seed_check(plan, tmp_path).read_text()
-    row = '| stvm@class_norm | `{"reliability.normalize": "class"}` | 11.00 ± 0.82 | 10.00, 11.00, 12.00 |'
-    assert row in text
-    assert text.count("\n| ") == 1 + len(acc.SEED_CHECK)  # the header and one row per variant
+    arch, domain = plan.archs[0], plan.domains[0]
+    for seed in plan.seeds:
+        path = acc._cell_path(tmp_path, arch, domain, "test", "stvm", seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        det = {
+            "pseudo_label_accuracy": 0.6,
+            "reliability": {"auroc": 0.7 + seed / 100, "aupr_errors": 0.5, "aurc": 0.2, "error_rate": 0.4,
+                            "risk_coverage": [0.1, 0.4]},
+            "confidence": {"auroc": 0.72, "aupr_errors": 0.45, "aurc": 0.21, "error_rate": 0.4,
+                           "risk_coverage": [0.2, 0.4]},
+        }  # fmt: skip
+        settings = acc._settings(plan, arch, "stvm", seed, "test", {})
+        path.write_text(json.dumps({"miou": 1.0, "settings": settings, "error_detection": det}))
+    rel = acc.build_reliability(plan, tmp_path)
+    assert list(rel) == [arch] and list(rel[arch]) == [domain]
+    f = rel[arch][domain]
+    assert f["auroc_reliability"] == pytest.approx(0.71) and f["auroc_confidence"] == pytest.approx(0.72)
+    assert f["aupr_errors_reliability"] == 0.5 and f["risk_coverage_reliability"] == pytest.approx([0.1, 0.4])
+    assert f["seeds"] == len(plan.seeds)

@@ -1,0 +1,131 @@
+"""STvM variants compared on the tuning split (`val`) only: mIoU and how well each reliability finds
+wrong pseudo-labels. The held-out table (accuracy.py) is never used to choose a variant.
+
+    python benchmarks/tuning.py                                   # round 3 (issue 14), lraspp/target, seed 0
+    python benchmarks/tuning.py --arch deeplabv3_mobilenet_v3_large --domain fog \\
+        --seeds 0 1 2 --only stvm stvm@clean
+
+Cells are the accuracy benchmark's (same plan, same cache, same cell files under `cells/.../val/`),
+run in --jobs processes. Writes benchmarks/results/tuning_<arch>_<domain>.md. Rounds 1 and 2 (the
+plan before issue 14: 800-iteration source models, 30 `val` frames) are recorded in
+accuracy_tuning*.md; their variant lists are in git history (commit 9a0239c, benchmarks/accuracy.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from accuracy import PAPER, RESULTS, Plan, _pool, cell, source_model  # benchmarks/ is on sys.path
+
+from stvm_sdk.synthetic.cache import ensure_domain
+
+_CLEAN = {"metric.clean": "confident"}
+_COMBINED = {"reliability.mode": "combined"}
+# Round 3 (issue 14). Every self-training baseline and STvM's default, then one change at a time, then
+# the combinations. Leads from the literature (the issue): a metric network fitted to *all* of the
+# teacher's labels learns its systematic errors; train it on clean pixels (CBST-style per-class
+# confidence quantile); combine metric similarity with confidence; class-wise normalisation (DT-ST);
+# rare-class sampling in MOCM (DAFormer); saturation of the reliability softmax (gamma).
+ROUND_3: list[tuple[str, dict[str, Any]]] = [
+    ("adabn", {}),
+    ("tent", {}),
+    ("threshold_st", {}),
+    ("mean_teacher", {}),
+    ("confidence_weighted", {}),
+    ("stvm_no_mocm", {}),
+    ("stvm@paper", PAPER),
+    ("stvm", {}),
+    ("stvm@clean", _CLEAN),
+    ("stvm@clean0.25", {**_CLEAN, "metric.clean_quantile": 0.25}),
+    ("stvm@combined", _COMBINED),
+    ("stvm@combined_a0.25", {**_COMBINED, "reliability.confidence_power": 0.25}),
+    ("stvm@combined_a0.75", {**_COMBINED, "reliability.confidence_power": 0.75}),
+    ("stvm@classwise", {"reliability.classwise": True}),
+    ("stvm@rare1", {"mix.rare_power": 1.0}),
+    ("stvm@gamma32", {"reliability.scale": 32.0}),
+    ("stvm@gamma4", {"reliability.scale": 4.0}),
+    ("stvm@clean_combined", {**_CLEAN, **_COMBINED}),
+    ("stvm@clean_combined_classwise", {**_CLEAN, **_COMBINED, "reliability.classwise": True}),
+    ("stvm@clean_combined_rare1", {**_CLEAN, **_COMBINED, "mix.rare_power": 1.0}),
+]
+
+
+def _fmt(x: float | None, digits: int = 2) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def _row(name: str, over: dict[str, Any], cells: list[dict[str, Any]]) -> str:
+    mious = [c["miou"] for c in cells]
+    det = [c["error_detection"] for c in cells if "error_detection" in c]
+    mean = lambda xs: statistics.fmean(xs) if xs else None  # noqa: E731
+    std = f" ± {statistics.pstdev(mious):.2f}" if len(mious) > 1 else ""
+    figures = [
+        mean([d["reliability"]["auroc"] for d in det]),
+        mean([d["confidence"]["auroc"] for d in det]),
+        mean([d["reliability"]["aupr_errors"] for d in det]),
+        mean([d["confidence"]["aupr_errors"] for d in det]),
+        mean([d["reliability"]["aurc"] for d in det]),
+        mean([d["confidence"]["aurc"] for d in det]),
+    ]
+    acc = mean([d["pseudo_label_accuracy"] * 100 for d in det])
+    return (
+        f"| {name} | {statistics.fmean(mious):.2f}{std} | {' | '.join(_fmt(f, 3) for f in figures)} | "
+        f"{_fmt(acc, 1)} | `{json.dumps(over)}` |"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", default="lraspp_mobilenet_v3_large")
+    ap.add_argument("--domain", default="target")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--only", nargs="+", default=None, help="run these variants of ROUND_3 only")
+    ap.add_argument("--cache", type=Path, default=Path(".stvm_cache"))
+    ap.add_argument("--jobs", type=int, default=2)
+    args = ap.parse_args(argv)
+    plan, t0 = Plan(), time.perf_counter()
+    variants = [v for v in ROUND_3 if args.only is None or v[0] in args.only]
+    ensure_domain(plan.spec(args.domain, "train"), args.cache)
+    ensure_domain(plan.spec(args.domain, "val"), args.cache)
+    source_model(plan, args.arch, args.cache)  # once, before the cells share it
+    jobs = [(name, over, seed) for name, over in variants for seed in args.seeds]
+    with _pool(args.jobs) as pool:
+        futures = [
+            pool.submit(cell, args.cache, plan, args.arch, args.domain, n, s, "val", **o) for n, o, s in jobs
+        ]
+        done = {(n, s): f.result() for (n, _, s), f in zip(jobs, futures, strict=True)}
+    lines = [
+        f"# STvM variants on the tuning split (`val`, {plan.n_tune} frames): {args.arch}, {args.domain}",
+        "",
+        f"Seeds {', '.join(map(str, args.seeds))}; {plan.adapt_iters[args.arch]} adaptation steps (warm-up "
+        f"{plan.warmup}); source model {plan.source_iters} iterations. Command: `python benchmarks/tuning.py "
+        f"{' '.join(sys.argv[1:] if argv is None else argv)}` ({(time.perf_counter() - t0) / 60:.1f} min, "
+        "cells cached under --cache are reused).",
+        "",
+        "Error detection of the teacher's pseudo-labels on the `val` frames at the end of the run "
+        "(STvM rows):",
+        "AUROC (right vs wrong, higher is better), AUPR of the errors (higher), area under the risk-coverage",
+        "curve (lower), for STvM's pixel weight (rel) and the teacher's max-softmax (conf).",
+        "",
+        "| variant | mIoU | AUROC rel | AUROC conf | AUPR err rel | AUPR err conf | AURC rel | AURC conf "
+        "| pseudo-label acc % | overrides |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, over in variants:
+        lines.append(_row(name, over, [done[(name, s)] for s in args.seeds]))
+        print(lines[-1], flush=True)
+    path = RESULTS / f"tuning_{args.arch}_{args.domain}.md"
+    path.write_text("\n".join(lines) + "\n")
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    raise SystemExit(main())
