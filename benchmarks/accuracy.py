@@ -187,7 +187,9 @@ def cell(
     target = ensure_domain(plan.spec(domain, "train"), cache)
     evaluation = ensure_domain(plan.spec(domain, split), cache)
     if name == "oracle":
-        res = evaluate(load_model(oracle_model(plan, arch, domain, cache)), evaluation, evaluation)
+        res = evaluate(
+            load_model(oracle_model(plan, arch, domain, cache)), evaluation, evaluation, keep_frames=True
+        )
         out: dict[str, Any] = {"miou": res.miou, "per_class_iou": res.per_class_iou}
     else:
         method = name.split("@")[0]
@@ -199,7 +201,7 @@ def cell(
         for role in scores:
             net = getattr(result, role)
             if net is not None:  # the deliverable is one of the two: evaluate each network once
-                scores[role] = evaluate(net, evaluation, evaluation)
+                scores[role] = evaluate(net, evaluation, evaluation, keep_frames=True)
         deliverable = result.metrics["deliverable"]
         res = scores[deliverable] or scores["student"]
         assert res is not None
@@ -217,6 +219,7 @@ def cell(
             from accuracy_figures import pseudo_label_scores  # type: ignore[import-not-found]
 
             out["error_detection"] = pseudo_label_scores(result, evaluation)
+    out["miou_eval_std"] = res.bootstrap_std()  # how much the figure owes to which frames were drawn
     out["settings"] = _settings(plan, arch, name, seed, split, over)
     out["seconds"] = round(time.perf_counter() - t0, 1)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -281,6 +284,8 @@ def schedule(plan: Plan) -> list[tuple[str, str, str, int, dict[str, Any]]]:
                         cells.append((arch, domain, name, seed, over))
                 if i == 0:
                     cells.append((arch, domain, "oracle", seed, {}))
+            if i == 0:  # the source model on its own domain's held-out frames (the table header)
+                cells.append((arch, "source", "source_only", seed, {}))
             if i == 0 and arch == plan.sweep_arch:
                 done = {c[:4] for c in cells}  # the default-threshold cell is already a table cell
                 cells += [
@@ -296,6 +301,7 @@ def _prepare(plan: Plan, cache: Path, jobs: int) -> None:
     parallel cells never train the same model twice. Models go longest first over ``jobs`` processes."""
     for spec in [plan.spec(d, s) for d in plan.domains for s in ("train", "test")]:
         ensure_domain(spec, cache)
+    ensure_domain(plan.spec("source", "test"), cache)
     # The source model of every arch, then (they start from it) one oracle per arch and domain.
     archs = sorted(plan.archs, key=lambda a: -ARCH_COST.get(a, 1.0))  # the slow ones first
     with _pool(jobs) as pool:
@@ -419,6 +425,35 @@ def _gap_line(block: dict[str, Any]) -> str:
     )
 
 
+def scale_notes(plan: Plan, cache: Path, table: dict[str, Any]) -> list[str]:
+    """The benchmark's scale, measured: source models on their own domain, and evaluation noise
+    (bootstrap over the held-out frames) against seed noise (spread over seeds of the same method)."""
+    lines = []
+    for arch in plan.archs:
+        own = _cached_cell(cache, plan, arch, "source", "source_only", plan.seeds[0], "test", {})
+        if own is not None:
+            lines.append(
+                f"- {arch}: source model on held-out `source` frames {own['miou']:.2f} mIoU "
+                f"({plan.source_iters} iterations); the oracle is it fine-tuned {plan.oracle_iters} "
+                "iterations on each domain's labelled training frames."
+            )
+    eval_std, seed_std = [], []
+    for arch, by_domain in table.items():
+        for domain, block in by_domain.items():
+            for name, over in methods(plan):
+                if name in block and len(block[name]["miou_per_seed"]) > 1:
+                    seed_std.append(block[name]["miou_std"])
+                    cells = _cached(cache, plan, arch, domain, name, over, plan.seeds)
+                    eval_std += [c["miou_eval_std"] for c in cells if "miou_eval_std" in c]
+    if eval_std and seed_std:
+        lines.append(
+            f"- Noise: evaluation {statistics.fmean(eval_std):.2f} mIoU (bootstrap std over the "
+            f"{plan.n_test} test frames, mean over cells) against seeds {statistics.fmean(seed_std):.2f} "
+            f"(std over {len(plan.seeds)} seeds, mean over rows)."
+        )
+    return lines
+
+
 def write_markdown(
     plan: Plan,
     table: dict[str, Any],
@@ -428,6 +463,7 @@ def write_markdown(
     skipped: int,
     jobs: int = 1,
     command: tuple[str, ...] = (),
+    notes: list[str] | None = None,
 ) -> None:
     lines = [
         "# Accuracy on the synthetic domain-shift benchmark",
@@ -441,9 +477,11 @@ def write_markdown(
         f"{plan.n_source} labelled `source` frames; adaptation on {plan.n_target} unlabeled target frames "
         f"(iters per arch: {plan.adapt_iters}, batch 4, metric warm-up {plan.warmup}); mIoU on {plan.n_test} "
         f"held-out labelled frames (`test` split, never used for tuning); seeds {list(plan.seeds)} "
-        "(source_only/adabn are deterministic: one run); oracle = same arch trained on the target "
-        "frames' labels. `mIoU` is the deliverable network's (decision 10); teacher and student columns "
-        "are both networks of the same runs.",
+        "(source_only/adabn are deterministic: one run); oracle = the source model fine-tuned on the "
+        "domain's labelled training frames. `mIoU` is the deliverable network's (decision 10); teacher "
+        "and student columns are both networks of the same runs.",
+        "",
+        *(notes or []),
         "",
         "Command: `python benchmarks/accuracy.py" + "".join(f" {a}" for a in command) + "`",
         "",
@@ -557,6 +595,7 @@ def main(argv: list[str] | None = None) -> int:
         skipped,
         args.jobs,
         tuple(sys.argv[1:] if argv is None else argv),
+        scale_notes(plan, args.cache, table),
     )
     return 0
 

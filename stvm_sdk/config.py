@@ -253,7 +253,7 @@ class AdaptConfig:
         """A named configuration from :data:`PRESETS` (e.g. ``"stvm_paper"``, the faithful reconstruction)."""
         if name not in PRESETS:
             raise ConfigError(
-                f"unknown preset '{name}': choose one of {', '.join(PRESETS)}{suggest(name, PRESETS)}"
+                f"unknown preset '{name}': choose one of {', '.join(PRESETS)}{suggest(name, list(PRESETS))}"
             )
         return cls().with_overrides(PRESETS[name])
 

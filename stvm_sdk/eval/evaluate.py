@@ -14,7 +14,7 @@ from stvm_sdk.boundary.labels import check_label_ids
 from stvm_sdk.data.frames import FrameFolder, scan_frames
 from stvm_sdk.data.images import resize_image
 from stvm_sdk.errors import DataError
-from stvm_sdk.eval.metrics import confusion_matrix, iou_per_class, mean_iou
+from stvm_sdk.eval.metrics import confusion_matrix, iou_per_class, mean_iou, miou_bootstrap_std
 from stvm_sdk.models.contract import forward_logits, normalize
 from stvm_sdk.models.io import SegModel
 
@@ -27,6 +27,14 @@ class EvalResult:
     per_class_iou: dict[str, float | None]
     n_images: int
     confusion: Tensor = field(repr=False)
+    per_frame: Tensor | None = field(default=None, repr=False)  # [N,K,K], with keep_frames=True
+
+    def bootstrap_std(self, resamples: int = 200, seed: int = 0) -> float:
+        """Standard deviation of the mIoU (in %) over frame sets resampled with replacement: how much
+        the figure owes to which frames were drawn (needs ``keep_frames=True``)."""
+        if self.per_frame is None:
+            raise ValueError("bootstrap_std needs the per-frame confusions: evaluate with keep_frames=True")
+        return 100.0 * miou_bootstrap_std(self.per_frame, resamples, seed)
 
     def to_dict(self) -> dict:
         return {"miou": self.miou, "per_class_iou": self.per_class_iou, "n_images": self.n_images}
@@ -58,8 +66,10 @@ def evaluate_frames(
     device: str | torch.device = "cpu",
     limit: int | None = None,
     ignore_out_of_range: bool = False,
+    keep_frames: bool = False,
 ) -> EvalResult:
     """Confusion over the labelled frames of ``folder`` (inference at ``size``, scored at label size).
+    ``keep_frames`` keeps each frame's confusion too (``EvalResult.per_frame``, for bootstrap noise).
 
     A frame that fails to decode is skipped (and recorded in ``folder.skipped``); label ids outside the
     model's classes are an error unless ``ignore_out_of_range`` (:mod:`stvm_sdk.boundary.labels`).
@@ -71,6 +81,7 @@ def evaluate_frames(
     was_training = module.training
     module.eval().to(device)
     conf = torch.zeros(model.num_classes, model.num_classes, dtype=torch.int64)
+    kept: list[Tensor] = []
     scored = 0
     try:
         for frame in frames:
@@ -84,13 +95,18 @@ def evaluate_frames(
             )
             img = resize_image(image, size)
             pred = predict(model, img[None].to(device), out_size=(label.shape[-2], label.shape[-1]))[0].cpu()
-            conf += confusion_matrix(pred, label, model.num_classes)
+            frame_conf = confusion_matrix(pred, label, model.num_classes)
+            conf += frame_conf
+            if keep_frames:
+                kept.append(frame_conf)
             scored += 1
     finally:
         module.train(was_training)
     if scored == 0:
         raise DataError(f"none of the {len(frames)} labelled frames in {folder.root} could be decoded")
-    return result_from_confusion(conf, model.class_names, scored)
+    result = result_from_confusion(conf, model.class_names, scored)
+    result.per_frame = torch.stack(kept) if keep_frames else None
+    return result
 
 
 def evaluate(

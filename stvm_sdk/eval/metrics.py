@@ -33,3 +33,17 @@ def mean_iou(conf: Tensor) -> float:
     iou = iou_per_class(conf)
     present = ~torch.isnan(iou)
     return float(iou[present].mean()) if bool(present.any()) else float("nan")
+
+
+def miou_bootstrap_std(per_frame: Tensor, resamples: int = 200, seed: int = 0) -> float:
+    """Std of the mIoU (in [0,1]) over ``resamples`` frame sets drawn with replacement from
+    ``per_frame`` (``[N,K,K]`` confusions): the evaluation's own noise, apart from the method's."""
+    n = per_frame.shape[0]
+    g = torch.Generator().manual_seed(seed)
+    picks = torch.randint(0, n, (resamples, n), generator=g)
+    counts = torch.zeros(resamples, n, dtype=torch.float64).scatter_add_(
+        1, picks, torch.ones(resamples, n, dtype=torch.float64)
+    )
+    confs = (counts @ per_frame.reshape(n, -1).double()).view(resamples, *per_frame.shape[1:])
+    mious = torch.tensor([mean_iou(c) for c in confs], dtype=torch.float64)
+    return float(mious.std(unbiased=True)) if resamples > 1 else 0.0

@@ -92,3 +92,16 @@ def test_large_inputs_are_fast_and_agree_with_a_sorted_sweep() -> None:
     sweep = float((wrong / torch.arange(1, len(ok) + 1, dtype=torch.float64)).mean())
     assert aurc(score, ok) == pytest.approx(sweep, rel=1e-9)  # continuous scores: no ties to treat
     assert 0.6 < auroc(score, ok) < 0.9
+
+
+def test_bootstrap_std_of_the_miou_is_zero_for_identical_frames_and_grows_with_their_spread() -> None:
+    from stvm_sdk.eval.metrics import miou_bootstrap_std
+
+    same = torch.tensor([[[5, 1], [0, 4]]] * 30)
+    assert miou_bootstrap_std(same, 50) == pytest.approx(0.0, abs=1e-12)
+    g = torch.Generator().manual_seed(0)
+    mixed = torch.stack(
+        [torch.tensor([[int(a), 3], [1, int(b)]]) for a, b in torch.randint(0, 20, (30, 2), generator=g)]
+    )
+    few, many = miou_bootstrap_std(mixed[:6], 300), miou_bootstrap_std(mixed, 300)
+    assert few > many > 0  # more frames: less evaluation noise
