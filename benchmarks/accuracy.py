@@ -79,7 +79,7 @@ class Plan:
     n_tune: int = 60  # labelled tuning split (`val`)
     n_test: int = 120  # labelled held-out split (`test`): the table
     source_iters: int = 1500  # from scratch on the source frames
-    oracle_iters: int = 600  # the oracle: the source model fine-tuned on the domain's labelled frames
+    oracle_iters: int = 300  # the oracle: the source model fine-tuned on the domain's labelled frames
     adapt_iters: dict[str, int] = field(
         default_factory=lambda: {"lraspp_mobilenet_v3_large": 200, "deeplabv3_mobilenet_v3_large": 140}
     )
