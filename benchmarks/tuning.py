@@ -94,6 +94,14 @@ ROUND_3: list[tuple[str, dict[str, Any]]] = [
     ("stvm@valid_combined_a0.25", {**_VALID, **_COMBINED, "reliability.confidence_power": 0.25}),
     ("stvm@valid_tau0.3", {**_VALID, "mix.tau": 0.3}),
     ("stvm@valid_fraction1", {**_VALID, "mix.class_fraction": 1.0}),
+    # Round 3d. The schedule: with fewer than 1000 student steps the EMA's beta_t = 1 - 1/(t+1) makes the
+    # teacher the plain average of every student iterate (decision 8), so it lags far behind; and the
+    # step size. Shared settings are tried on mean_teacher too.
+    ("stvm@valid_ema0.99", {**_VALID, "optim.ema_max": 0.99}),
+    ("stvm@valid_ema0.97", {**_VALID, "optim.ema_max": 0.97}),
+    ("mean_teacher@valid_ema0.99", {**_VALID, "optim.ema_max": 0.99}),
+    ("stvm@valid_lr5e-4", {**_VALID, "optim.lr": 5e-4}),
+    ("stvm@valid_400it", {**_VALID, "run.iters": 400}),
 ]
 
 
