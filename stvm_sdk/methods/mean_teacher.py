@@ -26,7 +26,7 @@ from stvm_sdk.methods.base import Logs, Method, phase
 from stvm_sdk.methods.parts.augment import strong_augment
 from stvm_sdk.methods.parts.ema import ema_beta, ema_update
 from stvm_sdk.methods.parts.norm import batchnorms
-from stvm_sdk.methods.parts.pseudo import class_balance, label_counts
+from stvm_sdk.methods.parts.pseudo import CLASS_POWER, class_balance, label_counts
 from stvm_sdk.methods.registry import register_method
 from stvm_sdk.models.contract import forward_logits, normalize
 
@@ -98,11 +98,10 @@ class MeanTeacher(Method):
             s_logits = forward_logits(self.net("student"), normalize(x, self.mean, self.std))
         with phase("student_loss"):
             norm = self.cfg.reliability.normalize
-            if (
-                norm == "class"
-            ):  # counts over the global batch (256 numbers per process), like the metric loss
+            if norm in CLASS_POWER:  # counts over the global batch (256 numbers per process), like M's loss
                 counts = self.comm.gather(label_counts(labels)[None]).sum(0)
-                weights = weights * class_balance(counts, self.num_classes)[labels.long()]
+                balance = class_balance(counts, self.num_classes, CLASS_POWER[norm])
+                weights = weights * balance[labels.long()]
                 norm = "valid"
             backend = self.cfg.run.kernel_backend
             l_st = weighted_cross_entropy(s_logits, labels, weights, normalize=norm, backend=backend)

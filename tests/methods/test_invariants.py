@@ -207,6 +207,38 @@ def test_class_normalisation_is_the_mean_over_classes_of_each_class_mean_weighte
     torch.testing.assert_close(factor[labels][labels != 255].mean(), torch.tensor(1.0))
 
 
+@pytest.mark.parametrize("power", [0.0, 0.25, 0.5, 1.0])
+def test_class_balance_power_interpolates_between_valid_and_class_mean_with_mean_factor_one(power: float) -> None:
+    """``class_balance(counts, K, p)`` is n_k^-p normalised so the factors average to 1 over the valid
+    pixels: p = 0 is the plain valid-pixel mean (every present class 1), p = 1 the class mean
+    N / (K' n_k), p = 0.5 (``"class_sqrt"``) in between; ratios between classes follow (n_j / n_k)^p."""
+    k = 6
+    labels = torch.tensor([0] * 400 + [1] * 100 + [2] * 25 + [4] * 1 + [255] * 30)  # class 3, 5 absent
+    counts = label_counts(labels)
+    n = counts[:k].double()
+    factor = class_balance(counts, k, power).double()
+    assert factor[3] == 0 and factor[5] == 0 and factor[255] == 0 and factor[k:].abs().sum() == 0
+    torch.testing.assert_close((n * factor[:k]).sum(), n.sum(), rtol=1e-6, atol=0)
+    for a, b in [(0, 1), (1, 2), (0, 4)]:
+        torch.testing.assert_close(factor[b] / factor[a], (n[a] / n[b]) ** power, rtol=1e-5, atol=0)
+    if power == 0.0:
+        torch.testing.assert_close(factor[[0, 1, 2, 4]], torch.ones(4, dtype=torch.float64))
+    if power == 1.0:
+        expected = n.sum() / (4 * n[[0, 1, 2, 4]])
+        torch.testing.assert_close(factor[[0, 1, 2, 4]], expected, rtol=1e-6, atol=0)
+
+
+def test_class_sqrt_is_a_config_choice_and_moves_the_student(tiny_net: torch.nn.Module) -> None:
+    from stvm_sdk.methods.parts.pseudo import CLASS_POWER
+
+    assert CLASS_POWER == {"class": 1.0, "class_sqrt": 0.5}
+    a = _adapter(tiny_net, method="stvm", **{"reliability.normalize": "class_sqrt"})
+    before = copy.deepcopy(a.student.state_dict())
+    logs = a.step(_images(), 0, torch.Generator().manual_seed(0))
+    assert torch.isfinite(logs["loss_st"])
+    assert any(not torch.equal(v, before[k]) for k, v in a.student.state_dict().items())
+
+
 @pytest.mark.parametrize("method", ["mean_teacher", "stvm"])
 def test_class_normalised_step_moves_the_student(tiny_net: torch.nn.Module, method: str) -> None:
     a = _adapter(tiny_net, method=method, **{"reliability.normalize": "class"})

@@ -41,6 +41,10 @@ def reliability(z: Tensor, proxies: Tensor, labels: Tensor, mode: str, scale: fl
     return torch.where(labels == IGNORE, torch.zeros_like(cos), (1 + cos) / 2)
 
 
+# Decision 6's class-balanced ``reliability.normalize`` modes and the power of n_k^-power they weigh by.
+CLASS_POWER = {"class": 1.0, "class_sqrt": 0.5}
+
+
 def label_counts(labels: Tensor) -> Tensor:
     """How many pixels carry each label value: an int64 ``[256]`` tensor (ignore index included).
 
@@ -51,16 +55,21 @@ def label_counts(labels: Tensor) -> Tensor:
     return zeros.index_add_(0, flat, torch.ones_like(flat))
 
 
-def class_balance(counts: Tensor, num_classes: int) -> Tensor:
+def class_balance(counts: Tensor, num_classes: int, power: float = 1.0) -> Tensor:
     """Weight factor per label value (a ``[256]`` tensor to index with labels) for decision 6's
-    ``normalize="class"``, from :func:`label_counts`: ``N / (K' * n_k)`` for a class k with n_k of the
-    N valid pixels (K' classes present), 0 for absent classes and the ignore index. Scaling each pixel's
-    weight by it turns the mean over valid pixels into the mean over present classes of each class's
-    mean weighted loss."""
+    class-balanced losses, from :func:`label_counts`: ``f_k = N * n_k^-power / sum_j n_j^(1-power)`` for a
+    class k with n_k of the N valid pixels, 0 for absent classes and the ignore index. The factors average
+    to 1 over the valid pixels (``sum_k n_k f_k = N``) for every power. ``power=1`` (``normalize="class"``)
+    gives ``N / (K' * n_k)`` (K' classes present): scaling each pixel's weight by it turns the mean over
+    valid pixels into the mean over present classes of each class's mean weighted loss. ``power=0.5``
+    (``"class_sqrt"``) goes half way; ``power=0`` is the plain mean over valid pixels."""
     counts = counts.to(torch.float32, copy=True)
     counts[num_classes:] = 0.0  # the ignore index carries no weight
     present = counts > 0
-    return torch.where(present, counts.sum() / (present.sum().clamp_min(1) * counts.clamp_min(1)), 0.0)
+    if power == 1.0:  # the exact form (no pow): bit-identical to the recorded class-mean runs
+        return torch.where(present, counts.sum() / (present.sum().clamp_min(1) * counts.clamp_min(1)), 0.0)
+    scaled = torch.where(present, counts.clamp_min(1).pow(-power), 0.0)
+    return scaled * counts.sum() / (scaled * counts).sum().clamp_min(1e-12)
 
 
 def class_ranks(labels: Tensor, score: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
