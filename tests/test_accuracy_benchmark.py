@@ -165,13 +165,14 @@ def test_tuning_rows_average_seeds_and_the_error_detection_of_each_score(acc) ->
                                                "confidence": det(0.6)}}
         for s in (0, 1, 2)
     ]  # fmt: skip
-    row = tuning._row("stvm@clean", {"metric.clean": "confident"}, cells)
+    row = tuning._row("stvm@clean", {"metric.clean": "confident"}, [0, 1, 2], cells)
     assert row == (
-        "| stvm@clean | 11.00 ± 0.82 | 0.800 | 0.600 | 0.500 | 0.500 | 0.100 | 0.100 | 60.0 | "
+        "| stvm@clean | 0,1,2 | 11.00 ± 0.82 | 0.800 | 0.600 | 0.500 | 0.500 | 0.100 | 0.100 | 60.0 | "
         '`{"metric.clean": "confident"}` |'
     )
     assert (
-        tuning._row("adabn", {}, [{"miou": 12.0}]) == "| adabn | 12.00 | - | - | - | - | - | - | - | `{}` |"
+        tuning._row("adabn", {}, [0], [{"miou": 12.0}])
+        == "| adabn | 0 | 12.00 | - | - | - | - | - | - | - | `{}` |"
     )
     assert [n for n, _ in tuning.ROUND_3].count("stvm") == 1 and ("stvm@paper", acc.PAPER) in tuning.ROUND_3
 

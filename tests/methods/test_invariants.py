@@ -208,7 +208,7 @@ def test_class_normalisation_is_the_mean_over_classes_of_each_class_mean_weighte
 
 
 @pytest.mark.parametrize("power", [0.0, 0.25, 0.5, 1.0])
-def test_class_balance_power_interpolates_between_valid_and_class_mean_with_mean_factor_one(power: float) -> None:
+def test_class_balance_power_goes_from_valid_to_class_mean_with_mean_factor_one(power: float) -> None:
     """``class_balance(counts, K, p)`` is n_k^-p normalised so the factors average to 1 over the valid
     pixels: p = 0 is the plain valid-pixel mean (every present class 1), p = 1 the class mean
     N / (K' n_k), p = 0.5 (``"class_sqrt"``) in between; ratios between classes follow (n_j / n_k)^p."""
