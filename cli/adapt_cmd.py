@@ -134,6 +134,8 @@ def print_summary(metrics: dict[str, Any], class_names: list[str]) -> None:
         "images_skipped",
         "images_seen",
         "seconds",
+        "frames_labelled",
+        "images_evaluated",
         "miou_before",
         "miou_after",
         "run_dir",
