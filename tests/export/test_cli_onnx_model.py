@@ -87,3 +87,15 @@ def test_adapt_and_export_refuse_an_onnx_model_in_one_line(
     assert res.exit_code == 2 and len(lines) == 1, res.output
     assert "is an ONNX graph, which holds no trainable PyTorch modules" in lines[0]
     assert "the .pt model it was exported from" in lines[0] and "`stvm eval`, `info`" in lines[0]
+
+
+def test_int8_calibration_lines_say_what_their_score_is(
+    checkpoint: Path, target_root: Path, tmp_path: Path
+) -> None:
+    res = runner.invoke(app, ["export", str(checkpoint), "--int8", "--calib", str(target_root), "--shape",
+                              "64x128", "--verify-frames", "2", "--calib-frames", "2",
+                              "--out", str(tmp_path / "e")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.stdout.split())
+    assert "int8 calibration minmax: mIoU (%) of the INT8 graph on the 2 labelled calibration frames" in text
+    assert "score" not in text.replace("scored", ""), text
