@@ -159,6 +159,7 @@ def print_summary(metrics: dict[str, Any], class_names: list[str]) -> None:
         "miou_before",
         "miou_after",
         "run_dir",
+        "figures_dir",
         "model_path",
         "teacher_path",
         "student_path",

@@ -64,7 +64,7 @@ def _print(s: dict[str, Any], out: Console | None = None) -> None:
     stages = ", ".join(f"{STAGES.get(k, k)} {v:.0f} s" for k, v in s["timings_s"].items())
     t.add_row("time", f"{s['seconds']:.0f} s ({stages})")
     out.print(t)
-    for key in ("source_model", "run_dir", "model_path", "onnx_path", "sidecar_path"):
+    for key in ("source_model", "run_dir", "figures_dir", "model_path", "onnx_path", "sidecar_path"):
         out.print(f"{key}: {s[key]}", soft_wrap=True, highlight=False)
     pc = Table(title="per-class IoU (%) on held-out target frames")
     for col in ("class", "before", "after"):

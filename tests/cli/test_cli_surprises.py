@@ -87,6 +87,15 @@ def test_human_adapt_summary_is_rounded_and_names_what_it_counts(
     assert [s.split()[2] for s in steps] == ["1/3", "2/3", "3/3"], res.stderr
     assert "ETA" in steps[0] and "elapsed" in steps[-1]
     assert "loss" in steps[-1] and "images/s" in steps[-1]  # the logged record reaches the line
+    # pictures: a panel per frame (image | ground truth | before | after | reliability) and the curves
+    figures = tmp_path / "run" / "figures"
+    assert "figures_dir" in res.stdout
+    panels = sorted(p.name for p in figures.glob("panel_*.png"))
+    assert len(panels) == 4 and (figures / "curves.png").is_file(), panels
+    from PIL import Image
+
+    width, height = Image.open(figures / panels[0]).size
+    assert width > 4 * height  # five panels side by side
 
 
 def test_adapt_api_example_keeps_its_output_folder_and_prints_before_and_after(

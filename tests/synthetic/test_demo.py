@@ -23,6 +23,8 @@ def test_demo_runs_every_stage_and_caches_data_and_source_model(tmp_path: Path) 
 
     assert 0.0 <= summary["miou_before"] <= 100.0 and 0.0 <= summary["miou_after"] <= 100.0
     assert summary["val_frames"] == TINY.n_val
+    figures = Path(summary["figures_dir"])
+    assert len(list(figures.glob("panel_*.png"))) == TINY.n_val and (figures / "curves.png").is_file()
     for key in ("source_model", "model_path", "onnx_path", "sidecar_path"):
         assert Path(summary[key]).is_file(), key
     assert summary["verification"]["argmax_agreement"] > 99.0  # the ONNX graph computes the same model
@@ -63,7 +65,7 @@ def _check_human_summary(summary: dict) -> None:
     _print(summary, con)
     text = con.export_text()
     assert "…" not in text and "{" not in text, text  # no cut path, no raw dict
-    for key in ("source_model", "run_dir", "model_path", "onnx_path", "sidecar_path"):
+    for key in ("source_model", "run_dir", "figures_dir", "model_path", "onnx_path", "sidecar_path"):
         assert f"{key}: {summary[key]}" in text, key
     latency = [line.split("│")[1].strip() for line in text.splitlines() if "latency" in line]
     assert len(latency) == len(summary["bench"]) == len(set(latency)), latency
