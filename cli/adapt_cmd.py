@@ -124,6 +124,17 @@ def adapt_command(
         raise
     if rank != 0:  # every process returns the same networks; rank 0 reports
         return
+    if labels is not None and "miou_after" in result.metrics:
+        from stvm_sdk.api import as_segmodel
+        from stvm_sdk.data.frames import scan_frames
+        from stvm_sdk.figures import run_figures
+
+        before = as_segmodel(
+            source, trust_pickle=trust_pickle, num_classes=num_classes, classifier=classifier
+        )
+        figures = run_figures(result, before, scan_frames(target, labels))
+        result.metrics["figures_dir"] = str(figures)
+        logging.getLogger("stvm_sdk").info("figures (frame panels, curves): %s", figures)
     if json_out:
         print_json(result.metrics)
     else:

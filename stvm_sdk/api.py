@@ -140,7 +140,6 @@ def adapt(
     classifier: str | None = None,
     on_log: Callable[[dict[str, Any]], None] | None = None,
     ignore_out_of_range: bool = False,
-    figures: bool = True,
 ) -> AdaptResult:
     """Adapt a source segmentation model to the unlabeled frames in ``target_dir`` (STvM by default).
 
@@ -155,8 +154,6 @@ def adapt(
         on_log: called with each metrics record (every ``run.log_every`` steps; rank 0 only).
         ignore_out_of_range: score label ids outside the model's classes as ignored instead of
             refusing the labels (:mod:`stvm_sdk.boundary.labels`).
-        figures: with ``labels_dir``, write frame panels (image | ground truth | before | after |
-            reliability) and the run's curves into ``<run>/figures/`` (``metrics["figures_dir"]``).
 
     Raises:
         StvmError: a one-line problem the caller can fix (model file, frames, labels, run folder,
@@ -185,14 +182,7 @@ def adapt(
         before = job.evaluate(source) if labels_dir is not None and ddp.is_main else None
         adapter, step = loop.start(job, resume)
         steps = loop.train(adapter, job, step, progress=progress, on_log=on_log)
-        result = loop.finish(adapter, job, steps, before)
-    if before is not None and figures:
-        from stvm_sdk.figures import run_figures
-
-        result.metrics["figures_dir"] = str(run_figures(result, source, folder))
-        RunDir(result.run_dir).write_summary(result.metrics)
-        log.info("figures (frame panels, curves): %s", result.metrics["figures_dir"])
-    return result
+        return loop.finish(adapter, job, steps, before)
 
 
 def check_method_fits(model: SegModel, method: type[Method]) -> None:

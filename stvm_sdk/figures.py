@@ -144,18 +144,25 @@ def curves(metrics_jsonl: Path, out: Path) -> Path | None:
 
 def run_figures(result: Any, before: SegModel, folder: FrameFolder, n: int = 4) -> Path:
     """Panels of ``n`` frames and the curves of an adaptation run, in ``<run>/figures/``."""
-    from stvm_sdk.api import reliability_map
     from stvm_sdk.methods.parts.metric import MetricHead
+    from stvm_sdk.methods.parts.pseudo import pseudo_label_reliability
+    from stvm_sdk.models.contract import normalize
     from stvm_sdk.rundir import RunDir
 
     out = Path(result.run_dir) / "figures"
-    teacher = result.teacher
-    has_metric = (
-        isinstance(result.metric, MetricHead) and teacher is not None and teacher.classifier is not None
-    )
+    teacher, metric = result.teacher, result.metric
+    has_metric = isinstance(metric, MetricHead) and teacher is not None and teacher.classifier is not None
+
+    @torch.no_grad()
+    def reliability(images: torch.Tensor) -> torch.Tensor:  # as stvm_sdk.api.reliability_map computes it
+        x = normalize(images, teacher.mean, teacher.std)
+        return pseudo_label_reliability(
+            teacher.module.eval(), teacher.classifier, metric.eval(), x, result.config.reliability
+        )[1]
+
     frame_panels(
         folder, before, result.model, out, n=n, size=result.config.run.eval_size,
-        reliability=(lambda x: reliability_map(result, x)[1]) if has_metric else None,
+        reliability=reliability if has_metric else None,
         after_name=f"after ({result.config.method})",
     )  # fmt: skip
     curves(RunDir(result.run_dir).metrics_path, out / "curves.png")
