@@ -11,7 +11,12 @@ from typing import Any
 import typer
 from stvm_sdk.cli.common import IGNORE_OUT_OF_RANGE, TRUST_PICKLE, console, print_json, user_errors
 
+from stvm_sdk.config import AdaptConfig, DataConfig, RunConfig  # class defaults: no torch imported
 from stvm_sdk.methods import method_names  # names only: read from the package folder, no torch
+
+
+def _hw(hw: tuple[int, int] | None) -> str:
+    return "none" if hw is None else f"{hw[0]}x{hw[1]}"
 
 
 @user_errors
@@ -29,14 +34,27 @@ def adapt_command(
     method: str | None = typer.Option(
         None,
         "--method",
-        help=f"Adaptation method (default stvm): {' | '.join(method_names())}; "
-        "`stvm methods` describes them.",
+        help=f"Adaptation method: {' | '.join(method_names())}; `stvm methods` describes them.",
+        show_default=AdaptConfig.method,
     ),
-    iters: int | None = typer.Option(None, "--iters", help="Adaptation steps (default 2000)."),
-    batch_size: int | None = typer.Option(None, "--batch-size", help="Frames per step (default 4)."),
-    crop: str | None = typer.Option(None, "--crop", help="Random crop HxW, or 'none' (default 256x512)."),
-    resize: str | None = typer.Option(None, "--resize", help="Resize frames to HxW before cropping."),
-    device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda"),
+    iters: int | None = typer.Option(
+        None, "--iters", help="Adaptation steps.", show_default=str(RunConfig.iters)
+    ),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", help="Frames per step (per process).", show_default=str(DataConfig.batch_size)
+    ),
+    crop: str | None = typer.Option(
+        None, "--crop", help="Random crop HxW, or 'none' (whole frames).", show_default=_hw(DataConfig.crop)
+    ),
+    resize: str | None = typer.Option(
+        None, "--resize", help="Resize frames to HxW before cropping.", show_default="keep each frame's size"
+    ),
+    device: str | None = typer.Option(
+        None,
+        "--device",
+        help="auto (a GPU if there is one), cpu, cuda or cuda:N.",
+        show_default=RunConfig.device,
+    ),
     config: Path | None = typer.Option(
         None, "--config", help="TOML/YAML/JSON config; options above override it."
     ),
@@ -49,7 +67,9 @@ def adapt_command(
     resume: bool = typer.Option(
         False, "--resume", help="Continue the run in --out from its last checkpoint."
     ),
-    seed: int | None = typer.Option(None, "--seed", help="Seed of batches, crops and mixing (default 0)."),
+    seed: int | None = typer.Option(
+        None, "--seed", help="Seed of batches, crops and mixing.", show_default=str(RunConfig.seed)
+    ),
     num_classes: int | None = typer.Option(
         None, "--num-classes", help="Check the model has this many classes."
     ),
@@ -66,7 +86,7 @@ def adapt_command(
     ),
 ) -> None:
     """Adapt SOURCE to the frames in TARGET without source data (STvM by default)."""
-    from stvm_sdk import AdaptConfig, adapt
+    from stvm_sdk import adapt
     from stvm_sdk.boundary.args import parse_hw
     from stvm_sdk.distributed import LAUNCHED_ENV, PeerLostError, RankZeroError, env_world
     from stvm_sdk.errors import ConfigError
@@ -104,6 +124,17 @@ def adapt_command(
         raise
     if rank != 0:  # every process returns the same networks; rank 0 reports
         return
+    if labels is not None and "miou_after" in result.metrics:
+        from stvm_sdk.api import as_segmodel
+        from stvm_sdk.data.frames import scan_frames
+        from stvm_sdk.figures import run_figures
+
+        before = as_segmodel(
+            source, trust_pickle=trust_pickle, num_classes=num_classes, classifier=classifier
+        )
+        figures = run_figures(result, before, scan_frames(target, labels))
+        result.metrics["figures_dir"] = str(figures)
+        logging.getLogger("stvm_sdk").info("figures (frame panels, curves): %s", figures)
     if json_out:
         print_json(result.metrics)
     else:
@@ -134,9 +165,12 @@ def print_summary(metrics: dict[str, Any], class_names: list[str]) -> None:
         "images_skipped",
         "images_seen",
         "seconds",
+        "frames_labelled",
+        "images_evaluated",
         "miou_before",
         "miou_after",
         "run_dir",
+        "figures_dir",
         "model_path",
         "teacher_path",
         "student_path",

@@ -7,7 +7,7 @@ heavy imports (torch, onnx) happen inside the command so `stvm --help` stays fas
 from __future__ import annotations
 
 import typer
-from stvm_sdk.cli import commands
+from stvm_sdk.cli import commands, help_text
 
 app = typer.Typer(
     name="stvm",
@@ -18,6 +18,23 @@ app = typer.Typer(
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"stvm {version('stvm_sdk')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    show_version: bool = typer.Option(
+        False, "--version", help="Print the stvm_sdk version and exit.", callback=_version, is_eager=True
+    ),
+) -> None:
+    """Source-free adaptation of segmentation models (STvM), verified export and benchmarks."""
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
@@ -25,6 +42,7 @@ def main() -> None:
 
 # Command modules are light (Typer only; torch is imported inside each command), so register now.
 commands.register_all(app)
+help_text.install()
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ def bench_command(
         ..., help="Model files: .pt checkpoints, .onnx graphs, .engine files."
     ),
     backend: str = typer.Option("auto", "--backend", help="auto, or a comma list of torch,ort,trt."),
-    batch: int = typer.Option(1, "--batch"),
+    batch: int = typer.Option(1, "--batch", help="Images per timed call."),
     shape: str = typer.Option("512x1024", "--shape", help="Input HxW."),
     warmup: int = typer.Option(20, "--warmup", help="Untimed calls per backend."),
     iters: int = typer.Option(200, "--iters", help="Timed calls per backend (interleaved)."),

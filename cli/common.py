@@ -25,6 +25,9 @@ TRUST_PICKLE: Any = typer.Option(
 IGNORE_OUT_OF_RANGE: Any = typer.Option(
     False, "--ignore-out-of-range", help="Score label ids outside the model's classes as ignored."
 )
+JSON_OUT: Any = typer.Option(
+    False, "--json", help="Print one JSON object on stdout (logs and progress go to stderr)."
+)
 
 
 def out_console(json_out: bool) -> Console:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.console import Console
 from stvm_sdk.cli.common import console, print_json, user_errors
 
 
@@ -34,34 +35,44 @@ def demo_command(
         _print(summary)
 
 
-def _print(s: dict[str, Any]) -> None:
+STAGES = {"data_s": "data", "source_model_s": "source model", "adapt_s": "adapt", "eval_s": "eval",
+          "export_s": "export", "bench_s": "bench"}  # fmt: skip
+
+
+def _print(s: dict[str, Any], out: Console | None = None) -> None:
+    """The demo summary for a person: rounded figures, one row per benchmarked file, full paths."""
     from rich.table import Table
 
+    out = out or console
     t = Table(title="stvm demo: synthetic source -> target, STvM", show_header=False)
-    t.add_row("mIoU before (source model)", f"{s['miou_before']:.2f}")
-    t.add_row("mIoU after (STvM)", f"{s['miou_after']:.2f}")
+    t.add_column(no_wrap=True)
+    t.add_column(overflow="fold")
+    t.add_row("mIoU before (source model)", f"{s['miou_before']:.2f} %")
+    t.add_row("mIoU after (STvM)", f"{s['miou_after']:.2f} %")
     t.add_row("held-out labelled frames", str(s["val_frames"]))
     v = s["verification"]
     t.add_row(
-        "ONNX vs PyTorch",
-        f"max |diff| {v['max_abs_diff']:.2e}, argmax agreement {v['argmax_agreement']:.2f}%",
+        "exported ONNX vs PyTorch",
+        f"max |logit diff| {v['max_abs_diff']:.2e}, same argmax on {v['argmax_agreement']:.2f} % of pixels",
     )
     for row in s["bench"]:
+        what = "PyTorch eager" if row["backend"] == "torch" else "ONNX Runtime"
         t.add_row(
-            f"latency {row['backend']} {row['precision']}",
-            f"{row['mean_ms']:.1f} ms (p90 {row['p90_ms']:.1f})",
+            f"latency {Path(str(row['model'])).name} ({what}, {row['precision']})",
+            f"{row['mean_ms']:.1f} ms mean, p90 {row['p90_ms']:.1f} ms",
         )
-    for key in ("source_model", "run_dir", "model_path", "onnx_path", "sidecar_path"):
-        t.add_row(key, s[key])
-    t.add_row("time", f"{s['seconds']:.0f} s " + str(s["timings_s"]))
-    console.print(t)
+    stages = ", ".join(f"{STAGES.get(k, k)} {v:.0f} s" for k, v in s["timings_s"].items())
+    t.add_row("time", f"{s['seconds']:.0f} s ({stages})")
+    out.print(t)
+    for key in ("source_model", "run_dir", "figures_dir", "model_path", "onnx_path", "sidecar_path"):
+        out.print(f"{key}: {s[key]}", soft_wrap=True, highlight=False)
     pc = Table(title="per-class IoU (%) on held-out target frames")
     for col in ("class", "before", "after"):
         pc.add_column(col, justify="left" if col == "class" else "right")
     for name, b in s["per_class_iou"]["before"].items():
         a = s["per_class_iou"]["after"][name]
         pc.add_row(name, "-" if b is None else f"{b:.1f}", "-" if a is None else f"{a:.1f}")
-    console.print(pc)
+    out.print(pc)
 
 
 def register(app: typer.Typer) -> None:

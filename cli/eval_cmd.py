@@ -3,39 +3,86 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
-from stvm_sdk.cli.common import IGNORE_OUT_OF_RANGE, TRUST_PICKLE, console, print_json, user_errors
+from stvm_sdk.cli.common import IGNORE_OUT_OF_RANGE, JSON_OUT, TRUST_PICKLE, console, print_json, user_errors
+
+MODEL_HELP = (
+    "Model file: a .pt checkpoint, TorchScript, or an exported .onnx (fp32, fp16, INT8, argmax), read with "
+    "the .json sidecar stvm export wrote beside it."
+)
 
 
 @user_errors
 def eval_command(
-    model: Path = typer.Option(..., "--model", "-m", help="Model file (.pt checkpoint, TorchScript)."),
+    model: Path | None = typer.Argument(
+        None, metavar="MODEL", help=MODEL_HELP + " Required.", show_default=False
+    ),
     images: Path = typer.Option(..., "--images", help="Folder of frames (or a Cityscapes root)."),
     labels: Path = typer.Option(..., "--labels", help="Labels mirroring --images (trainIds or Cityscapes)."),
-    size: str | None = typer.Option(None, "--size", help="Inference size HxW (default: native)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    size: str | None = typer.Option(
+        None, "--size", help="Inference size HxW.", show_default="each frame's own; a static graph's size"
+    ),
+    device: str = typer.Option("auto", "--device", help="Where a .pt model runs: auto, cpu, cuda or cuda:N."),
     trust_pickle: bool = TRUST_PICKLE,
     ignore_out_of_range: bool = IGNORE_OUT_OF_RANGE,
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    json_out: bool = JSON_OUT,
+    model_option: Path | None = typer.Option(
+        None, "--model", "-m", hidden=True, help="Deprecated: pass MODEL as the first argument."
+    ),
 ) -> None:
-    """Evaluate MODEL on labelled frames: mIoU and per-class IoU."""
-    from rich.table import Table
-
+    """Evaluate MODEL (.pt or exported .onnx) on labelled frames: mIoU and per-class IoU."""
     from stvm_sdk.api import resolve_device
     from stvm_sdk.boundary.args import parse_hw
-    from stvm_sdk.eval import evaluate
-    from stvm_sdk.models import load_model
+    from stvm_sdk.eval import evaluate, open_model
 
-    seg = load_model(model, trust_pickle=trust_pickle)
+    path = model_argument(model, model_option, "eval")
+    dev = resolve_device(device)
+    net = open_model(path, trust_pickle=trust_pickle, device=dev)
     result = evaluate(
-        seg, images, labels, size=parse_hw(size, "--size"), device=resolve_device(device),
+        net,
+        images,
+        labels,
+        size=parse_hw(size, "--size"),
+        device=dev,
         ignore_out_of_range=ignore_out_of_range,
-    )  # fmt: skip
+    )
     if json_out:
-        print_json(result.to_dict())
+        print_json({"model": str(path), "backend": _backend(net), **result.to_dict()})
         return
-    table = Table(title=f"{model.name}: mIoU {result.miou:.2f} on {result.n_images} frames")
+    _print_result(path, _backend(net), result)
+
+
+def model_argument(model: Path | None, model_option: Path | None, command: str) -> Path:
+    """MODEL from the argument, or from the deprecated ``--model`` (with a one-line notice on stderr)."""
+    from stvm_sdk.errors import ConfigError
+
+    if model is not None and model_option is not None:
+        raise ConfigError(
+            f"the model is given twice (MODEL and --model): pass it once, stvm {command} MODEL ..."
+        )
+    if model_option is not None:
+        typer.echo(
+            f"note: --model is deprecated; pass the model first: stvm {command} {model_option} ...", err=True
+        )
+        return model_option
+    if model is None:
+        raise ConfigError(f"missing MODEL: stvm {command} MODEL --images DIR --labels DIR")
+    return model
+
+
+def _backend(net: object) -> str:
+    """``torch/fp32`` for a PyTorch model, else the runner's ``ort/int8``-style label."""
+    return getattr(net, "label", "torch/fp32")
+
+
+def _print_result(path: Path, backend: str, result: Any) -> None:
+    from rich.table import Table
+
+    labelled = f"{result.n_images} labelled frames (of {result.frames_found} found)"
+    console.print(f"{path.name} ({backend}): mIoU {result.miou:.2f} % on {labelled}", highlight=False)
+    table = Table()
     table.add_column("class")
     table.add_column("IoU (%)", justify="right")
     for name, iou in result.per_class_iou.items():
@@ -45,25 +92,36 @@ def eval_command(
 
 @user_errors
 def info_command(
-    model: Path = typer.Argument(..., help="Model file."),
+    model: Path = typer.Argument(
+        ..., metavar="MODEL", help="Model file: .pt checkpoint, TorchScript or .onnx."
+    ),
     trust_pickle: bool = TRUST_PICKLE,
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    json_out: bool = JSON_OUT,
 ) -> None:
-    """Show a model's classes, head, parameter count and input contract."""
-    from stvm_sdk.models import load_model
+    """Show a model's format, classes, parameter count and input/output contract (.pt or .onnx)."""
+    from stvm_sdk.runners.describe import describe_model
 
-    seg = load_model(model, trust_pickle=trust_pickle)
-    info = {
-        "path": str(model), "format": seg.kind, "arch": seg.arch, "num_classes": seg.num_classes,
-        "classifier": seg.classifier, "parameters": sum(p.numel() for p in seg.module.parameters()),
-        "input": "float32 [B,3,H,W], RGB in [0,1] then (x - mean) / std", "mean": list(seg.mean),
-        "std": list(seg.std), "output": f"logits [B,{seg.num_classes},H,W]", "class_names": seg.class_names,
-    }  # fmt: skip
+    info = describe_model(model, trust_pickle=trust_pickle)
     if json_out:
         print_json(info)
         return
     for key, value in info.items():
-        console.print(f"[bold]{key}[/bold]: {value}")
+        if value is not None:
+            console.print(f"[bold]{key}[/bold]: {_human(key, value)}", soft_wrap=True, highlight=False)
+
+
+def _human(key: str, value: Any) -> str:
+    """An info value as a person reads it: lists joined, the export's check in words."""
+    if key == "verification" and isinstance(value, dict):
+        miou = value.get("miou_onnx")
+        return (
+            f"{'passed' if value.get('passed') else 'FAILED'} at export on {value.get('n_frames')} frames: "
+            f"argmax agreement {value.get('argmax_agreement', 0):.2f} % with eager PyTorch"
+            + (f", mIoU {miou:.2f} vs {value.get('miou_eager', 0):.2f} eager" if miou is not None else "")
+        )
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    return f"{value:,}" if isinstance(value, int) and key == "parameters" else str(value)
 
 
 def register(app: typer.Typer) -> None:

@@ -18,6 +18,13 @@ def predict_command(
     shape: str | None = typer.Option(None, "--shape", help="Inference size HxW (default: each frame's own)."),
     confidence: bool = typer.Option(False, "--confidence", help="Also write max-probability maps."),
     frames: bool = typer.Option(False, "--frames", help="Video input: also write every frame's images."),
+    ids: str | None = typer.Option(
+        None,
+        "--ids",
+        help="Also write raw class-id PNGs: trainIds (the model's class ids, 255 = ignore) or labelIds "
+        "(Cityscapes labelIds, 19-class models).",
+        show_default="none",
+    ),
     trust_pickle: bool = TRUST_PICKLE,
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
@@ -44,10 +51,19 @@ def predict_command(
 
         if input.is_file() and input.suffix.lower() in VIDEO_EXTENSIONS:
             summary = predict_video(
-                runner, input, out, size=size, confidence=confidence, write_frames=frames, progress=tick
+                runner,
+                input,
+                out,
+                size=size,
+                confidence=confidence,
+                write_frames=frames,
+                progress=tick,
+                ids=ids,
             )
         else:
-            summary = predict_folder(runner, input, out, size=size, confidence=confidence, progress=tick)
+            summary = predict_folder(
+                runner, input, out, size=size, confidence=confidence, progress=tick, ids=ids
+            )
     result = {
         "frames": summary.frames,
         "out_dir": str(summary.out_dir),
@@ -55,6 +71,7 @@ def predict_command(
         "images_skipped": summary.skip_report,
         "video": str(summary.video) if summary.video else None,
         "backend": runner.label,
+        "legend": str(summary.out_dir / "legend.png"),
     }
     if json_out:
         print_json(result)
@@ -62,6 +79,8 @@ def predict_command(
         console.print(
             f"wrote {summary.frames} frame(s) to {summary.out_dir}"
             + (f" ({summary.skipped} unreadable skipped)" if summary.skipped else "")
+            + f"; colour legend: {result['legend']}",
+            soft_wrap=True,
         )
 
 

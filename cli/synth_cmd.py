@@ -3,24 +3,10 @@
 from __future__ import annotations
 
 import time
-from enum import Enum
 from pathlib import Path
 
 import typer
 from stvm_sdk.cli.common import console, print_json, user_errors
-
-
-class Domain(str, Enum):  # noqa: UP042 (StrEnum needs Python 3.11; we support 3.10)
-    source = "source"
-    target = "target"
-    fog = "fog"
-    night = "night"
-
-
-class Split(str, Enum):  # noqa: UP042
-    train = "train"
-    val = "val"
-    test = "test"
 
 
 def _parse_size(text: str) -> tuple[int, int]:
@@ -35,14 +21,18 @@ def _parse_size(text: str) -> tuple[int, int]:
 
 @user_errors
 def synth_command(
-    domain: Domain = typer.Option(Domain.target, "--domain", help="Which domain to render."),
+    domain: str = typer.Option(
+        "target", "--domain", help="Which domain to render: source | target | fog | night."
+    ),
     n: int = typer.Option(500, "--n", min=1, help="Number of frames."),
     out: Path = typer.Option(..., "--out", help="Dataset root; leftImg8bit/ and gtFine/ are created in it."),
     seed: int = typer.Option(
         0, "--seed", help="Base seed; frames are determined by (seed, domain, split, index)."
     ),
     size: str = typer.Option("256x512", "--size", help="Frame size HxW."),
-    split: Split = typer.Option(Split.train, "--split", help="Split folder; splits never share frames."),
+    split: str = typer.Option(
+        "train", "--split", help="Split folder: train | val | test; splits never share frames."
+    ),
     workers: int | None = typer.Option(None, "--workers", min=1, help="Processes (default: all cores)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
@@ -51,23 +41,23 @@ def synth_command(
 
     hw = _parse_size(size)
     start = time.perf_counter()
-    root = generate(out, domain.value, n, seed=seed, size=hw, split=split.value, workers=workers)
+    root = generate(out, domain, n, seed=seed, size=hw, split=split, workers=workers)
     seconds = time.perf_counter() - start
     summary = {
         "out": str(root),
-        "domain": domain.value,
-        "split": split.value,
+        "domain": domain,
+        "split": split,
         "n": n,
         "size": list(hw),
         "seed": seed,
-        "images": str(root / "leftImg8bit" / split.value / city_name(domain.value)),
-        "labels": str(root / "gtFine" / split.value / city_name(domain.value)),
+        "images": str(root / "leftImg8bit" / split / city_name(domain)),
+        "labels": str(root / "gtFine" / split / city_name(domain)),
         "seconds": round(seconds, 2),
     }
     if json_out:
         print_json(summary)
         return
-    console.print(f"wrote {n} {domain.value} frames ({hw[0]}x{hw[1]}) in {seconds:.1f}s")
+    console.print(f"wrote {n} {domain} frames ({hw[0]}x{hw[1]}) in {seconds:.1f}s")
     console.print(f"  images: {summary['images']}")
     console.print(f"  labels: {summary['labels']} (_gtFine_labelIds.png, _gtFine_labelTrainIds.png)")
 

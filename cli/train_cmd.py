@@ -14,12 +14,12 @@ def train_source_command(
     labels: Path | None = typer.Option(None, "--labels", help="Labels folder (default: same as --images)."),
     out: Path = typer.Option(Path("source.pt"), "--out", help="Checkpoint to write."),
     arch: str = typer.Option("lraspp_mobilenet_v3_large", "--arch", help="torchvision segmentation model."),
-    num_classes: int = typer.Option(19, "--num-classes"),
-    iters: int = typer.Option(1000, "--iters"),
-    batch_size: int = typer.Option(8, "--batch-size"),
+    num_classes: int = typer.Option(19, "--num-classes", help="Classes the model predicts."),
+    iters: int = typer.Option(1000, "--iters", help="Training steps."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Frames per step."),
     crop: str = typer.Option("128x256", "--crop", help="Random crop HxW, or 'none'."),
     resize: str | None = typer.Option(None, "--resize", help="Resize frames to HxW first."),
-    lr: float = typer.Option(2e-3, "--lr"),
+    lr: float = typer.Option(2e-3, "--lr", help="Learning rate."),
     seed: int = typer.Option(0, "--seed", help="Seed of the initial weights, batches and crops."),
     init: Path | None = typer.Option(
         None, "--init", help="Start from this checkpoint's weights (fine-tune it) instead of random ones."

@@ -1,56 +1,67 @@
 """Adapt a segmentation model to unlabeled frames through the Python API.
 
-    python examples/adapt_api.py SOURCE.pt FRAMES_DIR [LABELS_DIR]
+    python examples/adapt_api.py [SOURCE.pt FRAMES_DIR [LABELS_DIR]] [--out DIR] [--iters N]
 
-Without arguments it makes a tiny demo: a small synthetic target folder and a random-weight
-torchvision LR-ASPP model, adapted for a few steps (to show the API, not accuracy).
+Without a model it makes a tiny demo: 8 labelled frames of the synthetic target domain and a
+random-weight torchvision LR-ASPP model, adapted for a few steps (to show the API, not accuracy).
+Everything is written under --out (default runs/adapt_api) and kept: the adapted model, the run's
+logs and, for the demo, its frames.
 """
 
 from __future__ import annotations
 
-import sys
-import tempfile
+import argparse
 from pathlib import Path
 
-import numpy as np
 import torch
 import torchvision
-from PIL import Image
 
-from stvm_sdk import AdaptConfig, adapt, evaluate, load_model
+from stvm_sdk import AdaptConfig, adapt, load_model
+from stvm_sdk.synthetic.dataset import generate
 
 
-def _demo_inputs(root: Path) -> tuple[torch.nn.Module, Path]:
-    rng = np.random.default_rng(0)
-    frames = root / "frames"
-    frames.mkdir(parents=True)
-    for i in range(8):
-        Image.fromarray(rng.integers(0, 255, (128, 256, 3), dtype=np.uint8)).save(
-            frames / f"frame_{i:03d}.png"
-        )
+def _demo_inputs(root: Path) -> tuple[torch.nn.Module, Path, Path]:
+    """A random-weight 19-class LR-ASPP and 8 synthetic target frames with their labels."""
+    frames = generate(root / "frames", "target", 8, size=(128, 256), workers=1)
     model = torchvision.models.get_model(
         "lraspp_mobilenet_v3_large", weights=None, weights_backbone=None, num_classes=19
     )
-    return model, frames
+    return model, frames, frames  # Cityscapes layout: labels live beside the images
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("inputs", nargs="*", help="SOURCE.pt FRAMES_DIR [LABELS_DIR]; none: the tiny demo")
+    parser.add_argument("--out", type=Path, default=Path("runs/adapt_api"), help="kept after the run")
+    parser.add_argument("--iters", type=int, default=20, help="adaptation steps (default 20)")
+    args = parser.parse_args(argv)
+    if len(args.inputs) == 1 or len(args.inputs) > 3:
+        parser.error("pass SOURCE.pt FRAMES_DIR [LABELS_DIR], or nothing for the demo")
     config = AdaptConfig(method="stvm").with_overrides(
-        {"run.iters": 20, "metric.warmup": 5, "data.batch_size": 2, "data.crop": (128, 256)}
+        {
+            "run.iters": args.iters,
+            "metric.warmup": min(5, args.iters),
+            "data.batch_size": 2,
+            "data.crop": (128, 256),
+        }
     )
-    with tempfile.TemporaryDirectory() as tmp:
-        if len(sys.argv) >= 3:
-            source, frames = load_model(sys.argv[1]), Path(sys.argv[2])
-        else:
-            source, frames = _demo_inputs(Path(tmp))
-        labels = sys.argv[3] if len(sys.argv) > 3 else None
-        result = adapt(source, frames, config=config, labels_dir=labels, out_dir=Path(tmp) / "run")
-        print({k: result.metrics[k] for k in ("method", "steps", "frames_used", "images_seen", "seconds")})
-        if labels:
-            print("mIoU after:", evaluate(result.model, frames, labels).miou)
+    if args.inputs:
+        source, frames = load_model(args.inputs[0]), Path(args.inputs[1])
+        labels = Path(args.inputs[2]) if len(args.inputs) == 3 else None
+    else:
+        source, frames, labels = _demo_inputs(args.out / "demo_inputs")
+    result = adapt(source, frames, config=config, labels_dir=labels, out_dir=args.out / "run", progress=False)
+    m = result.metrics
+    print(
+        f"{m['method']}: {m['steps']} steps, {m['images_seen']} images seen, {m['frames_used']} frames used"
+    )
+    if labels is not None:
         print(
-            "adapted model classes:", result.model.num_classes, "deliverable:", result.metrics["deliverable"]
+            f"mIoU before: {m['miou_before']:.2f} %  after: {m['miou_after']:.2f} %  "
+            f"(on {m['images_evaluated']} labelled frames)"
         )
+    print(f"adapted model ({m['deliverable']}, {result.model.num_classes} classes): {m['model_path']}")
+    print(f"run folder (config, metrics.jsonl, checkpoints): {result.run_dir}")
 
 
 if __name__ == "__main__":

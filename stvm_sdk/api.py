@@ -169,6 +169,11 @@ def adapt(
     check_method_fits(source, method)
     folder = scan_frames(target_dir, labels_dir)
     _warn_small_frames(folder, cfg)
+    if labels_dir is not None:
+        log.info(
+            "labels: %d of %d frames have a label in %s (mIoU before/after is scored on those)",
+            len(folder.labelled), len(folder.frames), labels_dir,
+        )  # fmt: skip
     source_path = None if isinstance(source_model, (nn.Module, SegModel)) else Path(source_model)
     inputs = run_inputs(source_path, source, folder)
     with distributed.join(resolve_device(cfg.run.device)) as ddp:  # a world of one without torchrun
@@ -177,7 +182,7 @@ def adapt(
         before = job.evaluate(source) if labels_dir is not None and ddp.is_main else None
         adapter, step = loop.start(job, resume)
         steps = loop.train(adapter, job, step, progress=progress, on_log=on_log)
-    return loop.finish(adapter, job, steps, before)
+        return loop.finish(adapter, job, steps, before)
 
 
 def check_method_fits(model: SegModel, method: type[Method]) -> None:

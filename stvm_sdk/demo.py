@@ -110,11 +110,16 @@ def run_demo(
     say(f"source model: {source_path}")
     result = _adapt(source_path, target_root, s.adapt_config(), out_dir / "adapt", progress, say)
     timings["adapt_s"] = time.perf_counter() - t0 - sum(timings.values())
+    from stvm_sdk.data.frames import scan_frames
     from stvm_sdk.eval import evaluate
+    from stvm_sdk.figures import run_figures
     from stvm_sdk.models import load_model
 
-    before = evaluate(load_model(source_path), val_root, val_root)
+    source_model = load_model(source_path)
+    before = evaluate(source_model, val_root, val_root)
     after = evaluate(result.model, val_root, val_root)
+    figures = run_figures(result, source_model, scan_frames(val_root, val_root))  # held-out frames
+    say(f"figures (frame panels, curves): {figures}")
     timings["eval_s"] = time.perf_counter() - t0 - sum(timings.values())
     export = _export(result.model_path, val_root, out_dir / "export", s)
     timings["export_s"] = time.perf_counter() - t0 - sum(timings.values())
@@ -124,7 +129,7 @@ def run_demo(
         "miou_before": before.miou, "miou_after": after.miou,
         "per_class_iou": {"before": before.per_class_iou, "after": after.per_class_iou},
         "val_frames": after.n_images, "source_model": str(source_path), "run_dir": str(result.run_dir),
-        "model_path": str(result.model_path), "onnx_path": export["onnx_path"],
+        "model_path": str(result.model_path), "figures_dir": str(figures), "onnx_path": export["onnx_path"],
         "sidecar_path": export["sidecar_path"], "verification": export["verification"], "bench": bench,
         "settings": dict(settings.__dict__), "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "seconds": round(time.perf_counter() - t0, 1),

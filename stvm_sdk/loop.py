@@ -283,6 +283,7 @@ def finish(method: Method, job: Job, steps: int, before: EvalResult | None) -> A
             miou_before=before.miou,
             miou_after=after.miou,
             per_class_iou={"before": before.per_class_iou, "after": after.per_class_iou},
+            frames_labelled=len(job.folder.labelled),
             images_evaluated=after.n_images,
         )
     run.write_summary(metrics)

@@ -93,6 +93,12 @@ def export_model(
 
 
 def _check_options(opts: ExportOptions) -> tuple[list[Precision], Profile]:
+    from typing import get_args
+
+    from stvm_sdk.boundary.args import check_choice
+    from stvm_sdk.export.options import Exporter
+
+    check_choice(opts.exporter, get_args(Exporter), "--exporter")  # before the output folder is claimed
     rows = requested(opts.precisions)
     for row in rows:
         if row.needs_calibration and opts.calib is None:

@@ -1,10 +1,12 @@
 """`stvm predict`: run a `.pt`, `.onnx` or `.engine` on frames or a video and write what it sees.
 
 For every frame: ``<name>_color.png`` (class map in the Cityscapes palette), ``<name>_overlay.jpg``
-(colours blended over the frame) and, with ``confidence=True``, ``<name>_conf.png`` (max softmax
-probability, white = confident; needs a logits graph, not a baked-argmax one). Output names mirror
-the input tree. Video needs OpenCV (``cv2``), which is optional: without it the command says how to
-install it or how to extract frames instead.
+(colours blended over the frame), with ``confidence=True`` ``<name>_conf.png`` (max softmax
+probability, white = confident; needs a logits graph, not a baked-argmax one) and, with ``ids``,
+``<name>_trainIds.png`` or ``<name>_labelIds.png`` (raw class ids). Output names mirror the input
+tree; ``legend.png`` at the top of the output folder shows each class's colour. Video needs OpenCV
+(``cv2``), which is optional: without it the command says how to install it or how to extract frames
+instead.
 """
 
 from __future__ import annotations
@@ -21,7 +23,15 @@ from PIL import Image
 from stvm_sdk.boundary.frames import FrameRejected
 from stvm_sdk.boundary.outputs import claim_dir, write_bytes_atomic
 from stvm_sdk.errors import BackendUnavailableError, DataError
-from stvm_sdk.export.palette import colorize, confidence_image, overlay, palette_for
+from stvm_sdk.export.palette import (
+    ID_FORMATS,
+    class_id_image,
+    colorize,
+    confidence_image,
+    legend_image,
+    overlay,
+    palette_for,
+)
 from stvm_sdk.runners.base import Runner
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
@@ -85,6 +95,9 @@ def save_image(arr: np.ndarray, path: Path, **options: Any) -> Path:
 
 def _write(images: dict[str, np.ndarray], stem: Path, confidence: bool) -> None:
     save_image(images["color"], stem.with_name(stem.name + "_color.png"))
+    for key in ID_FORMATS:
+        if key in images:
+            save_image(images[key], stem.with_name(f"{stem.name}_{key}.png"))
     save_image(images["overlay"], stem.with_name(stem.name + "_overlay.jpg"), quality=90)
     if confidence and "conf" in images:
         save_image(images["conf"], stem.with_name(stem.name + "_conf.png"))
@@ -92,6 +105,25 @@ def _write(images: dict[str, np.ndarray], stem: Path, confidence: bool) -> None:
 
 def _palette(runner: Runner) -> list[list[int]]:
     return palette_for(runner.num_classes or 19)
+
+
+def _check_ids(runner: Runner, ids: str | None) -> None:
+    """Refuse a bad ``ids`` before anything is written (a 1x1 map runs the same checks)."""
+    if ids is not None:
+        class_id_image(np.zeros((1, 1), np.uint8), ids, runner.num_classes or 19)
+
+
+def write_legend(runner: Runner, out_dir: Path) -> Path:
+    """``legend.png``: each class's colour with its id and name (from the model or the sidecar)."""
+    k = runner.num_classes or 19
+    names = runner.class_names or [str(i) for i in range(k)]
+    return save_image(legend_image(list(names), palette_for(k)), out_dir / "legend.png")
+
+
+def _with_ids(images: dict[str, np.ndarray], classes: np.ndarray, ids: str | None, k: int) -> dict:
+    if ids is not None:
+        images[ids] = class_id_image(classes, ids, k)
+    return images
 
 
 def predict_folder(
@@ -102,8 +134,10 @@ def predict_folder(
     size: tuple[int, int] | None = None,
     confidence: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    ids: str | None = None,
 ) -> PredictSummary:
-    """Predict every readable image under ``input_dir`` (see the module docstring for the outputs)."""
+    """Predict every readable image under ``input_dir`` (see the module docstring for the outputs);
+    ``ids`` (``"trainIds"`` or ``"labelIds"``) also writes raw class-id PNGs."""
     from stvm_sdk.data.frames import scan_frames
     from stvm_sdk.data.images import read_image
 
@@ -111,8 +145,10 @@ def predict_folder(
         raise DataError(
             "--confidence needs logits, but this graph outputs class ids (exported with --argmax)"
         )
+    _check_ids(runner, ids)
     folder = scan_frames(input_dir)
     claim_dir(out_dir, "predict", inputs=(runner.path, input_dir))
+    write_legend(runner, out_dir)
     palette = _palette(runner)
     written = 0
     for i, frame in enumerate(folder.frames):
@@ -122,7 +158,8 @@ def predict_folder(
             folder.reject(exc)
             continue
         cls, conf = infer(runner, image, size)
-        _write(render(image, cls, conf, palette), out_dir / frame.rel.with_suffix(""), confidence)
+        images = _with_ids(render(image, cls, conf, palette), cls, ids, len(palette))
+        _write(images, out_dir / frame.rel.with_suffix(""), confidence)
         written += 1
         if progress:
             progress(i + 1, len(folder.frames))
@@ -162,19 +199,24 @@ def predict_video(
     confidence: bool = False,
     write_frames: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    ids: str | None = None,
 ) -> PredictSummary:
     """Predict every frame of ``video``; write ``<stem>_overlay.mp4`` (and per-frame images if asked)."""
     if not video.is_file():
         raise DataError(f"video not found: {video}")
+    _check_ids(runner, ids)
     cv2, frames, fps, count = _video_frames(video)
     claim_dir(out_dir, "predict", inputs=(runner.path, video))
+    write_legend(runner, out_dir)
     target = out_dir / f"{video.stem}_overlay.mp4"
     tmp = target.with_name(f".{target.name}.tmp.mp4")
     writer, n, palette = None, 0, _palette(runner)
     try:
         for image in frames:
             cls, conf = infer(runner, image, size)
-            imgs = render(image, cls, conf, palette)
+            imgs = _with_ids(
+                render(image, cls, conf, palette), cls, ids if write_frames else None, len(palette)
+            )
             if writer is None:
                 h, w = image.shape[:2]
                 writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))

@@ -126,6 +126,7 @@ def quantize_int8(
     methods: Sequence[str] = CALIBRATION_METHODS,
     input_name: str = "image",
     log: Callable[[str], None] | None = None,
+    score_name: str = "score",
 ) -> Int8Result:
     """Quantize with each calibration method, keep the best-scoring graph at ``out``.
 
@@ -135,6 +136,7 @@ def quantize_int8(
         inputs: calibration inputs ``[1,3,H,W]`` float32, in the graph's input space.
         score: higher is better (e.g. mIoU of the quantized graph on labelled frames).
         methods: calibration methods to try, in order; ties keep the earlier one.
+        score_name: what ``score`` measures, as the log line names it (e.g. ``"mIoU (%) on 4 frames"``).
     """
     work = out.parent / f".{out.stem}-candidates"
     work.mkdir(parents=True, exist_ok=True)
@@ -147,7 +149,7 @@ def quantize_int8(
             s = float(score(cand))
             result.scores[method], result.seconds[method] = s, time.perf_counter() - start
             if log:
-                log(f"int8 calibration {method}: score {s:.3f} ({result.seconds[method]:.1f} s)")
+                log(f"int8 calibration {method}: {score_name} {s:.2f} ({result.seconds[method]:.1f} s)")
             if best is None or s > best[0]:
                 best = (s, method)
                 shutil.copyfile(cand, out)

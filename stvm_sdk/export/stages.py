@@ -86,9 +86,16 @@ def export_int8(job: ExportJob, row: Precision) -> StagedGraph:
         return float(v.miou_onnx) if labelled and v.miou_onnx is not None else v.argmax_agreement
 
     inputs = onnx_inputs(job.calib, job.model, baked_normalize=job.opts.bake_normalize)
-    res = quantize_int8(
-        job.base.path, job.path(row), inputs, score, methods=job.opts.calib_methods, log=job.say
+    n = len(job.calib)
+    score_name = (
+        f"mIoU (%) of the INT8 graph on the {n} labelled calibration frames (highest kept):"
+        if labelled
+        else f"argmax agreement (%) with PyTorch on the {n} calibration frames (highest kept):"
     )
+    res = quantize_int8(
+        job.base.path, job.path(row), inputs, score, methods=job.opts.calib_methods, log=job.say,
+        score_name=score_name,
+    )  # fmt: skip
     calibration = {
         "method": res.method,
         "scores": res.scores,

@@ -158,8 +158,9 @@ def load_model(
 
 
 _WRONG_KIND = {
-    "onnx": "{p} is an ONNX graph: this command needs the PyTorch model it was exported from (.pt); "
-    "ONNX files run in `stvm bench` and `stvm predict`",
+    "onnx": "{p} is an ONNX graph, which holds no trainable PyTorch modules: adapting, training and "
+    "exporting need the .pt model it was exported from; "
+    "`stvm eval`, `info`, `bench` and `predict` read .onnx",
     "safetensors": "{p} is a safetensors file: it holds weights without the architecture; save a checkpoint "
     "dict {{'arch', 'num_classes', 'state_dict'}} with torch.save instead",
     "empty": "{p} is empty (0 bytes): save or copy the model again",

@@ -25,6 +25,7 @@ class Runner(ABC):
     output = "logits"  # or "classes"
     num_classes: int | None = None
     class_names: list[str] | None = None
+    fixed_size: tuple[int, int] | None = None  # (H, W) of a graph exported with a static input
 
     def __init__(self, path: Path) -> None:
         self.path = path

@@ -46,6 +46,8 @@ class OrtRunner(Runner):
         self.device = "cuda" if providers[0].startswith("CUDA") else "cpu"
         self.session = ort_session(path, providers=providers, threads=threads)
         self.input_name = self.session.get_inputs()[0].name
+        hw = self.session.get_inputs()[0].shape[2:4]
+        self.fixed_size = (hw[0], hw[1]) if all(isinstance(d, int) for d in hw) else None
         meta = read_sidecar(path) or {}
         self.precision = str(meta.get("precision") or guess_precision(path))
         self.output = "classes" if self.session.get_outputs()[0].type == "tensor(uint8)" else "logits"

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from stvm_sdk.boundary.args import check_choice
 from stvm_sdk.boundary.outputs import claim_dir, write_json_atomic
 from stvm_sdk.errors import ConfigError
 from stvm_sdk.synthetic.render import effects
@@ -55,10 +56,8 @@ SPLITS = ("train", "val", "test")
 
 
 def _check(domain: str, size: tuple[int, int], split: str = "train") -> None:
-    if domain not in STYLES:
-        raise ConfigError(f"unknown domain {domain!r}; choose one of {', '.join(DOMAINS)}")
-    if split not in SPLITS:
-        raise ConfigError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    check_choice(domain, DOMAINS, "domain")
+    check_choice(split, SPLITS, "split")
     if len(size) != 2 or min(size) < 16:
         raise ConfigError(f"size must be (height, width) with both >= 16 pixels, got {size!r}")
 

@@ -401,7 +401,7 @@ def c_labels_folder_missing(w: Workspace) -> Case:
 
 def c_eval_labels_out_of_range(w: Workspace) -> Case:
     labels = _labels_like(w, "lab200", lambda a: np.where(a == 4, 200, a))
-    args = ["eval", "--model", str(w.model), "--images", str(w.frames), "--labels", str(labels), "--json"]
+    args = ["eval", str(w.model), "--images", str(w.frames), "--labels", str(labels), "--json"]
     return Case(args, "error", "holds class ids 200")
 
 

@@ -113,7 +113,7 @@ def _json_commands(lraspp_checkpoint: Path, frames: tuple[Path, Path], tmp: Path
     return [
         ["adapt", "--source", model, "--target", images, "--labels", labels,
          "--out", str(tmp / "run"), *fast],
-        ["eval", "--model", model, "--images", images, "--labels", labels],
+        ["eval", model, "--images", images, "--labels", labels],
         ["info", model],
         ["export", model, "--out", str(tmp / "export"), "--shape", "32x64", "--verify-frames", "1"],
         ["bench", model, onnx, "--shape", "32x64", "--iters", "2", "--warmup", "1"],

@@ -54,7 +54,7 @@ def test_lraspp_checkpoint_adapts_end_to_end_through_the_cli(
         assert key in summary, key
     assert summary["steps"] == 2 and summary["frames_used"] == 6 and summary["images_seen"] == 4
     code, out, err = _run(
-        "eval", "--model", summary["model_path"], "--images", frames[0], "--labels", frames[1], "--json"
+        "eval", summary["model_path"], "--images", frames[0], "--labels", frames[1], "--json"
     )
     assert code == 0, err
     assert abs(json.loads(out)["miou"] - summary["miou_after"]) < 1e-6

@@ -156,3 +156,35 @@ def test_export_lists_the_same_flags_in_the_same_order() -> None:
         4096,
         Path("export"),
     )
+
+
+@pytest.mark.parametrize("ids", ["trainIds", "labelIds"])
+def test_predict_writes_raw_class_ids_and_a_colour_legend(
+    ids: str, checkpoint: Path, frames_dir: Path, tmp_path: Path
+) -> None:
+    from stvm_sdk.export.palette import CITYSCAPES_PALETTE
+    from stvm_sdk.synthetic.render.labels import TRAIN_TO_LABEL
+
+    out = tmp_path / "pred"
+    res = _run("predict", checkpoint, "--input", frames_dir, "--out", out, "--ids", ids)
+    assert res.exit_code == 0, res.output
+    assert "colour legend:" in res.stdout and "legend.png" in res.stdout
+    raw = np.asarray(Image.open(out / "seq" / f"f0_{ids}.png"))
+    colour = np.asarray(Image.open(out / "seq" / "f0_color.png"))
+    assert raw.shape == (64, 128) and raw.dtype == np.uint8
+    train = raw if ids == "trainIds" else np.vectorize(TRAIN_TO_LABEL.index)(raw)
+    assert len(np.unique(train)) > 1  # a map, not a constant
+    assert (np.asarray(CITYSCAPES_PALETTE, dtype=np.uint8)[train] == colour).all()  # the same prediction
+    legend = Image.open(out / "legend.png")
+    assert legend.size[1] == 22 * 19 + 8
+
+
+def test_predict_label_ids_need_the_19_cityscapes_classes(
+    lraspp_checkpoint: Path, frames_dir: Path, tmp_path: Path
+) -> None:
+    line = _error_line(_run("predict", lraspp_checkpoint, "--input", frames_dir, "--out", tmp_path / "p",
+                            "--ids", "labelIds"))  # fmt: skip
+    assert "this model has 5 classes: use --ids trainIds" in line and not (tmp_path / "p").exists()
+    line = _error_line(_run("predict", lraspp_checkpoint, "--input", frames_dir, "--out", tmp_path / "p",
+                            "--ids", "trainid"))  # fmt: skip
+    assert line.endswith("did you mean 'trainIds'?")

@@ -23,6 +23,8 @@ def test_demo_runs_every_stage_and_caches_data_and_source_model(tmp_path: Path) 
 
     assert 0.0 <= summary["miou_before"] <= 100.0 and 0.0 <= summary["miou_after"] <= 100.0
     assert summary["val_frames"] == TINY.n_val
+    figures = Path(summary["figures_dir"])
+    assert len(list(figures.glob("panel_*.png"))) == TINY.n_val and (figures / "curves.png").is_file()
     for key in ("source_model", "model_path", "onnx_path", "sidecar_path"):
         assert Path(summary[key]).is_file(), key
     assert summary["verification"]["argmax_agreement"] > 99.0  # the ONNX graph computes the same model
@@ -38,6 +40,7 @@ def test_demo_runs_every_stage_and_caches_data_and_source_model(tmp_path: Path) 
         "bench_s",
     }
     json.dumps(summary)  # `stvm demo --json` prints exactly this
+    _check_human_summary(summary)
 
     model_mtime = Path(summary["source_model"]).stat().st_mtime_ns
     again = run_demo(TINY, cache=cache, out_dir=tmp_path / "runs2", progress=False)
@@ -49,3 +52,23 @@ def test_demo_runs_every_stage_and_caches_data_and_source_model(tmp_path: Path) 
         replace(TINY, adapt_iters=TINY.adapt_iters + 1), cache=cache, out_dir=out, progress=False
     )
     assert other["settings"]["adapt_iters"] == TINY.adapt_iters + 1
+
+
+def _check_human_summary(summary: dict) -> None:
+    """What `stvm demo` prints: one distinct row per benchmarked file, full paths, stages in words."""
+    import io
+
+    from rich.console import Console
+    from stvm_sdk.cli.demo_cmd import _print
+
+    con = Console(width=100, record=True, file=io.StringIO())
+    _print(summary, con)
+    text = con.export_text()
+    assert "…" not in text and "{" not in text, text  # no cut path, no raw dict
+    for key in ("source_model", "run_dir", "figures_dir", "model_path", "onnx_path", "sidecar_path"):
+        assert f"{key}: {summary[key]}" in text, key
+    latency = [line.split("│")[1].strip() for line in text.splitlines() if "latency" in line]
+    assert len(latency) == len(summary["bench"]) == len(set(latency)), latency
+    assert any("model.pt" in r and "ONNX Runtime" in r for r in latency), latency
+    assert any("model.onnx" in r for r in latency), latency
+    assert "source model" in text and "export" in text

@@ -1,0 +1,169 @@
+"""Pictures of a run a person looks at: per-frame panels (image | ground truth | before | after |
+reliability) and the run's curves (losses, mean reliability, mixed share) from ``metrics.jsonl``.
+
+Written with matplotlib's Agg backend (no display needed) into ``<run>/figures/``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from stvm_sdk.boundary.outputs import write_bytes_atomic
+from stvm_sdk.data.frames import FrameFolder
+from stvm_sdk.data.images import resize_image
+from stvm_sdk.eval.evaluate import predict
+from stvm_sdk.export.palette import colorize, palette_for
+from stvm_sdk.models.io import SegModel
+
+LOSSES = ("loss", "loss_st", "loss_metric", "loss_entropy")
+RATES = {"mean_weight": "mean reliability weight", "mix_fraction": "share of pixels mixed (MOCM)"}
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    _pyplot().close(fig)
+    return write_bytes_atomic(buf.getvalue(), path)
+
+
+def _classes(model: SegModel, image: torch.Tensor, size: tuple[int, int] | None) -> np.ndarray:
+    module = model.module
+    was_training, device = module.training, next(iter(module.parameters()), torch.zeros(())).device
+    module.eval()
+    try:
+        out = predict(
+            model,
+            resize_image(image, size)[None].to(device),
+            out_size=(int(image.shape[-2]), int(image.shape[-1])),
+        )
+    finally:
+        module.train(was_training)
+    return out[0].cpu().numpy().astype(np.uint8)
+
+
+def frame_panels(
+    folder: FrameFolder,
+    before: SegModel,
+    after: SegModel,
+    out_dir: Path,
+    *,
+    reliability: Any = None,
+    n: int = 4,
+    size: tuple[int, int] | None = None,
+    after_name: str = "after",
+) -> list[Path]:
+    """One PNG per frame for ``n`` frames spread over ``folder`` (labelled ones first).
+
+    ``reliability(images [1,3,H,W] in [0,1]) -> [1,H,W]`` in [0,1] draws the last panel (STvM's
+    metric reliability); without it the panel shows the adapted model's max softmax probability.
+    """
+    plt = _pyplot()
+    pool = folder.labelled or folder.frames
+    picks = [pool[i] for i in np.linspace(0, len(pool) - 1, num=min(n, len(pool))).round().astype(int)]
+    palette = palette_for(after.num_classes)
+    written = []
+    for frame in dict.fromkeys(picks):
+        loaded = folder.load(frame, None, with_label=True)
+        if loaded is None:
+            continue
+        image, label = loaded
+        panels: list[tuple[str, np.ndarray, str | None]] = [
+            ("image", (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8), None)
+        ]
+        if label is not None:
+            panels.append(("ground truth", colorize(label.numpy().astype(np.uint8), palette), None))
+        panels.append(("before (source model)", colorize(_classes(before, image, size), palette), None))
+        panels.append((after_name, colorize(_classes(after, image, size), palette), None))
+        if reliability is not None:
+            rel = reliability(image[None])[0].cpu().numpy()
+            panels.append(("reliability (teacher's pseudo-labels)", rel, "viridis"))
+        else:
+            from stvm_sdk.models.contract import forward_logits, normalize
+
+            with torch.no_grad():
+                logits = forward_logits(after.module.eval(), normalize(image[None], after.mean, after.std))
+            conf = logits.softmax(1).amax(1)[0].numpy()
+            panels.append(("confidence (max softmax)", conf, "viridis"))
+        fig, axes = plt.subplots(
+            1, len(panels), figsize=(3.2 * len(panels), 3.2 * image.shape[1] / image.shape[2] + 0.6)
+        )
+        for ax, (title, arr, cmap) in zip(axes, panels, strict=True):
+            ax.imshow(
+                arr, cmap=cmap, vmin=0 if cmap else None, vmax=1 if cmap else None, interpolation="nearest"
+            )
+            ax.set_title(title, fontsize=9)
+            ax.axis("off")
+        fig.suptitle(frame.rel.as_posix(), fontsize=9)
+        written.append(_save(fig, out_dir / f"panel_{'_'.join(frame.rel.with_suffix('').parts)}.png"))
+    return written
+
+
+def curves(metrics_jsonl: Path, out: Path) -> Path | None:
+    """Losses and rates against the step, from a run's ``metrics.jsonl`` (None if it has no record)."""
+    if not metrics_jsonl.is_file():
+        return None
+    records = [json.loads(line) for line in metrics_jsonl.read_text().splitlines() if line.strip()]
+    if not records:
+        return None
+    plt = _pyplot()
+    fig, (ax_loss, ax_rate) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for key in LOSSES:
+        pts = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+        if pts:
+            ax_loss.plot(*zip(*pts, strict=True), marker="." if len(pts) < 30 else None, label=key)
+    ax_loss.set_xlabel("step")
+    ax_loss.set_title("losses", fontsize=10)
+    ax_loss.legend(fontsize=8)
+    for key, name in RATES.items():
+        pts = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+        if pts:
+            ax_rate.plot(*zip(*pts, strict=True), marker="." if len(pts) < 30 else None, label=name)
+    ax_rate.set_xlabel("step")
+    ax_rate.set_ylim(0, 1)
+    ax_rate.set_title("reliability and mixing", fontsize=10)
+    if ax_rate.lines:
+        ax_rate.legend(fontsize=8)
+    return _save(fig, out)
+
+
+def run_figures(result: Any, before: SegModel, folder: FrameFolder, n: int = 4) -> Path:
+    """Panels of ``n`` frames and the curves of an adaptation run, in ``<run>/figures/``."""
+    from stvm_sdk.methods.parts.metric import MetricHead
+    from stvm_sdk.methods.parts.pseudo import pseudo_label_reliability
+    from stvm_sdk.models.contract import normalize
+    from stvm_sdk.rundir import RunDir
+
+    out = Path(result.run_dir) / "figures"
+    teacher, metric = result.teacher, result.metric
+    has_metric = isinstance(metric, MetricHead) and teacher is not None and teacher.classifier is not None
+
+    @torch.no_grad()
+    def reliability(images: torch.Tensor) -> torch.Tensor:  # as stvm_sdk.api.reliability_map computes it
+        x = normalize(images, teacher.mean, teacher.std)
+        return pseudo_label_reliability(
+            teacher.module.eval(), teacher.classifier, metric.eval(), x, result.config.reliability
+        )[1]
+
+    frame_panels(
+        folder, before, result.model, out, n=n, size=result.config.run.eval_size,
+        reliability=reliability if has_metric else None,
+        after_name=f"after ({result.config.method})",
+    )  # fmt: skip
+    curves(RunDir(result.run_dir).metrics_path, out / "curves.png")
+    return out

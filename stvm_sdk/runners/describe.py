@@ -1,0 +1,71 @@
+"""What a model file holds (`stvm info`): a PyTorch model from its checkpoint, an exported graph from
+its ONNX proto and the sidecar written next to it."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from stvm_sdk.runners.base import read_sidecar, sidecar_path
+from stvm_sdk.runners.dispatch import backend_of
+from stvm_sdk.runners.ort import OrtRunner
+
+_INPUT = "float32 [B,3,H,W], RGB in [0,1]"
+
+
+def describe_model(path: str | Path, *, trust_pickle: bool = False) -> dict[str, Any]:
+    """Format, classes, size and input/output contract of a ``.pt``/TorchScript model or an ``.onnx``."""
+    p = Path(path)
+    if backend_of(p) == "torch":
+        return _describe_torch(p, trust_pickle)
+    return _describe_onnx(p) if backend_of(p) == "ort" else _describe_engine(p)
+
+
+def _describe_torch(p: Path, trust_pickle: bool) -> dict[str, Any]:
+    from stvm_sdk.models import load_model
+
+    seg = load_model(p, trust_pickle=trust_pickle)
+    return {
+        "path": str(p), "format": seg.kind, "arch": seg.arch, "num_classes": seg.num_classes,
+        "classifier": seg.classifier, "parameters": sum(q.numel() for q in seg.module.parameters()),
+        "input": f"{_INPUT} then (x - mean) / std", "mean": list(seg.mean), "std": list(seg.std),
+        "output": f"logits [B,{seg.num_classes},H,W]", "class_names": seg.class_names,
+    }  # fmt: skip
+
+
+def _describe_onnx(p: Path) -> dict[str, Any]:
+    import onnx
+
+    runner = OrtRunner(p)  # the graph must load in ONNX Runtime, or this is a one-line error
+    proto = onnx.load(str(p), load_external_data=False)
+    meta = read_sidecar(p) or {}
+    k = runner.num_classes or "K"
+    size = f"{runner.fixed_size[0]}x{runner.fixed_size[1]} (static)" if runner.fixed_size else "any (dynamic)"
+    baked = "normalisation inside the graph" if runner.baked else "then (x - mean) / std"
+    return {
+        "path": str(p), "format": "onnx", "precision": runner.precision,
+        "arch": (meta.get("source_model") or {}).get("arch"), "num_classes": runner.num_classes,
+        "parameters": sum(math.prod(t.dims) for t in proto.graph.initializer),
+        "input": f"{_INPUT}, {baked}; size {size}", "mean": meta.get("mean"), "std": meta.get("std"),
+        "output": "class ids uint8 [B,H,W] (argmax in the graph)" if runner.output == "classes"
+        else f"logits [B,{k},H,W]",
+        "class_names": runner.class_names,
+        "opset": proto.opset_import[0].version if proto.opset_import else None,
+        "sidecar": str(sidecar_path(p)) if meta else None, "verification": meta.get("verification"),
+    }  # fmt: skip
+
+
+def _describe_engine(p: Path) -> dict[str, Any]:
+    """An engine from its sidecar only: no TensorRT object is made (it needs the GPU it was built for)."""
+    from stvm_sdk.errors import ModelLoadError
+
+    if not p.is_file():
+        raise ModelLoadError(f"model file not found: {p}")
+    meta = read_sidecar(p) or {}
+    return {
+        "path": str(p), "format": "tensorrt engine", "precision": meta.get("precision"),
+        "num_classes": meta.get("num_classes"), "class_names": meta.get("classes"),
+        "built_for": f"TensorRT {meta.get('tensorrt', '?')} on {meta.get('gpu', '?')}",
+        "profile": meta.get("profile"), "sidecar": str(sidecar_path(p)) if meta else None,
+    }  # fmt: skip
