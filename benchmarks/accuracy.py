@@ -1,7 +1,7 @@
 """Accuracy benchmark on the synthetic domain-shift benchmark: every method, seeds, two archs, two domains.
 
-    python benchmarks/accuracy.py            # the full table (111 min from a fresh cache, 2-core CPU)
-    python benchmarks/accuracy.py --quick    # a subset: one arch, one domain, one seed (7 min fresh)
+    python benchmarks/accuracy.py            # the full table (not yet timed on issue 14's plan)
+    python benchmarks/accuracy.py --quick    # one arch, one domain, one seed (15.6 min fresh, loaded CPU)
     python benchmarks/tuning.py              # STvM variants compared on the *tuning* split only
 
 Writes benchmarks/results/accuracy{,_quick}.{md,json}, the threshold sweep plot, a reliability-vs-
