@@ -57,6 +57,21 @@ def _classes(model: SegModel, image: torch.Tensor, size: tuple[int, int] | None)
     return out[0].cpu().numpy().astype(np.uint8)
 
 
+def _confidence(model: SegModel, image: torch.Tensor) -> np.ndarray:
+    """The model's max softmax probability per pixel of one image ``[3,H,W]`` in [0,1]."""
+    from stvm_sdk.models.contract import forward_logits, normalize
+
+    module = model.module
+    was_training, device = module.training, next(iter(module.parameters()), torch.zeros(())).device
+    module.eval()
+    try:
+        with torch.no_grad():
+            logits = forward_logits(module, normalize(image[None].to(device), model.mean, model.std))
+    finally:
+        module.train(was_training)
+    return logits.softmax(1).amax(1)[0].float().cpu().numpy()
+
+
 def frame_panels(
     folder: FrameFolder,
     before: SegModel,
@@ -94,12 +109,7 @@ def frame_panels(
             rel = reliability(image[None])[0].cpu().numpy()
             panels.append(("reliability (teacher's pseudo-labels)", rel, "viridis"))
         else:
-            from stvm_sdk.models.contract import forward_logits, normalize
-
-            with torch.no_grad():
-                logits = forward_logits(after.module.eval(), normalize(image[None], after.mean, after.std))
-            conf = logits.softmax(1).amax(1)[0].numpy()
-            panels.append(("confidence (max softmax)", conf, "viridis"))
+            panels.append(("confidence (max softmax)", _confidence(after, image), "viridis"))
         fig, axes = plt.subplots(
             1, len(panels), figsize=(3.2 * len(panels), 3.2 * image.shape[1] / image.shape[2] + 0.6)
         )
@@ -144,25 +154,19 @@ def curves(metrics_jsonl: Path, out: Path) -> Path | None:
 
 def run_figures(result: Any, before: SegModel, folder: FrameFolder, n: int = 4) -> Path:
     """Panels of ``n`` frames and the curves of an adaptation run, in ``<run>/figures/``."""
+    from stvm_sdk.api import reliability_map  # api never imports figures: no cycle
     from stvm_sdk.methods.parts.metric import MetricHead
-    from stvm_sdk.methods.parts.pseudo import pseudo_label_reliability
-    from stvm_sdk.models.contract import normalize
     from stvm_sdk.rundir import RunDir
 
     out = Path(result.run_dir) / "figures"
-    teacher, metric = result.teacher, result.metric
-    has_metric = isinstance(metric, MetricHead) and teacher is not None and teacher.classifier is not None
-
-    @torch.no_grad()
-    def reliability(images: torch.Tensor) -> torch.Tensor:  # as stvm_sdk.api.reliability_map computes it
-        x = normalize(images, teacher.mean, teacher.std)
-        return pseudo_label_reliability(
-            teacher.module.eval(), teacher.classifier, metric.eval(), x, result.config.reliability
-        )[1]
-
+    teacher = result.teacher
+    device = next(iter(result.model.module.parameters()), torch.zeros(())).device
+    has_metric = (
+        isinstance(result.metric, MetricHead) and teacher is not None and teacher.classifier is not None
+    )
     frame_panels(
         folder, before, result.model, out, n=n, size=result.config.run.eval_size,
-        reliability=reliability if has_metric else None,
+        reliability=(lambda images: reliability_map(result, images.to(device))[1]) if has_metric else None,
         after_name=f"after ({result.config.method})",
     )  # fmt: skip
     curves(RunDir(result.run_dir).metrics_path, out / "curves.png")
