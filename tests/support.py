@@ -113,3 +113,54 @@ def honour_permissions() -> Iterator[None]:
         yield
     finally:
         _caps(before)
+
+
+class HeadProbeNet(nn.Module):
+    """A 5-class net laid out like segmentation_models_pytorch: no known classifier name, its head
+    ``segmentation_head`` = conv (K outputs), a parameter-free upsampling and a parameter-free
+    activation; optionally a dropout before the head. Returns a bare tensor (or a tuple with an
+    auxiliary output, the first element being the logits)."""
+
+    def __init__(self, num_classes: int = 5, tuple_out: bool = False) -> None:
+        super().__init__()
+        self.tuple_out = tuple_out
+        self.encoder = nn.Sequential(
+            nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        )  # fmt: skip
+        self.dropout = nn.Dropout2d(0.5)
+        self.segmentation_head = nn.Sequential(
+            # smp's Activation wraps an Identity: the last leaf is two levels below the head
+            nn.Conv2d(16, num_classes, 1),
+            nn.UpsamplingBilinear2d(scale_factor=4),
+            nn.Sequential(nn.Identity()),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        feats = self.encoder(x)
+        logits = self.segmentation_head(self.dropout(feats))
+        return (logits, feats) if self.tuple_out else logits
+
+
+class _FirstChannels(nn.Module):
+    """Keeps the first ``k`` channels (no parameters)."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.k = k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, : self.k]
+
+
+class WeakHeadNet(nn.Module):
+    """A 5-class net whose logits come out of a parameter-free module (no conv has 5 outputs): the
+    classifier can only be guessed weakly."""
+
+    def __init__(self, num_classes: int = 5) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.out = nn.Sequential(nn.Conv2d(8, 8, 1), _FirstChannels(num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.body(x))
