@@ -106,7 +106,20 @@ def info_command(
         print_json(info)
         return
     for key, value in info.items():
-        if value is not None:
+        if key == "methods" and isinstance(value, dict):  # one line per method: what it would update
+            console.print(
+                "[bold]methods[/bold] (what each would update on this model; "
+                "x: cannot run on it, !: touches little of it):",
+                highlight=False,
+                soft_wrap=True,
+            )
+            for name, r in value.items():
+                mark = "x" if not r["fits"] else "!" if r["weak"] else " "
+                line = f"  {mark} {name}: {r['updates']}"
+                console.print(line, soft_wrap=True, highlight=False, markup=False)
+        elif key == "classifier_warning" and value:
+            console.print(f"[bold yellow]warning[/bold yellow]: {value}", soft_wrap=True, highlight=False)
+        elif value is not None:
             console.print(f"[bold]{key}[/bold]: {_human(key, value)}", soft_wrap=True, highlight=False)
 
 

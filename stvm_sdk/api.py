@@ -186,7 +186,8 @@ def adapt(
 
 
 def check_method_fits(model: SegModel, method: type[Method]) -> None:
-    """Refuse, before any frame is read, a method that cannot run on this kind of model."""
+    """Refuse, before any frame is read, a method that cannot run on this model or would change nothing
+    in it (:meth:`Method.reach`); warn when it touches little of it (e.g. adabn on a LayerNorm model)."""
     if isinstance(model.module, torch.jit.ScriptModule) and method.eager_only:
         fits = [m.name for m in ladder() if not m.eager_only]
         raise ConfigError(
@@ -194,6 +195,11 @@ def check_method_fits(model: SegModel, method: type[Method]) -> None:
             f"the model as a checkpoint dict or (with --trust-pickle) a pickled module, or use --method "
             f"{' | '.join(fits)}"
         )
+    reach = method.reach(model)
+    if not reach.fits:  # it would report success and change nothing (or fail mid-run)
+        raise ConfigError(f"--method {method.name} cannot adapt this model: it {reach.updates}")
+    if reach.weak:
+        log.warning("--method %s %s: it touches little of this model", method.name, reach.updates)
 
 
 def run_inputs(source_path: Path | None, source: SegModel, folder: FrameFolder) -> dict[str, Any]:

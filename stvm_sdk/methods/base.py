@@ -16,12 +16,14 @@ own knobs as an ``Options`` dataclass (config section ``[methods.<name>]``), and
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from stvm_sdk.methods.parts.collective import Collective
+from stvm_sdk.methods.parts.norm import batchnorms
 
 if TYPE_CHECKING:
     from stvm_sdk.config import AdaptConfig
@@ -29,6 +31,19 @@ if TYPE_CHECKING:
 
 Logs = dict[str, Tensor]
 PHASE_PREFIX = "step."  # names of a step's phases in torch.profiler traces (benchmarks/step_time.py)
+
+
+@dataclass
+class Reach:
+    """What a method will update on one model, said before it runs (`stvm info`, `stvm adapt`)."""
+
+    updates: str  # one line: what it changes on this model
+    fits: bool = True  # False: it cannot run on this model or would change nothing (adapt refuses it)
+    weak: bool = False  # it touches little of the model's normalisation (adapt warns)
+    counts: dict[str, Any] = field(default_factory=dict)  # the numbers behind the line
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"updates": self.updates, "fits": self.fits, "weak": self.weak, **self.counts}
 
 
 def phase(name: str) -> torch.profiler.record_function:
@@ -79,6 +94,24 @@ class Method(nn.Module):
     def trains(cls) -> bool:
         """Whether the method takes training steps (it implements :meth:`loss`)."""
         return cls.loss is not Method.loss
+
+    @classmethod
+    def reach(cls, model: SegModel) -> Reach:
+        """What this method will update on ``model`` (not mutated), before anything runs."""
+        if isinstance(model.module, torch.jit.ScriptModule) and cls.eager_only:
+            return Reach(f"cannot run on a TorchScript model ({cls.eager_only})", fits=False)
+        return cls._reach(model)
+
+    @classmethod
+    def _reach(cls, model: SegModel) -> Reach:
+        """:meth:`reach` for a model it can run on; the default: every student weight trains."""
+        total = sum(p.numel() for p in model.module.parameters())
+        head = f" (the head '{model.classifier}' at head_lr_mult x lr)" if model.classifier else ""
+        line = f"trains all {total:,} parameters{head}"
+        if cls.reestimate_bn:
+            n = len(batchnorms(model.module))
+            line += f", from target statistics in {n} BatchNorm layer{'s' * (n != 1)}"
+        return Reach(line, fits=total > 0, counts={"parameters": total, "parameters_total": total})
 
     @property
     def options(self) -> Any:

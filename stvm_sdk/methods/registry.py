@@ -19,7 +19,8 @@ from stvm_sdk.boundary.args import suggest
 from stvm_sdk.errors import ConfigError
 
 if TYPE_CHECKING:
-    from stvm_sdk.methods.base import Method
+    from stvm_sdk.methods.base import Method, Reach
+    from stvm_sdk.models.io import SegModel
 
 M = TypeVar("M", bound="type[Method]")
 _NOT_METHODS = frozenset({"base", "registry"})  # modules of this package that hold no method
@@ -99,3 +100,8 @@ def get_method(name: str) -> type[Method]:
 def ladder() -> list[type[Method]]:
     """Every method class, in table order (``Method.order``: baselines first, STvM last)."""
     return sorted((get_method(n) for n in method_names()), key=lambda c: (c.order, c.name))
+
+
+def reach(model: SegModel) -> dict[str, Reach]:
+    """What each method (in table order) will update on ``model`` (not mutated), before any runs."""
+    return {c.name: c.reach(model) for c in ladder()}

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from stvm_sdk.methods.base import Method
+from typing import TYPE_CHECKING
+
+from stvm_sdk.methods.base import Method, Reach
 from stvm_sdk.methods.registry import register_method
+
+if TYPE_CHECKING:
+    from stvm_sdk.models.io import SegModel
 
 
 @register_method
@@ -15,3 +20,7 @@ class SourceOnly(Method):
     updates = "nothing"
     order = 0
     reestimate_bn = False
+
+    @classmethod
+    def reach(cls, model: SegModel) -> Reach:
+        return Reach("changes nothing (the baseline)")

@@ -16,13 +16,13 @@ import torch.nn.functional as nnf
 from torch import Tensor
 
 from stvm_sdk.errors import ConfigError
-from stvm_sdk.methods.base import Logs
+from stvm_sdk.methods.base import Logs, Reach
 from stvm_sdk.methods.mean_teacher import MeanTeacher
 from stvm_sdk.methods.parts.metric import MetricHead, balanced_pixel_mask, proxy_anchor_loss, proxy_nca_loss
 from stvm_sdk.methods.parts.mixing import mocm
 from stvm_sdk.methods.parts.pseudo import confident_labels, detach_features, pixel_reliability
 from stvm_sdk.methods.registry import register_method
-from stvm_sdk.models.contract import FeatureHook, get_submodule
+from stvm_sdk.models.contract import FeatureHook, classifier_problem, get_submodule
 
 if TYPE_CHECKING:
     from stvm_sdk.config import AdaptConfig
@@ -50,6 +50,19 @@ class Stvm(MeanTeacher):
         head = get_submodule(self.teacher, self.classifier)
         self.metric = MetricHead(head, self.num_classes, cfg.metric.embed_dim, generator)
         self._teacher_hook = FeatureHook(self.teacher, self.classifier)
+
+    @classmethod
+    def _reach(cls, model: SegModel) -> Reach:
+        base = super()._reach(model)
+        if model.classifier is None:
+            return Reach(
+                "needs the classifier module: name it with --classifier (classifier= in Python)", fits=False
+            )
+        problem = classifier_problem(model.module, model.classifier, model.num_classes)
+        if problem is not None:
+            return Reach(f"needs a head to copy as its metric network, but {problem}", fits=False)
+        line = f"{base.updates}; its metric network is a copy of the classifier '{model.classifier}'"
+        return Reach(line, counts={**base.counts, "metric_copies": model.classifier})
 
     @property
     def warmup(self) -> int:

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as nnf
 from torch import Tensor
 
 from stvm_sdk.errors import ConfigError
-from stvm_sdk.methods.base import Logs, Method, phase
-from stvm_sdk.methods.parts.norm import configure_tent
+from stvm_sdk.methods.base import Logs, Method, Reach, phase
+from stvm_sdk.methods.parts.norm import BN_TYPES, configure_tent, norm_counts, other_norms, tent_parameters
 from stvm_sdk.methods.registry import register_method
 from stvm_sdk.models.contract import forward_logits, normalize
+
+if TYPE_CHECKING:
+    from stvm_sdk.models.io import SegModel
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,23 @@ class Tent(Method):
     order = 20
     eager_only = "re-parametrises BatchNorm"
     Options = TentOptions
+
+    @classmethod
+    def _reach(cls, model: SegModel) -> Reach:
+        module = model.module
+        n = sum(p.numel() for p in tent_parameters(module))
+        total = sum(p.numel() for p in module.parameters())
+        layers = sum(1 for m in module.modules() if isinstance(m, BN_TYPES))
+        others = other_norms(module)
+        line = (
+            f"tunes {n:,} of {total:,} parameters: the scale and shift of {layers} BatchNorm "
+            f"layer{'s' * (layers != 1)}"
+        )
+        if others:
+            line += f"; {norm_counts(others)} are not adapted"
+        counts: dict[str, Any] = {"parameters": n, "parameters_total": total, "batchnorm_layers": layers}
+        counts["other_norm_layers"] = others
+        return Reach(line, fits=n > 0, weak=n == 0 or sum(others.values()) > layers, counts=counts)
 
     def make_optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(configure_tent(self.student), lr=self.options.lr, betas=(0.9, 0.999))

@@ -97,7 +97,7 @@ def classifier_problem(model: nn.Module, classifier: str, num_classes: int) -> s
         return None
     return (
         f"the classifier '{classifier}' holds no conv with {num_classes} outputs, so it is probably not "
-        "the head (STvM cannot copy it): name the head with --classifier"
+        "the head: name the head with --classifier"
     )
 
 

@@ -23,14 +23,21 @@ def describe_model(path: str | Path, *, trust_pickle: bool = False) -> dict[str,
 
 
 def _describe_torch(p: Path, trust_pickle: bool) -> dict[str, Any]:
+    from stvm_sdk.methods import reach
     from stvm_sdk.models import load_model
+    from stvm_sdk.models.contract import classifier_problem
 
     seg = load_model(p, trust_pickle=trust_pickle)
+    head = seg.classifier
     return {
         "path": str(p), "format": seg.kind, "arch": seg.arch, "num_classes": seg.num_classes,
-        "classifier": seg.classifier, "parameters": sum(q.numel() for q in seg.module.parameters()),
+        "classifier": head,
+        "classifier_warning": classifier_problem(seg.module, head, seg.num_classes) if head else None,
+        "parameters": sum(q.numel() for q in seg.module.parameters()),
         "input": f"{_INPUT} then (x - mean) / std", "mean": list(seg.mean), "std": list(seg.std),
         "output": f"logits [B,{seg.num_classes},H,W]", "class_names": seg.class_names,
+        # what each method would update on this model, before any runs
+        "methods": {name: r.to_dict() for name, r in reach(seg).items()},
     }  # fmt: skip
 
 
