@@ -212,6 +212,46 @@ def c_pickle_of_missing_class(w: Workspace) -> Case:
     return Case(w.adapt("--trust-pickle", source=p), "error", "needs the Python module 'nosuchm'")
 
 
+def _zip_pickle_of_missing_module(path: Path) -> Path:
+    """A torch.save archive (zip) of an nn.Module whose class lives in a module gone since it was saved."""
+    import sys
+    import types
+
+    mod = types.ModuleType("gone_models")
+    net_cls = type("GoneNet", (TinySegNet,), {"__module__": "gone_models"})
+    mod.GoneNet = net_cls  # type: ignore[attr-defined]
+    sys.modules["gone_models"] = mod
+    try:
+        torch.save(net_cls(), path)
+    finally:
+        del sys.modules["gone_models"]
+    return path
+
+
+def c_info_zip_pickle_of_missing_module(w: Workspace) -> Case:
+    p = _zip_pickle_of_missing_module(w.models / "gone.pt")
+    args = ["info", str(p), "--trust-pickle", "--json"]
+    return Case(args, "error", "needs the Python module 'gone_models'")
+
+
+def c_export_pickle_of_missing_class(w: Workspace) -> Case:
+    blob = pickle.dumps(TinySegNet()).replace(b"support", b"nosuchm")  # same length: a valid pickle
+    p = w.file("models/missing_class.pkl", blob)
+    return Case(
+        ["export", str(p), "--trust-pickle", "--out", str(w.root / "export"), "--json"],
+        "error",
+        "needs the Python module 'nosuchm'",
+        out=w.root / "export",
+    )
+
+
+def c_pickle_of_missing_attribute(w: Workspace) -> Case:
+    # The module imports, but the class is gone from it (renamed since the pickle was made).
+    blob = pickle.dumps(TinySegNet()).replace(b"TinySegNet", b"TinyGoneNt")  # same length
+    p = w.file("models/renamed_class.pt", blob)
+    return Case(w.adapt("--trust-pickle", source=p), "error", "cannot unpickle")
+
+
 def c_wrong_class_count(w: Workspace) -> Case:
     return Case(w.adapt("--num-classes", "19"), "error", "has 5 classes but --num-classes is 19")
 

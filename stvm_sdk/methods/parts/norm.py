@@ -14,10 +14,12 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from stvm_sdk.models.contract import forward_logits
 
-BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+# Every eager BatchNorm: BatchNorm1d/2d/3d, their lazy forms, SyncBatchNorm, dist_ops.CpuSyncBatchNorm.
+BN_TYPES = (_BatchNorm,)
 # ``original_name`` of a scripted BatchNorm -> the rank of a test input for it.
 _BN_RANK = {"BatchNorm1d": 2, "BatchNorm2d": 4, "BatchNorm3d": 5, "SyncBatchNorm": 4, "CpuSyncBatchNorm": 4}
 # The other normalisation layers (statistics per sample or per group): neither AdaBN nor tent adapts them.
