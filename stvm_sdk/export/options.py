@@ -57,6 +57,12 @@ class ExportOptions:
     batch: int = option(1, "--batch", help="Batch size of the engine profile.")
     workspace_mib: int = option(4096, "--workspace", help="TensorRT workspace limit in MiB.")
     verify_frames: int = option(8, "--verify-frames", help="Frames the checks run on.")
+    min_agreement: float | None = option(
+        None,
+        "--min-agreement",
+        help="Argmax agreement (%) with eager PyTorch an fp16/INT8 graph must reach to be written "
+        "[default: fp16 99.5, INT8 90].",
+    )
     # ONNX Runtime's calibrators keep every quantized tensor of every frame in memory at once
     # (~0.25 GB per 512x1024 frame for lraspp): 8 frames are enough for ranges and stay affordable.
     calib_frames: int = option(8, "--calib-frames", help="Frames INT8 ranges are calibrated on.")

@@ -2,17 +2,20 @@
 
 Every precision asked for is a row of :mod:`stvm_sdk.export.precisions`; its exporter function writes
 the graph, and this module verifies, checks, publishes and builds engines the same way for all rows.
-Everything is built and verified in a staging folder first; artifacts are renamed into ``out_dir``
-only when every requested precision passed its checks, so a failed run leaves no new file under a
-final name. Engines are built last: when TensorRT or a GPU is missing the verified ONNX files stay
-and :attr:`ExportReport.trt_error` says what is missing (the CLI then exits non-zero).
+Everything is built and verified in a staging folder first; each artifact that passed its checks is
+then renamed into ``out_dir`` with its sidecar, and one that failed is deleted with the staging folder
+(never written under a final name). When any failed, :class:`VerificationError` names it, the
+artifacts that were kept, and what to do (e.g. ``--min-agreement`` for an fp16 graph that flips
+near-tied pixels); no engine is built then. Engines are built last: when TensorRT or a GPU is
+missing the verified ONNX files stay and :attr:`ExportReport.trt_error` says what is missing (the
+CLI then exits non-zero).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from stvm_sdk.boundary.outputs import claim_dir, write_json_atomic
@@ -31,7 +34,7 @@ from stvm_sdk.export.tensorrt import (
     trtexec_command,
 )
 from stvm_sdk.export.trt_ops import check_file
-from stvm_sdk.export.verify import Verification, require_pass, verify_onnx
+from stvm_sdk.export.verify import Verification, judge, verify_onnx
 from stvm_sdk.models.io import SegModel, require_finite
 from stvm_sdk.runners.base import read_sidecar, sidecar_path
 from stvm_sdk.runners.trt import Profile
@@ -79,17 +82,55 @@ def export_model(
         staged = [_stage(job, row, report) for row in rows]
         if show:
             show([s.verification for s in staged])
+        failed = [s for s in staged if not s.verification.passed or (opts.trt and s.problems)]
         for s in staged:
-            require_pass(s.verification, opts.out_dir / s.graph.path.name)
-            if opts.trt and s.problems:
-                raise VerificationError(
-                    f"{s.graph.path.name} would not parse in TensorRT: {'; '.join(s.problems[:3])}"
-                )
-        for s in staged:
-            report.artifacts.append(_publish(model, s, opts, profile, source))
+            if s not in failed:
+                report.artifacts.append(_publish(model, s, opts, profile, source))
+    if failed:
+        raise VerificationError(_failure_line(failed, report, opts))
     if opts.trt:
         _build_engines(report, profile, opts, say)
     return report
+
+
+def _failure_line(failed: list[_Staged], report: ExportReport, opts: ExportOptions) -> str:
+    """One line: what failed and why, what was kept, and what to do."""
+    s = failed[0]
+    v, name = s.verification, s.graph.path.name
+    if not v.passed:
+        why = f"{name} ({v.precision}) does not match the PyTorch model on {v.n_frames} frames: "
+        why += "; ".join(v.failures)
+    else:
+        why = f"{name} would not parse in TensorRT: {'; '.join(s.problems[:3])}"
+    others = [f.graph.path.name for f in failed[1:]]
+    why += f" (nor does {', '.join(others)})" if others else ""
+    kept = [f"{a.onnx_path.name} ({a.precision})" for a in report.artifacts]
+    where = (
+        f"; not written. Kept in {opts.out_dir}, verified: {', '.join(kept)} with their .json sidecars"
+        if kept
+        else "; nothing was written"
+    )
+    return f"{why}{where}. {_advice(s, report)}"
+
+
+def _advice(s: _Staged, report: ExportReport) -> str:
+    """What the user can do about the first failed artifact."""
+    v, row = s.verification, s.row
+    if v.passed:  # only TensorRT's parser refused it
+        return "Try another --opset or --exporter, or deploy it with ONNX Runtime instead of TensorRT"
+    if row.flag is None:  # the fp32 graph itself differs: an export problem, not rounding
+        return "The fp32 graph itself differs: try --exporter dynamo (or legacy) and another --opset"
+    text = f"deploy {report.artifacts[0].onnx_path.name}, or " if report.artifacts else ""
+    if v.non_finite:
+        text += f"leave {row.flag} off: the {row.name} graph overflows"
+    elif any("argmax agreement" in f for f in v.failures):
+        text += (
+            f"accept the pixels {row.name} flips (those whose two best logits are nearly tied, common with "
+            f"random or barely trained weights) with --min-agreement {max(0, int(v.argmax_agreement) - 1)}"
+        )
+    else:
+        text += "calibrate on more, or more typical, --calib frames"
+    return text[0].upper() + text[1:]
 
 
 def _check_options(opts: ExportOptions) -> tuple[list[Precision], Profile]:
@@ -108,6 +149,8 @@ def _check_options(opts: ExportOptions) -> tuple[list[Precision], Profile]:
             )
     if opts.verify_frames < 1:
         raise ConfigError("--verify-frames must be at least 1")
+    if opts.min_agreement is not None and not 0 <= opts.min_agreement <= 100:
+        raise ConfigError(f"--min-agreement is a percentage (0 to 100), got {opts.min_agreement}")
     return rows, parse_profile(opts.shape, opts.batch)
 
 
@@ -172,6 +215,8 @@ def _stage(job: ExportJob, row: Precision, report: ExportReport) -> _Staged:
         baked_normalize=job.opts.bake_normalize,
         source=report.frames,
     )
+    if job.opts.min_agreement is not None and row.flag is not None:  # the user's own bar, fp16/INT8
+        v = judge(v, replace(row.thresholds, argmax_agreement=job.opts.min_agreement))
     report.seconds[row.name] = time.perf_counter() - t0
     return _Staged(row, graph, v, check_file(str(graph.path)))
 

@@ -146,8 +146,8 @@ def test_export_lists_the_same_flags_in_the_same_order() -> None:
     assert flags == [
         "model", "--onnx", "--trt", "--fp16", "--int8", "--calib", "--labels", "--argmax", "--opset",
         "--exporter", "--dynamic/--static", "--bake-normalize/--no-bake-normalize", "--shape", "--batch",
-        "--workspace", "--verify-frames", "--calib-frames", "--out", "--name", "--trust-pickle",
-        "--ignore-out-of-range", "--json",
+        "--workspace", "--verify-frames", "--min-agreement", "--calib-frames", "--out", "--name",
+        "--trust-pickle", "--ignore-out-of-range", "--json",
     ]  # fmt: skip
     defaults = {p.opts[0]: p.default for p in command.params}
     assert (defaults["--opset"], defaults["--shape"], defaults["--workspace"], defaults["--out"]) == (
