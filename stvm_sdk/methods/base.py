@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from stvm_sdk.methods.parts.collective import Collective
-from stvm_sdk.methods.parts.norm import batchnorms
+from stvm_sdk.methods.parts.norm import batchnorms, fixed_batchnorms
 
 if TYPE_CHECKING:
     from stvm_sdk.config import AdaptConfig
@@ -108,10 +108,14 @@ class Method(nn.Module):
         total = sum(p.numel() for p in model.module.parameters())
         head = f" (the head '{model.classifier}' at head_lr_mult x lr)" if model.classifier else ""
         line = f"trains all {total:,} parameters{head}"
+        fixed = 0
         if cls.reestimate_bn:
-            n = len(batchnorms(model.module))
+            n, fixed = len(batchnorms(model.module)), fixed_batchnorms(model.module)
             line += f", from target statistics in {n} BatchNorm layer{'s' * (n != 1)}"
-        return Reach(line, fits=total > 0, counts={"parameters": total, "parameters_total": total})
+            if fixed:  # a traced model: its BatchNorm layers ignore train mode
+                line += f" ({fixed} traced BatchNorm layers keep the source statistics)"
+        counts = {"parameters": total, "parameters_total": total}
+        return Reach(line, fits=total > 0, weak=fixed > 0, counts=counts)
 
     @property
     def options(self) -> Any:

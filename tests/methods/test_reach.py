@@ -161,3 +161,18 @@ def test_info_shows_what_each_method_updates_and_a_weak_head(tmp_path: Path) -> 
     text = RUNNER.invoke(app, ["info", str(path), "--trust-pickle"]).stdout
     assert "warning: the classifier 'out' holds no conv with 5 outputs" in text
     assert "adabn: re-estimates the statistics of 1 BatchNorm layer" in text
+
+
+def test_stvm_with_a_classifier_it_cannot_copy_is_one_line(frames: tuple[Path, Path], tmp_path: Path) -> None:
+    # The smp case: the head named as its parameter-free activation (what the old probe chose).
+    path = tmp_path / "net.pt"
+    torch.save(HeadProbeNet(), path)
+    res = RUNNER.invoke(
+        app,
+        ["adapt", "--source", str(path), "--target", str(frames[0]), "--trust-pickle",
+         "--classifier", "segmentation_head.2", "--out", str(tmp_path / "run"), "--iters", "1", "--json"],
+    )  # fmt: skip
+    lines = res.stderr.strip().splitlines()
+    assert res.exit_code == 2, res.output
+    assert len(lines) == 1 and lines[0].startswith("error: --method stvm cannot adapt this model"), lines
+    assert "'segmentation_head.2' holds no conv with 5 outputs" in lines[0]
