@@ -270,11 +270,11 @@ def sweep_cells(plan: Plan) -> list[tuple[str, dict[str, Any]]]:
 
 
 def schedule(plan: Plan) -> list[tuple[str, str, str, int, dict[str, Any]]]:
-    """Every cell: arch by arch, seed-major within an arch (a run cut off early has every domain and
-    method of the first arch once before any repeat), the threshold sweep after the first seed."""
+    """Every cell, seed-major over all archs: a run cut off by its budget has every block (arch x
+    domain) and method once before any repeat; the threshold sweep after the first seed."""
     cells: list[tuple[str, str, str, int, dict[str, Any]]] = []
-    for arch in plan.archs:
-        for i, seed in enumerate(plan.seeds):
+    for i, seed in enumerate(plan.seeds):
+        for arch in plan.archs:
             for domain in plan.domains:
                 for name, over in methods(plan):
                     if i == 0 or name not in ("source_only", "adabn"):  # deterministic: one run
@@ -283,13 +283,13 @@ def schedule(plan: Plan) -> list[tuple[str, str, str, int, dict[str, Any]]]:
                     cells.append((arch, domain, "oracle", seed, {}))
             if i == 0:  # the source model on its own domain's held-out frames (the table header)
                 cells.append((arch, "source", "source_only", seed, {}))
-            if i == 0 and arch == plan.sweep_arch:
-                done = {c[:4] for c in cells}  # the default-threshold cell is already a table cell
-                cells += [
-                    (arch, plan.domains[0], n, seed, o)
-                    for n, o in sweep_cells(plan)
-                    if (arch, plan.domains[0], n, seed) not in done
-                ]
+        if i == 0:
+            done = {c[:4] for c in cells}  # the default-threshold cell is already a table cell
+            cells += [
+                (plan.sweep_arch, plan.domains[0], n, seed, o)
+                for n, o in sweep_cells(plan)
+                if (plan.sweep_arch, plan.domains[0], n, seed) not in done
+            ]
     return cells
 
 
