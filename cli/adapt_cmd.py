@@ -175,6 +175,7 @@ def print_summary(metrics: dict[str, Any], class_names: list[str]) -> None:
         "teacher_path",
         "student_path",
         "torchscript_path",
+        "native_path",
     ):
         value = metrics.get(key)
         if value is not None:

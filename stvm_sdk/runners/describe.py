@@ -27,7 +27,8 @@ def _describe_torch(p: Path, trust_pickle: bool) -> dict[str, Any]:
 
     seg = load_model(p, trust_pickle=trust_pickle)
     return {
-        "path": str(p), "format": seg.kind, "arch": seg.arch, "num_classes": seg.num_classes,
+        "path": str(p), "format": seg.kind, "family": seg.family, "arch": seg.arch,
+        "num_classes": seg.num_classes,
         "classifier": seg.classifier, "parameters": sum(q.numel() for q in seg.module.parameters()),
         "input": f"{_INPUT} then (x - mean) / std", "mean": list(seg.mean), "std": list(seg.std),
         "output": f"logits [B,{seg.num_classes},H,W]", "class_names": seg.class_names,
