@@ -381,3 +381,14 @@ def test_an_in_memory_library_model_is_recognised(tmp_path: Path) -> None:
     un = as_segmodel(smp.Unet(encoder_weights=None, classes=K, **SMP_TINY))
     assert (un.family, un.arch, un.config["encoder_name"]) == ("smp", "Unet", SMP_TINY["encoder_name"])
     assert file_kind(save_model(un, tmp_path / "u.safetensors")) == "safetensors"
+
+
+def test_a_run_folder_finds_safetensors_models_and_older_runs_pt(tmp_path: Path) -> None:
+    from stvm_sdk.rundir import RunDir
+
+    run = RunDir(tmp_path)
+    assert run.model_path("student") == tmp_path / "student.safetensors"  # what a new run writes
+    (tmp_path / "student.pt").write_bytes(b"x")  # a run from before safetensors, or a pickled module
+    assert run.model_path("student") == tmp_path / "student.pt"
+    (tmp_path / "student.safetensors").write_bytes(b"x")
+    assert run.model_path("student") == tmp_path / "student.safetensors"
