@@ -73,6 +73,9 @@ class SegModel:
     def __post_init__(self) -> None:
         if self.family is None and self.arch is not None and self.arch.startswith(TORCHVISION_FAMILIES):
             self.family = "torchvision"
+        if self.family == "torchvision" and "aux_loss" not in self.config:  # rebuilt with or without it
+            aux = getattr(self.module, "aux_classifier", None) is not None
+            self.config = {**self.config, "aux_loss": aux}
         if not self.class_names:
             self.class_names = (
                 list(CITYSCAPES_CLASSES)
