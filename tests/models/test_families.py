@@ -392,3 +392,25 @@ def test_a_run_folder_finds_safetensors_models_and_older_runs_pt(tmp_path: Path)
     assert run.model_path("student") == tmp_path / "student.pt"
     (tmp_path / "student.safetensors").write_bytes(b"x")
     assert run.model_path("student") == tmp_path / "student.safetensors"
+
+
+@pytest.mark.parametrize(
+    ("arch", "static"),
+    [("SegformerForSemanticSegmentation", False), ("DPTForSemanticSegmentation", False),
+     ("UperNetForSemanticSegmentation", True)],  # UperNet's pooling needs static sizes (legacy exporter)
+)  # fmt: skip
+def test_hf_exports_verified_onnx(arch: str, static: bool, tmp_path: Path) -> None:
+    from stvm_sdk import ExportOptions, export_model
+
+    seg = load_model(_hf_folder(tmp_path, arch))
+    opts = ExportOptions(shape="64x128", verify_frames=2, dynamic=not static, out_dir=tmp_path / "export")
+    art = export_model(seg, opts).artifacts[-1]
+    assert art.onnx_path.is_file() and art.verification.passed
+
+
+def test_smp_exports_verified_onnx(smp_folder: Path, tmp_path: Path) -> None:
+    from stvm_sdk import ExportOptions, export_model
+
+    opts = ExportOptions(shape="64x128", verify_frames=2, out_dir=tmp_path / "export")
+    art = export_model(load_model(smp_folder), opts).artifacts[-1]
+    assert art.onnx_path.is_file() and art.verification.passed
