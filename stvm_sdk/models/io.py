@@ -359,7 +359,7 @@ def _load_folder(p: Path, num_classes: int | None, classifier: str | None) -> Se
     family = family_for_folder(p)
     if family is None:
         raise ModelLoadError(
-            f"{p} is a folder but not a model folder the SDK reads: pass a model file, or a "
+            f"{p} is a folder but not a model folder the SDK reads: pass the model file itself, or a "
             "segmentation_models_pytorch / Hugging Face save_pretrained folder "
             "(config.json + model.safetensors)"
         )
