@@ -22,7 +22,6 @@ import json
 import os
 import pickle
 import warnings
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,133 +31,37 @@ from torch import nn
 from stvm_sdk.boundary.outputs import atomic_write
 from stvm_sdk.boundary.sniff import file_kind
 from stvm_sdk.errors import ModelLoadError
-from stvm_sdk.models.contract import check_contract, find_classifier, get_submodule
-from stvm_sdk.models.families import (
-    Built,
-    Family,
-    family_for_checkpoint,
-    family_for_folder,
-    family_for_module,
-    get_family,
+from stvm_sdk.models.families.base import save_state
+from stvm_sdk.models.family_io import (
+    first_line,
+    from_checkpoint,
+    load_folder,
+    load_safetensors,
+    model_suffix,
+    save_native,
+    wrap_module,
 )
-from stvm_sdk.models.families.base import check_state_fits, save_state
+from stvm_sdk.models.segmodel import (
+    CHECKPOINT_FORMAT,
+    CITYSCAPES_CLASSES,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    METADATA_KEY,
+    TORCHVISION_FAMILIES,
+    SegModel,
+    build_torchvision,
+    from_module,
+    non_finite,
+    require_finite,
+)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-CITYSCAPES_CLASSES = (
-    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
-    "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle",
-    "bicycle",
-)  # fmt: skip
-CHECKPOINT_FORMAT = "stvm_sdk.checkpoint/1"
-METADATA_KEY = "stvm_sdk"  # the safetensors header entry that holds the SDK's JSON metadata
-TORCHVISION_FAMILIES = ("fcn_", "deeplabv3_", "lraspp_")
-
-
-@dataclass
-class SegModel:
-    """A segmentation model plus the metadata the SDK needs to adapt, evaluate and export it."""
-
-    module: nn.Module
-    num_classes: int
-    classifier: str | None = None
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    class_names: list[str] = field(default_factory=list)
-    arch: str | None = None
-    kind: str = "module"  # safetensors | checkpoint | folder | torchscript | pickle | module
-    family: str | None = None  # torchvision | smp | hf | a registered one; None: a user's own module
-    config: dict[str, Any] = field(default_factory=dict)  # what the family needs to rebuild ``arch``
-
-    def __post_init__(self) -> None:
-        if self.family is None and self.arch is not None and self.arch.startswith(TORCHVISION_FAMILIES):
-            self.family = "torchvision"
-        if self.family == "torchvision" and "aux_loss" not in self.config:  # rebuilt with or without it
-            aux = getattr(self.module, "aux_classifier", None) is not None
-            self.config = {**self.config, "aux_loss": aux}
-        if not self.class_names:
-            self.class_names = (
-                list(CITYSCAPES_CLASSES)
-                if self.num_classes == 19
-                else [f"class_{i}" for i in range(self.num_classes)]
-            )
-        if len(self.class_names) != self.num_classes:
-            raise ModelLoadError(
-                f"class_names has {len(self.class_names)} entries "
-                f"but the model has {self.num_classes} classes"
-            )
-
-    def clone(self) -> SegModel:
-        """Deep copy of the module (the caller's model is never mutated)."""
-        return replace(
-            self,
-            module=copy.deepcopy(self.module),
-            class_names=list(self.class_names),
-            config=copy.deepcopy(self.config),
-        )
-
-    def metadata(self) -> dict[str, Any]:
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "family": self.family,
-            "arch": self.arch,
-            "config": self.config,
-            "num_classes": self.num_classes,
-            "classifier": self.classifier,
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "class_names": list(self.class_names),
-        }
-
-
-def build_torchvision(arch: str, num_classes: int, *, aux_loss: bool = False) -> nn.Module:
-    """Build a torchvision segmentation model with random weights (no download)."""
-    return get_family("torchvision").build(arch, num_classes, {"aux_loss": aux_loss})
-
-
-def from_module(
-    module: nn.Module,
-    *,
-    num_classes: int | None = None,
-    classifier: str | None = None,
-    mean: tuple[float, float, float] = IMAGENET_MEAN,
-    std: tuple[float, float, float] = IMAGENET_STD,
-    class_names: list[str] | None = None,
-    arch: str | None = None,
-    kind: str = "module",
-    family: str | None = None,
-    config: dict[str, Any] | None = None,
-) -> SegModel:
-    """Wrap an ``nn.Module`` after checking the model contract (output ``[B,K,h,w]``).
-
-    ``family``/``arch``/``config`` say how to rebuild the module (what :func:`save_model` records);
-    without them the model is a user's own module, saved only as a pickle or TorchScript.
-    """
-    if not isinstance(module, nn.Module):
-        raise ModelLoadError(f"expected an nn.Module, got {type(module).__name__}")
-    k = check_contract(module, num_classes)
-    if classifier is not None and not isinstance(module, torch.jit.ScriptModule):
-        get_submodule(module, classifier)  # fail now, with the module names, not mid-run
-    elif not isinstance(module, torch.jit.ScriptModule):
-        classifier = find_classifier(module, k, probe=torch.zeros(1, 3, 64, 128))
-    return SegModel(
-        module, k, classifier, tuple(mean), tuple(std), list(class_names or []), arch, kind,  # type: ignore[arg-type]
-        family, dict(config or {}),
-    )  # fmt: skip
-
-
-def wrap_module(
-    module: nn.Module, *, num_classes: int | None = None, classifier: str | None = None
-) -> SegModel:
-    """An in-memory model as a :class:`SegModel`: a torchvision, smp or Hugging Face model is recognised
-    (family, arch, classifier, class names: saved as safetensors, written back in its library's form);
-    any other module is a user's own (:func:`from_module`)."""
-    found = family_for_module(module)
-    if found is None:
-        return from_module(module, num_classes=num_classes, classifier=classifier)
-    family, built = found
-    _classes(built.num_classes, num_classes, "model")
-    return _segmodel(built, family, "module", {}, classifier)
+# What callers have imported from here since before the split into segmodel / family_io.
+__all__ = [
+    "CHECKPOINT_FORMAT", "CITYSCAPES_CLASSES", "IMAGENET_MEAN", "IMAGENET_STD", "METADATA_KEY",
+    "TORCHVISION_FAMILIES", "SegModel", "atomic_save", "build_torchvision", "from_module",
+    "is_sdk_checkpoint", "load_model", "model_suffix", "non_finite", "require_finite", "save_model",
+    "save_native", "save_torchscript", "wrap_module",
+]  # fmt: skip
 
 
 def load_model(
@@ -179,10 +82,10 @@ def load_model(
     if not p.exists():
         raise ModelLoadError(f"model file not found: {p}")
     if p.is_dir():
-        return _load_folder(p, num_classes, classifier)
+        return load_folder(p, num_classes, classifier)
     kind = file_kind(p)
     if kind == "safetensors":
-        return _load_safetensors(p, num_classes, classifier)
+        return load_safetensors(p, num_classes, classifier)
     if kind == "torchscript":
         return _load_torchscript(p, num_classes, classifier)
     if kind in ("torch_zip", "torch_legacy"):
@@ -194,7 +97,7 @@ def load_model(
     if isinstance(obj, nn.Module):
         return from_module(obj, num_classes=num_classes, classifier=classifier, kind="pickle")
     if isinstance(obj, dict) and "state_dict" in obj:
-        return _from_checkpoint(obj, p, num_classes, classifier)
+        return from_checkpoint(obj, p, num_classes, classifier)
     raise ModelLoadError(
         f"{p} holds a {type(obj).__name__}, not a model: expected a checkpoint dict with "
         "'arch', 'num_classes' and 'state_dict', a TorchScript archive, or a pickled nn.Module"
@@ -220,10 +123,10 @@ def _torch_load(p: Path, trust_pickle: bool) -> Any:
     except pickle.UnpicklingError as exc:
         if "weights_only" not in str(exc) and "Weights only" not in str(exc):
             raise ModelLoadError(
-                f"cannot read {p}: a corrupt PyTorch checkpoint ({_first_line(exc)})"
+                f"cannot read {p}: a corrupt PyTorch checkpoint ({first_line(exc)})"
             ) from None
     except Exception as exc:  # corrupt members of a valid archive, ...
-        raise ModelLoadError(f"cannot read {p}: a corrupt PyTorch checkpoint ({_first_line(exc)})") from None
+        raise ModelLoadError(f"cannot read {p}: a corrupt PyTorch checkpoint ({first_line(exc)})") from None
     return _unpickle(p, trust_pickle, lambda fh: torch.load(fh, map_location="cpu", weights_only=False))
 
 
@@ -243,30 +146,7 @@ def _unpickle(p: Path, trust_pickle: bool, load: Any) -> Any:
             "install or add to PYTHONPATH the code that defines the model, or save a checkpoint dict"
         ) from None
     except Exception as exc:
-        raise ModelLoadError(f"cannot unpickle {p}: {_first_line(exc)}") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-
-
-def non_finite(module: nn.Module) -> list[str]:
-    """Names of the parameters and floating buffers of ``module`` holding NaN or inf."""
-    return [
-        name
-        for name, t in module.state_dict().items()
-        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())
-    ]
-
-
-def require_finite(model: SegModel, doing: str) -> None:
-    """Refuse a model with NaN/inf weights before ``doing`` it (e.g. "export it")."""
-    bad = non_finite(model.module)
-    if bad:
-        raise ModelLoadError(
-            f"the model has NaN or inf values in {len(bad)} tensor(s) (e.g. {', '.join(bad[:3])}): "
-            f"refusing to {doing}; use the last good checkpoint or retrain"
-        )
+        raise ModelLoadError(f"cannot unpickle {p}: {first_line(exc)}") from None
 
 
 def is_sdk_checkpoint(path: Path) -> bool:
@@ -310,101 +190,10 @@ def _load_torchscript(p: Path, num_classes: int | None, classifier: str | None) 
     )
 
 
-def _from_checkpoint(
-    ckpt: dict[str, Any], p: Path, num_classes: int | None, classifier: str | None
-) -> SegModel:
-    missing = [k for k in ("arch", "num_classes") if k not in ckpt]
-    if missing:
-        raise ModelLoadError(f"checkpoint {p} lacks {missing}: it needs 'arch', 'num_classes', 'state_dict'")
-    family = family_for_checkpoint(ckpt)
-    if family is None:
-        raise ModelLoadError(
-            f"unknown arch '{ckpt['arch']}': use a torchvision segmentation model (fcn_*, deeplabv3_*, "
-            "lraspp_*), an smp model (add 'encoder_name'), a save_pretrained folder, or TorchScript"
-        )
-    k = _classes(int(ckpt["num_classes"]), num_classes, "checkpoint")
-    arch, config = family.checkpoint_spec(ckpt)
-    module = family.build(arch, k, config)
-    check_state_fits(module, ckpt["state_dict"], f"checkpoint {p}", f"arch '{arch}' with {k} classes")
-    return _segmodel(Built(module, arch, k, config), family, "checkpoint", ckpt, classifier)
-
-
-def _load_safetensors(p: Path, num_classes: int | None, classifier: str | None) -> SegModel:
-    """The SDK's own file: weights plus the JSON metadata in the safetensors header."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(p), framework="pt") as fh:
-            header = fh.metadata() or {}
-            state = {name: fh.get_tensor(name) for name in fh.keys()}  # noqa: SIM118 (not a dict)
-        meta = json.loads(header[METADATA_KEY]) if METADATA_KEY in header else None
-    except Exception as exc:
-        raise ModelLoadError(f"cannot read {p}: a corrupt safetensors file ({_first_line(exc)})") from None
-    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT or not meta.get("family"):
-        raise ModelLoadError(
-            f"{p} is a safetensors file without the SDK's metadata: it holds weights without the "
-            "architecture; pass the library's save_pretrained folder it belongs to, or a checkpoint dict "
-            "{'arch', 'num_classes', 'state_dict'}"
-        )
-    family = get_family(str(meta["family"]))
-    k = _classes(int(meta["num_classes"]), num_classes, "model")
-    arch, config = str(meta["arch"]), dict(meta.get("config") or {})
-    module = family.build(arch, k, config)
-    check_state_fits(module, state, str(p), f"{family.name} '{arch}' with {k} classes")
-    return _segmodel(Built(module, arch, k, config), family, "safetensors", meta, classifier)
-
-
-def _load_folder(p: Path, num_classes: int | None, classifier: str | None) -> SegModel:
-    """A library's own ``save_pretrained`` folder."""
-    family = family_for_folder(p)
-    if family is None:
-        raise ModelLoadError(
-            f"{p} is a folder but not a model folder the SDK reads: pass the model file itself, or a "
-            "segmentation_models_pytorch / Hugging Face save_pretrained folder "
-            "(config.json + model.safetensors)"
-        )
-    built = family.load_folder(p)
-    _classes(built.num_classes, num_classes, "model")
-    return _segmodel(built, family, "folder", {}, classifier)
-
-
-def _classes(k: int, asked: int | None, what: str) -> int:
-    if asked is not None and asked != k:
-        raise ModelLoadError(f"the {what} has {k} classes but --num-classes is {asked}")
-    return k
-
-
-def _segmodel(
-    built: Built, family: type[Family], kind: str, meta: dict[str, Any], classifier: str | None
-) -> SegModel:
-    """A :class:`SegModel` from what a family built; recorded metadata wins over the family's defaults."""
-    return from_module(
-        built.module,
-        num_classes=built.num_classes,
-        classifier=classifier or meta.get("classifier") or built.classifier
-        or family.classifier(built.module, built.arch),
-        mean=tuple(meta.get("mean") or built.mean or IMAGENET_MEAN),  # type: ignore[arg-type]
-        std=tuple(meta.get("std") or built.std or IMAGENET_STD),  # type: ignore[arg-type]
-        class_names=meta.get("class_names") or built.class_names,
-        arch=built.arch,
-        kind=kind,
-        family=family.name,
-        config=built.config,
-    )  # fmt: skip
-
-
 def atomic_save(obj: Any, path: str | os.PathLike[str], saver: Any = None, *, then: str = "") -> Path:
     """Write ``obj`` with ``saver(obj, file)`` (default ``torch.save``) atomically; see
     :func:`~stvm_sdk.boundary.outputs.atomic_write` (a failed write is one ``OutputError`` line)."""
     return atomic_write(path, lambda fh: (saver or torch.save)(obj, fh), then=then)
-
-
-def model_suffix(model: SegModel) -> str:
-    """The file suffix :func:`save_model` writes ``model`` in by default: ``.safetensors`` for a model of
-    a known family; ``.pt`` for TorchScript or a user's own module (a pickle)."""
-    if model.family is None or isinstance(model.module, torch.jit.ScriptModule):
-        return ".pt"
-    return ".safetensors"
 
 
 def save_model(model: SegModel, path: str | os.PathLike[str], *, then: str = "") -> Path:
@@ -435,18 +224,6 @@ def save_model(model: SegModel, path: str | os.PathLike[str], *, then: str = "")
     ckpt = model.metadata()
     ckpt["state_dict"] = {k: v.detach().cpu() for k, v in module.state_dict().items()}
     return atomic_save(ckpt, path, then=then)
-
-
-def save_native(model: SegModel, folder: str | os.PathLike[str]) -> Path:
-    """Write ``model`` in its family's own form into ``folder`` (HF/smp ``save_pretrained``; torchvision
-    ``model.safetensors`` + ``config.json`` for ``get_model``), so the user's library loads it back."""
-    if model.family is None or model.arch is None:
-        raise ModelLoadError("the model has no known family: it has no library form to write")
-    family = get_family(model.family)
-    module = copy.deepcopy(model.module).cpu().eval()
-    return family.save_native(
-        module, model.arch, model.num_classes, model.config, model.class_names, Path(folder)
-    )
 
 
 def save_torchscript(
