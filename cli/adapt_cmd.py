@@ -23,7 +23,11 @@ def _hw(hw: tuple[int, int] | None) -> str:
 def adapt_command(
     ctx: typer.Context,
     source: Path = typer.Option(
-        ..., "--source", "-s", help="Source model: checkpoint dict (.pt), TorchScript, or pickle."
+        ...,
+        "--source",
+        "-s",
+        help="Source model: .safetensors or checkpoint dict (.pt), an smp/Hugging Face save_pretrained "
+        "folder, TorchScript, or pickle.",
     ),
     target: Path = typer.Option(
         ..., "--target", "-t", help="Folder of unlabeled target frames (any image tree)."
@@ -175,6 +179,7 @@ def print_summary(metrics: dict[str, Any], class_names: list[str]) -> None:
         "teacher_path",
         "student_path",
         "torchscript_path",
+        "native_path",
     ):
         value = metrics.get(key)
         if value is not None:

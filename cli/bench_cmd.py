@@ -11,7 +11,8 @@ from stvm_sdk.cli.common import TRUST_PICKLE, console, print_json, user_errors
 @user_errors
 def bench_command(
     models: list[Path] = typer.Argument(
-        ..., help="Model files: .pt checkpoints, .onnx graphs, .engine files."
+        ...,
+        help="Model files: .safetensors/.pt models or save_pretrained folders, .onnx graphs, .engine files.",
     ),
     backend: str = typer.Option("auto", "--backend", help="auto, or a comma list of torch,ort,trt."),
     batch: int = typer.Option(1, "--batch", help="Images per timed call."),

@@ -9,8 +9,8 @@ import typer
 from stvm_sdk.cli.common import IGNORE_OUT_OF_RANGE, JSON_OUT, TRUST_PICKLE, console, print_json, user_errors
 
 MODEL_HELP = (
-    "Model file: a .pt checkpoint, TorchScript, or an exported .onnx (fp32, fp16, INT8, argmax), read with "
-    "the .json sidecar stvm export wrote beside it."
+    "Model: a .safetensors/.pt model or save_pretrained folder, TorchScript, or an exported .onnx (fp32, "
+    "fp16, INT8, argmax), read with the .json sidecar stvm export wrote beside it."
 )
 
 
@@ -93,7 +93,7 @@ def _print_result(path: Path, backend: str, result: Any) -> None:
 @user_errors
 def info_command(
     model: Path = typer.Argument(
-        ..., metavar="MODEL", help="Model file: .pt checkpoint, TorchScript or .onnx."
+        ..., metavar="MODEL", help="Model: .safetensors/.pt, save_pretrained folder, TorchScript or .onnx."
     ),
     trust_pickle: bool = TRUST_PICKLE,
     json_out: bool = JSON_OUT,

@@ -31,7 +31,7 @@ from stvm_sdk.export.precisions import PRECISIONS
 
 SHARED = {"trust_pickle": TRUST_PICKLE, "ignore_out_of_range": IGNORE_OUT_OF_RANGE}
 # The flags that are not export options.
-MODEL = typer.Argument(..., help="Model file (a .pt checkpoint dict).")
+MODEL = typer.Argument(..., help="Model: .safetensors, a .pt checkpoint dict, or a save_pretrained folder.")
 ONNX = typer.Option(
     True, "--onnx", help="Write ONNX (always on: engines are built from it and checked against it)."
 )

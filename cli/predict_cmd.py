@@ -10,7 +10,9 @@ from stvm_sdk.cli.common import TRUST_PICKLE, console, err_console, print_json, 
 
 @user_errors
 def predict_command(
-    model: Path = typer.Argument(..., help="Model file: .pt checkpoint, .onnx graph or .engine."),
+    model: Path = typer.Argument(
+        ..., help="Model: .safetensors/.pt, save_pretrained folder, .onnx graph or .engine."
+    ),
     input: Path = typer.Option(
         ..., "--input", "-i", help="Folder of frames, or a video file (needs OpenCV)."
     ),

@@ -28,6 +28,7 @@ _EXPORTS = {
     "SegModel": "stvm_sdk.models",
     "load_model": "stvm_sdk.models",
     "save_model": "stvm_sdk.models",
+    "save_native": "stvm_sdk.models",
     "train_source": "stvm_sdk.supervised",
     "TrainConfig": "stvm_sdk.supervised",
     "export_model": "stvm_sdk.export.pipeline",
@@ -56,6 +57,7 @@ __all__ = [
     "register_method",
     "reliability_map",
     "save_model",
+    "save_native",
     "train_source",
 ]
 
@@ -68,7 +70,7 @@ if TYPE_CHECKING:
     from stvm_sdk.export.pipeline import ExportOptions, export_model
     from stvm_sdk.methods.base import Method
     from stvm_sdk.methods.registry import method_names, register_method
-    from stvm_sdk.models import SegModel, load_model, save_model
+    from stvm_sdk.models import SegModel, load_model, save_model, save_native
     from stvm_sdk.supervised import TrainConfig, train_source
 
 

@@ -36,7 +36,7 @@ from stvm_sdk.methods.base import Method
 from stvm_sdk.methods.parts.metric import MetricHead
 from stvm_sdk.methods.parts.pseudo import pseudo_label_reliability
 from stvm_sdk.models.contract import get_submodule, normalize
-from stvm_sdk.models.io import SegModel, from_module, load_model, require_finite
+from stvm_sdk.models.io import SegModel, load_model, require_finite, wrap_module
 from stvm_sdk.rundir import RunDir
 
 __all__ = ["AdaptResult", "adapt", "as_segmodel", "load_run", "reliability_map", "resolve_device"]
@@ -122,7 +122,7 @@ def as_segmodel(
             )
         return source.clone()
     if isinstance(source, nn.Module):
-        return from_module(copy.deepcopy(source), num_classes=num_classes, classifier=classifier)
+        return wrap_module(copy.deepcopy(source), num_classes=num_classes, classifier=classifier)
     return load_model(source, trust_pickle=trust_pickle, num_classes=num_classes, classifier=classifier)
 
 

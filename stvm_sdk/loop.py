@@ -34,7 +34,7 @@ from stvm_sdk.eval.evaluate import EvalResult, evaluate_frames
 from stvm_sdk.methods.base import Method
 from stvm_sdk.methods.parts.norm import reestimate_bn
 from stvm_sdk.models.contract import normalize
-from stvm_sdk.models.io import SegModel, save_model, save_torchscript
+from stvm_sdk.models.io import SegModel, model_suffix, save_model, save_native, save_torchscript
 from stvm_sdk.rundir import KEEP_LAST, RunDir
 
 log = logging.getLogger("stvm_sdk")
@@ -229,6 +229,17 @@ class _Meter:
         return rec
 
 
+def _save_native(model: SegModel, run: RunDir) -> Path | None:
+    """The deliverable in its library's own form; a library that cannot write it is a warning."""
+    try:
+        return save_native(model, run.native_path(str(model.family)))
+    except StvmError:
+        raise
+    except Exception as exc:  # the safetensors deliverable is written already
+        log.warning("the %s form of the model was not written: %s", model.family, exc)
+        return None
+
+
 def _check_finite(loss: float | None, step: int, run: RunDir) -> None:
     """Stop with one actionable line when the loss is NaN/inf (every process sees the same value)."""
     if loss is not None and not math.isfinite(loss):
@@ -251,11 +262,16 @@ def finish(method: Method, job: Job, steps: int, before: EvalResult | None) -> A
     model = teacher if (teacher is not None and method.deliverable_role == "teacher") else student
     if not ddp.is_main:  # the same networks as rank 0 (checked); rank 0 writes and evaluates
         return AdaptResult(model, teacher, student, run.path, {"rank": ddp.rank}, method.metric, cfg)
+    ext = model_suffix(model)
     paths = {
-        "model_path": save_model(model, run.model_path("model"), then=KEEP_LAST),
-        "student_path": save_model(student, run.model_path("student"), then=KEEP_LAST),
-        "teacher_path": save_model(teacher, run.model_path("teacher"), then=KEEP_LAST) if teacher else None,
+        "model_path": save_model(model, run.model_path("model", ext), then=KEEP_LAST),
+        "student_path": save_model(student, run.model_path("student", ext), then=KEEP_LAST),
+        "teacher_path": save_model(teacher, run.model_path("teacher", ext), then=KEEP_LAST)
+        if teacher
+        else None,
     }
+    if model.family is not None and not isinstance(model.module, torch.jit.ScriptModule):
+        paths["native_path"] = _save_native(model, run)
     try:
         paths["torchscript_path"] = save_torchscript(model, run.torchscript_path, then=KEEP_LAST)
     except StvmError:

@@ -7,7 +7,12 @@ Layout::
     run_dir/inputs.json          source model and target frames, with content fingerprints (idem)
     run_dir/metrics.jsonl        one JSON object every `run.log_every` steps
     run_dir/checkpoints/last.pt  networks + optimiser + step, written atomically
-    run_dir/model.pt, teacher.pt, student.pt, model.ts, summary.json   at the end
+    run_dir/model.safetensors, teacher.safetensors, student.safetensors, model.ts, summary.json   at the end
+    run_dir/<family>/            the deliverable in its library's own form (hf/, smp/, torchvision/)
+
+The models are safetensors with the SDK's metadata when their family is known (torchvision, smp, hf);
+a user's own module or a TorchScript model is saved as ``model.pt`` (pickle / TorchScript) instead,
+and runs written before the switch (``model.pt`` checkpoint dicts) still load and resume.
 
 A run directory is new, empty, or one the SDK made for a run; anything else is refused before a file
 is written (:func:`~stvm_sdk.boundary.outputs.claim_dir`), and no input may lie inside it.
@@ -31,6 +36,7 @@ from stvm_sdk.errors import ConfigError, DataError
 from stvm_sdk.models.io import atomic_save
 
 CHECKPOINT_NAME = "last.pt"
+MODEL_SUFFIXES = (".safetensors", ".pt")  # what a run's models are saved as, newest first
 KEEP_LAST = "the last checkpoint is kept: fix that and rerun with --resume"  # ends a failed write's line
 
 
@@ -116,9 +122,19 @@ class RunDir:
     def summary_path(self) -> Path:
         return self.path / "summary.json"
 
-    def model_path(self, role: str = "model") -> Path:
-        """``model.pt`` (the deliverable), ``teacher.pt`` or ``student.pt``."""
-        return self.path / f"{role}.pt"
+    def model_path(self, role: str = "model", suffix: str | None = None) -> Path:
+        """``model`` (the deliverable), ``teacher`` or ``student`` with ``suffix``; without one, the file
+        the run holds (``.safetensors``, else an older run's or a pickled model's ``.pt``)."""
+        if suffix is not None:
+            return self.path / f"{role}{suffix}"
+        for ext in MODEL_SUFFIXES:
+            if (self.path / f"{role}{ext}").is_file():
+                return self.path / f"{role}{ext}"
+        return self.path / f"{role}{MODEL_SUFFIXES[0]}"
+
+    def native_path(self, family: str) -> Path:
+        """The folder of the deliverable in its family's own form (``hf/``, ``smp/``, ``torchvision/``)."""
+        return self.path / family
 
     @property
     def torchscript_path(self) -> Path:

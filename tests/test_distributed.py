@@ -20,6 +20,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from support import make_frames
 
 from stvm_sdk import AdaptConfig, adapt
@@ -154,7 +155,7 @@ def test_killed_process_stops_the_run_and_resume_matches_the_uninterrupted_run(
     os.kill(_worker_pid(launcher.pid, 1), signal.SIGKILL)
     out, err = launcher.communicate(timeout=120)
     assert launcher.returncode == 1, err
-    assert out == "" and not (run / "model.pt").exists()
+    assert out == "" and not list(run.glob("model.*"))
     expected = (
         r"error: process 1 of 2 \(pid \d+\) was killed by SIGKILL; the whole run stopped\. Its last "
         rf"checkpoint \(step \d+\) is in {re.escape(str(run))}: rerun the same command with --resume\."
@@ -171,8 +172,8 @@ def test_killed_process_stops_the_run_and_resume_matches_the_uninterrupted_run(
     )
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert json.loads(resumed.stdout.strip().splitlines()[-1])["steps"] == ITERS
-    for name in ("student.pt", "teacher.pt"):
-        a = torch.load(two_procs.run / name, weights_only=True)["state_dict"]
-        b = torch.load(run / name, weights_only=True)["state_dict"]
+    for name in ("student.safetensors", "teacher.safetensors"):
+        a = load_file(two_procs.run / name)
+        b = load_file(run / name)
         assert all(torch.equal(a[k], b[k]) for k in a), f"{name} differs from the uninterrupted run"
     assert [r["step"] for r in _log(run)] == list(range(1, ITERS + 1))

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 ARGS = ["--iters", "8", "--batch-size", "2", "--crop", "32x64", "--seed", "3", "--json"]
 
@@ -73,7 +74,7 @@ def test_resume_after_sigkill_is_bit_identical(
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    assert not (run / "model.pt").exists()
+    assert not list(run.glob("model.*"))  # model.safetensors, or model.pt for a pickled module
     step = torch.load(ckpt, weights_only=True)["step"]
     assert 2 <= step < 8
 
@@ -86,9 +87,9 @@ def test_resume_after_sigkill_is_bit_identical(
     )
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout)["steps"] == 8
-    for name in ("student.pt", "teacher.pt"):
-        a = torch.load(tmp_path / "full" / name, weights_only=True)["state_dict"]
-        b = torch.load(run / name, weights_only=True)["state_dict"]
+    for name in ("student.safetensors", "teacher.safetensors"):
+        a = load_file(tmp_path / "full" / name)
+        b = load_file(run / name)
         for key in a:
             assert torch.equal(a[key], b[key]), f"{name}:{key} differs after resume"
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]

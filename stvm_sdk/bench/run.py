@@ -153,7 +153,7 @@ def bench_models(
         raise ConfigError("--batch and --iters must be >= 1 and --warmup >= 0")
     files = [Path(p) for p in paths]
     for p in files:
-        if not p.is_file():
+        if not (p.is_file() or p.is_dir()):  # a folder: a library's save_pretrained (torch backend)
             raise ModelLoadError(f"model file not found: {p}")
     full = (batch, 3, shape[0], shape[1])
     pairs = _pairs(files, parse_backends(backends))

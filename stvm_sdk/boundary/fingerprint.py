@@ -18,7 +18,13 @@ _HEAD = 16 * 1024  # bytes of each frame hashed: enough to tell frames apart, ch
 
 
 def sha256(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks (engines and external-data files can be large)."""
+    """Hex SHA-256 of a file, read in chunks (engines and external-data files can be large); of a folder
+    (a library's ``save_pretrained``), over its files' relative names and contents, in name order."""
+    if path.is_dir():
+        h = hashlib.sha256()
+        for p in sorted(q for q in path.rglob("*") if q.is_file()):
+            h.update(p.relative_to(path).as_posix().encode() + b"\0" + sha256(p, chunk).encode())
+        return h.hexdigest()
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(chunk):

@@ -30,8 +30,8 @@ def _describe_torch(p: Path, trust_pickle: bool) -> dict[str, Any]:
     seg = load_model(p, trust_pickle=trust_pickle)
     head = seg.classifier
     return {
-        "path": str(p), "format": seg.kind, "arch": seg.arch, "num_classes": seg.num_classes,
-        "classifier": head,
+        "path": str(p), "format": seg.kind, "family": seg.family, "arch": seg.arch,
+        "num_classes": seg.num_classes, "classifier": head,
         "classifier_warning": classifier_problem(seg.module, head, seg.num_classes) if head else None,
         "parameters": sum(q.numel() for q in seg.module.parameters()),
         "input": f"{_INPUT} then (x - mean) / std", "mean": list(seg.mean), "std": list(seg.std),

@@ -36,7 +36,7 @@ def open_runner(
         BackendUnavailableError: TensorRT/CUDA missing for an engine.
     """
     p = Path(path)
-    if not p.is_file():
+    if not (p.is_file() or (p.is_dir() and backend_of(p) == "torch")):  # a save_pretrained folder
         raise ModelLoadError(f"model file not found: {p}")
     kind = backend_of(p)
     backend = backend or kind

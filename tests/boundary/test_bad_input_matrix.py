@@ -295,7 +295,7 @@ def c_missing_model(w: Workspace) -> Case:
 
 
 def c_model_is_a_folder(w: Workspace) -> Case:
-    return Case(w.adapt(source=w.models), "error", "is a folder: pass the model file itself")
+    return Case(w.adapt(source=w.models), "error", "is a folder but not a model folder the SDK reads")
 
 
 # --- frames -------------------------------------------------------------------------------------------

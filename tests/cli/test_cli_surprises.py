@@ -111,5 +111,5 @@ def test_adapt_api_example_keeps_its_output_folder_and_prints_before_and_after(
     example.main(["--out", str(tmp_path / "out"), "--iters", "2"])
     out = capsys.readouterr().out
     assert re.search(r"mIoU before: \d+\.\d\d %  after: \d+\.\d\d %  \(on 8 labelled frames\)", out), out
-    model = tmp_path / "out" / "run" / "model.pt"
+    model = tmp_path / "out" / "run" / "model.safetensors"  # a torchvision model: recognised
     assert model.is_file() and str(model) in out  # still there after the example returned

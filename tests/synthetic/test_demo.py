@@ -69,6 +69,6 @@ def _check_human_summary(summary: dict) -> None:
         assert f"{key}: {summary[key]}" in text, key
     latency = [line.split("│")[1].strip() for line in text.splitlines() if "latency" in line]
     assert len(latency) == len(summary["bench"]) == len(set(latency)), latency
-    assert any("model.pt" in r and "ONNX Runtime" in r for r in latency), latency
+    assert any("model.safetensors" in r and "ONNX Runtime" in r for r in latency), latency
     assert any("model.onnx" in r for r in latency), latency
     assert "source model" in text and "export" in text

@@ -15,22 +15,26 @@ import torch.nn.functional as nnf
 from torch import Tensor, nn
 
 
+def _metric_conv(conv: nn.Conv2d, dim: int) -> nn.Conv2d:
+    """A fresh conv shaped like ``conv`` but with ``dim`` outputs."""
+    return nn.Conv2d(
+        conv.in_channels,
+        dim,
+        conv.kernel_size,  # type: ignore[arg-type]
+        conv.stride,  # type: ignore[arg-type]
+        conv.padding,  # type: ignore[arg-type]
+        conv.dilation,  # type: ignore[arg-type]
+        conv.groups,
+        bias=conv.bias is not None,
+    )
+
+
 def _replace_logit_convs(head: nn.Module, num_classes: int, dim: int) -> int:
     """Swap every conv with ``num_classes`` outputs for a fresh ``dim``-output conv; return how many."""
     swapped = 0
     for name, child in list(head.named_children()):
         if isinstance(child, nn.Conv2d) and child.out_channels == num_classes:
-            new = nn.Conv2d(
-                child.in_channels,
-                dim,
-                child.kernel_size,  # type: ignore[arg-type]
-                child.stride,  # type: ignore[arg-type]
-                child.padding,  # type: ignore[arg-type]
-                child.dilation,  # type: ignore[arg-type]
-                child.groups,
-                bias=child.bias is not None,
-            )
-            setattr(head, name, new)
+            setattr(head, name, _metric_conv(child, dim))
             swapped += 1
         else:
             swapped += _replace_logit_convs(child, num_classes, dim)
@@ -51,7 +55,10 @@ class MetricHead(nn.Module):
         self.body = copy.deepcopy(classifier)
         for p in self.body.parameters():
             p.requires_grad_(True)
-        if _replace_logit_convs(self.body, num_classes, dim) == 0:
+        if isinstance(self.body, nn.Conv2d) and self.body.out_channels == num_classes:
+            # The classifier IS the logit conv (SegFormer's, UperNet's decode_head.classifier).
+            self.body = _metric_conv(self.body, dim)
+        elif _replace_logit_convs(self.body, num_classes, dim) == 0:
             raise ValueError(
                 f"the classifier has no conv with {num_classes} outputs to turn into the metric layer"
             )
