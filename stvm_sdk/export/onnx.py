@@ -19,7 +19,9 @@ into place; large models keep their weights in ``<name>.onnx.data`` (protobuf ca
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import sys
 import time
 import warnings
 from collections import Counter
@@ -220,10 +222,13 @@ def _export_dynamo(
 ) -> None:
     dim = torch.export.Dim
     dims = {0: dim("batch", max=64), 2: dim("height", min=32, max=4096), 3: dim("width", min=32, max=4096)}
-    program = torch.onnx.export(
-        module, (example,), dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
-        output_names=[out_name], dynamic_shapes={INPUT_NAME: dims} if dynamic else None, external_data=False,
-    )  # fmt: skip
+    # The dynamo exporter prints its progress on stdout, which holds only the JSON object under --json.
+    with contextlib.redirect_stdout(sys.stderr):
+        program = torch.onnx.export(
+            module, (example,), dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
+            output_names=[out_name], dynamic_shapes={INPUT_NAME: dims} if dynamic else None,
+            external_data=False, verbose=False,
+        )  # fmt: skip
     assert program is not None
     program.save(str(out), external_data=True)
 
