@@ -27,7 +27,8 @@ SMP_TINY = {"encoder_name": SMP_ENCODER, "encoder_depth": 3, "decoder_channels":
 SMP_ARCHS: dict[str, dict[str, object]] = {
     "Unet": SMP_TINY,
     "DeepLabV3Plus": {"encoder_name": SMP_ENCODER, "decoder_channels": 16},
-    "FPN": {"encoder_name": SMP_ENCODER, "decoder_pyramid_channels": 16, "decoder_segmentation_channels": 8},
+    # FPN's segmentation blocks use GroupNorm(32): their channels must be a multiple of 32
+    "FPN": {"encoder_name": SMP_ENCODER, "decoder_pyramid_channels": 16, "decoder_segmentation_channels": 32},
 }
 
 

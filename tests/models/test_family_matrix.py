@@ -52,15 +52,15 @@ class Case:
 
 TV, SMP, HF = "torchvision", "smp", "hf"
 CASES = {
-    "tv-lraspp": Case(TV, "lraspp_mobilenet_v3_large", "classifier", 80),
-    "tv-deeplabv3": Case(TV, "deeplabv3_mobilenet_v3_large", "classifier"),
-    "tv-fcn": Case(TV, "fcn_resnet50", "classifier"),
-    "smp-unet": Case(SMP, "Unet", "segmentation_head"),
-    "smp-deeplabv3plus": Case(SMP, "DeepLabV3Plus", "segmentation_head"),
-    "smp-fpn": Case(SMP, "FPN", "segmentation_head"),
+    "tv-lraspp": Case(TV, "lraspp_mobilenet_v3_large", "classifier", 50),
+    "tv-deeplabv3": Case(TV, "deeplabv3_mobilenet_v3_large", "classifier", 50),
+    "tv-fcn": Case(TV, "fcn_resnet50", "classifier", 50),
+    "smp-unet": Case(SMP, "Unet", "segmentation_head", 50),
+    "smp-deeplabv3plus": Case(SMP, "DeepLabV3Plus", "segmentation_head", 50),
+    "smp-fpn": Case(SMP, "FPN", "segmentation_head", 50),
     "hf-segformer": Case(HF, "SegformerForSemanticSegmentation", "model.decode_head.classifier"),
     "hf-upernet": Case(HF, "UperNetForSemanticSegmentation", "model.decode_head.classifier"),
-    "hf-dpt": Case(HF, "DPTForSemanticSegmentation", "model.head.head"),
+    "hf-dpt": Case(HF, "DPTForSemanticSegmentation", "model.head.head", 50),
 }
 
 
@@ -172,7 +172,7 @@ def test_export_fp32_fp16_int8_eval_and_bench(model: Bench) -> None:
     onnx = out / "model.onnx"
     assert file_kind(onnx) == "onnx"
     scored = _run("eval", onnx, "--images", model.images, "--labels", model.labels)
-    assert 0.0 <= scored["miou"] <= 1.0
+    assert abs(scored["miou"] - model.run["miou_after"]) < 0.5  # mIoU in %: the fp32 graph is the model
     bench = _run("bench", model.run["model_path"], onnx, "--backend", "torch,ort", "--shape", "64x64",
                  "--warmup", "0", "--iters", "1", "--threads", "1", "--no-edge")  # fmt: skip
     assert len(bench["results"]) == 2, bench

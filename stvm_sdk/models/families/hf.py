@@ -32,12 +32,16 @@ ARCHS = {
     "BeitForSemanticSegmentation": "decode_head.classifier",
     "MobileViTV2ForSemanticSegmentation": "segmentation_head.classifier",  # ConvLayer around a conv
 }
-# What the ONNX export of each class needs (measured with torch 2.14, transformers 5.24): UperNet's and
-# BEiT's pyramid pooling (adaptive_avg_pool2d to fixed bins) cannot be exported on symbolic sizes, and
-# BEiT's size-dependent position bias and MobileViTV2's unfold/fold (Col2Im, opset 18) defeat the
-# legacy exporter even at a fixed size; the dynamo exporter traces both at a fixed size.
+# What the ONNX export of each class needs (measured with torch 2.14, transformers 5.24): pyramid pooling
+# (UperNet, BEiT: adaptive_avg_pool2d to fixed bins) cannot be exported on symbolic sizes, and the legacy
+# exporter refuses it even at a fixed size unless every bin count divides the feature map (UperNet's
+# default scales 1, 2, 3, 6 do not divide 512x1024 / 32); BEiT's size-dependent position bias and
+# MobileViTV2's unfold/fold (Col2Im, opset 18) defeat the legacy exporter outright. The dynamo exporter
+# at opset 18 traces all three at a fixed size (TensorRT >= 10 parses opset 18; Col2Im not at all).
 EXPORT_NEEDS = {
-    "UperNetForSemanticSegmentation": ExportNeeds("its pyramid pooling needs fixed sizes", static=True),
+    "UperNetForSemanticSegmentation": ExportNeeds(
+        "its pyramid pooling needs fixed sizes", static=True, exporter="dynamo", opset=18
+    ),
     "BeitForSemanticSegmentation": ExportNeeds(
         "its pyramid pooling and position bias need fixed sizes", static=True, exporter="dynamo", opset=18
     ),
