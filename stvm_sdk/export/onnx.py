@@ -162,6 +162,28 @@ def export_onnx(
     )
 
 
+def fit_to_model(
+    model: SegModel, *, dynamic: bool, exporter: str, opset: int, hw: tuple[int, int]
+) -> tuple[bool, str, int, list[str]]:
+    """``(dynamic, exporter, opset)`` with what the model's family says its export needs (a fixed input
+    size ``hw``, the dynamo exporter at opset 18), and one line per change. An exporter named is kept."""
+    from stvm_sdk.models.families import get_family
+
+    notes: list[str] = []
+    needs = get_family(model.family).export_needs(model.arch) if model.family and model.arch else None
+    if needs is None:
+        return dynamic, exporter, opset, notes
+    if needs.static and dynamic:
+        notes.append(
+            f"{model.arch}: {needs.reason}: the graph has a fixed input size {hw[0]}x{hw[1]} and batch 1"
+        )
+        dynamic = False
+    if needs.exporter is not None and exporter == "auto":
+        exporter, opset = needs.exporter, max(opset, needs.opset or 0)
+        notes.append(f"{model.arch}: exported with the {exporter} exporter at opset {opset}")
+    return dynamic, exporter, opset, notes
+
+
 def _pick_exporter(exporter: str, opset: int) -> str:
     if exporter not in ("auto", "legacy", "dynamo"):
         raise ConfigError(f"exporter must be auto, legacy or dynamo, got {exporter!r}")

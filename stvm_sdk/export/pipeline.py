@@ -135,24 +135,16 @@ def _advice(s: _Staged, report: ExportReport) -> str:
 
 
 def _fit_to_model(model: SegModel, opts: ExportOptions, profile: Profile, say: Log) -> ExportOptions:
-    """The options with what the model's family says its export needs (a fixed input size, the dynamo
-    exporter at opset 18), each change said in one log line. An exporter the user named is kept."""
-    from stvm_sdk.models.families import get_family
+    """The options with what the model's family says its export needs, each change said in one line."""
+    from stvm_sdk.export.onnx import fit_to_model
 
-    if model.family is None or model.arch is None:
-        return opts
-    needs = get_family(model.family).export_needs(model.arch)
-    if needs is None:
-        return opts
-    if needs.static and opts.dynamic:
-        h, w = profile.opt[2], profile.opt[3]
-        say(f"{model.arch}: {needs.reason}: the graph has a fixed input size {h}x{w} (--shape) and batch 1")
-        opts = replace(opts, dynamic=False)
-    if needs.exporter is not None and opts.exporter == "auto":
-        opset = max(opts.opset, needs.opset or 0)
-        say(f"{model.arch}: exported with the {needs.exporter} exporter at opset {opset}")
-        opts = replace(opts, exporter=needs.exporter, opset=opset)  # type: ignore[arg-type]
-    return opts
+    hw = (profile.opt[2], profile.opt[3])
+    dynamic, exporter, opset, notes = fit_to_model(
+        model, dynamic=opts.dynamic, exporter=opts.exporter, opset=opts.opset, hw=hw
+    )
+    for line in notes:
+        say(line)
+    return replace(opts, dynamic=dynamic, exporter=exporter, opset=opset)  # type: ignore[arg-type]
 
 
 def _check_options(opts: ExportOptions) -> tuple[list[Precision], Profile]:
