@@ -118,10 +118,20 @@ def _open(
     path: Path, backend: str, shape: tuple[int, ...], tmp: Path, threads: int | None, trust_pickle: bool
 ) -> Runner:
     if backend == "ort" and path.suffix.lower() not in (".onnx",):
-        from stvm_sdk.export.onnx import export_onnx
+        from stvm_sdk.export.onnx import export_onnx, fit_to_model
+        from stvm_sdk.export.options import DEFAULT_OPSET
         from stvm_sdk.models import load_model
 
-        onnx_path = export_onnx(load_model(path, trust_pickle=trust_pickle), tmp / f"{path.stem}.onnx").path
+        model = load_model(path, trust_pickle=trust_pickle)
+        hw = (int(shape[-2]), int(shape[-1]))
+        # A model whose graph needs a fixed size (UperNet, BEiT, MobileViTV2) is traced at the bench shape.
+        dynamic, exporter, opset, _ = fit_to_model(
+            model, dynamic=True, exporter="auto", opset=DEFAULT_OPSET, hw=hw
+        )
+        onnx_path = export_onnx(
+            model, tmp / f"{path.stem}.onnx", dynamic=dynamic, exporter=exporter,  # type: ignore[arg-type]
+            opset=opset, example_hw=hw,
+        ).path  # fmt: skip
         runner = open_runner(onnx_path, "ort", threads=threads)
         runner.path = path
         return runner

@@ -19,7 +19,9 @@ into place; large models keep their weights in ``<name>.onnx.data`` (protobuf ca
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import sys
 import time
 import warnings
 from collections import Counter
@@ -160,6 +162,28 @@ def export_onnx(
     )
 
 
+def fit_to_model(
+    model: SegModel, *, dynamic: bool, exporter: str, opset: int, hw: tuple[int, int]
+) -> tuple[bool, str, int, list[str]]:
+    """``(dynamic, exporter, opset)`` with what the model's family says its export needs (a fixed input
+    size ``hw``, the dynamo exporter at opset 18), and one line per change. An exporter named is kept."""
+    from stvm_sdk.models.families import get_family
+
+    notes: list[str] = []
+    needs = get_family(model.family).export_needs(model.arch) if model.family and model.arch else None
+    if needs is None:
+        return dynamic, exporter, opset, notes
+    if needs.static and dynamic:
+        notes.append(
+            f"{model.arch}: {needs.reason}: the graph has a fixed input size {hw[0]}x{hw[1]} and batch 1"
+        )
+        dynamic = False
+    if needs.exporter is not None and exporter == "auto":
+        exporter, opset = needs.exporter, max(opset, needs.opset or 0)
+        notes.append(f"{model.arch}: exported with the {exporter} exporter at opset {opset}")
+    return dynamic, exporter, opset, notes
+
+
 def _pick_exporter(exporter: str, opset: int) -> str:
     if exporter not in ("auto", "legacy", "dynamo"):
         raise ConfigError(f"exporter must be auto, legacy or dynamo, got {exporter!r}")
@@ -220,10 +244,13 @@ def _export_dynamo(
 ) -> None:
     dim = torch.export.Dim
     dims = {0: dim("batch", max=64), 2: dim("height", min=32, max=4096), 3: dim("width", min=32, max=4096)}
-    program = torch.onnx.export(
-        module, (example,), dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
-        output_names=[out_name], dynamic_shapes={INPUT_NAME: dims} if dynamic else None, external_data=False,
-    )  # fmt: skip
+    # The dynamo exporter prints its progress on stdout, which holds only the JSON object under --json.
+    with contextlib.redirect_stdout(sys.stderr):
+        program = torch.onnx.export(
+            module, (example,), dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
+            output_names=[out_name], dynamic_shapes={INPUT_NAME: dims} if dynamic else None,
+            external_data=False, verbose=False,
+        )  # fmt: skip
     assert program is not None
     program.save(str(out), external_data=True)
 

@@ -68,6 +68,7 @@ def export_model(
     """
     say = log or (lambda _msg: None)
     rows, profile = _check_options(opts)
+    opts = _fit_to_model(model, opts, profile, say)
     require_finite(model, "export it")
     claim_dir(opts.out_dir, "export", inputs=(source, opts.calib, opts.labels))
     size = (profile.opt[2], profile.opt[3])
@@ -131,6 +132,19 @@ def _advice(s: _Staged, report: ExportReport) -> str:
     else:
         text += "calibrate on more, or more typical, --calib frames"
     return text[0].upper() + text[1:]
+
+
+def _fit_to_model(model: SegModel, opts: ExportOptions, profile: Profile, say: Log) -> ExportOptions:
+    """The options with what the model's family says its export needs, each change said in one line."""
+    from stvm_sdk.export.onnx import fit_to_model
+
+    hw = (profile.opt[2], profile.opt[3])
+    dynamic, exporter, opset, notes = fit_to_model(
+        model, dynamic=opts.dynamic, exporter=opts.exporter, opset=opts.opset, hw=hw
+    )
+    for line in notes:
+        say(line)
+    return replace(opts, dynamic=dynamic, exporter=exporter, opset=opset)  # type: ignore[arg-type]
 
 
 def _check_options(opts: ExportOptions) -> tuple[list[Precision], Profile]:

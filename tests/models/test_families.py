@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from family_models import NAMES, SMP_TINY, K, hf_configs, hf_folder
 
 from stvm_sdk import AdaptConfig, adapt
 from stvm_sdk.boundary.sniff import file_kind
@@ -22,7 +22,6 @@ from stvm_sdk.models import capture_features, forward_logits, load_model, save_m
 from stvm_sdk.models.contract import get_submodule
 from stvm_sdk.models.io import SegModel
 
-K = 5  # the classes of tests/support.make_frames
 TINY = {
     "run.iters": 2,
     "metric.warmup": 1,
@@ -138,12 +137,6 @@ def test_torchvision_adapts(tv_checkpoint: Path, frames: tuple[Path, Path], tmp_
 
 # --- segmentation_models_pytorch --------------------------------------------------------------------
 
-SMP_TINY = {
-    "encoder_name": "timm-mobilenetv3_small_minimal_100",
-    "encoder_depth": 3,
-    "decoder_channels": [16, 8, 8],
-}
-
 
 @pytest.fixture(scope="module")
 def smp_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -200,38 +193,6 @@ def test_smp_adapts(smp_folder: Path, frames: tuple[Path, Path], tmp_path: Path)
 # --- Hugging Face transformers ----------------------------------------------------------------------
 
 
-def _hf_configs() -> dict[str, Callable[[], object]]:
-    def tf() -> object:
-        return pytest.importorskip("transformers")
-
-    return {
-        "SegformerForSemanticSegmentation": lambda: tf().SegformerConfig(  # type: ignore[attr-defined]
-            num_labels=K, hidden_sizes=[8, 16, 16, 16], depths=[1, 1, 1, 1],
-            num_attention_heads=[1, 1, 1, 1], decoder_hidden_size=16,
-        ),
-        "UperNetForSemanticSegmentation": lambda: tf().UperNetConfig(  # type: ignore[attr-defined]
-            backbone_config=tf().ConvNextConfig(  # type: ignore[attr-defined]
-                hidden_sizes=[8, 16, 16, 16], depths=[1, 1, 1, 1],
-                out_features=["stage1", "stage2", "stage3", "stage4"],
-            ),
-            hidden_size=16, auxiliary_in_channels=16, auxiliary_channels=8, num_labels=K, pool_scales=[1, 2],
-        ),
-        "DPTForSemanticSegmentation": lambda: tf().DPTConfig(  # type: ignore[attr-defined]
-            hidden_size=16, num_hidden_layers=4, num_attention_heads=2, intermediate_size=32, image_size=64,
-            patch_size=16, neck_hidden_sizes=[8, 8, 16, 16], fusion_hidden_size=16, num_labels=K,
-            backbone_out_indices=[0, 1, 2, 3],
-        ),
-        "BeitForSemanticSegmentation": lambda: tf().BeitConfig(  # type: ignore[attr-defined]
-            hidden_size=16, num_hidden_layers=4, num_attention_heads=2, intermediate_size=32, image_size=64,
-            patch_size=16, out_indices=[1, 2, 3, 4], pool_scales=[1, 2], auxiliary_channels=8, num_labels=K,
-            use_relative_position_bias=True,
-        ),
-        "MobileViTV2ForSemanticSegmentation": lambda: tf().MobileViTV2Config(  # type: ignore[attr-defined]
-            num_labels=K, width_multiplier=0.5, aspp_out_channels=16, image_size=64
-        ),
-    }  # fmt: skip
-
-
 HF_CLASSIFIERS = {
     "SegformerForSemanticSegmentation": "model.decode_head.classifier",
     "UperNetForSemanticSegmentation": "model.decode_head.classifier",
@@ -239,24 +200,6 @@ HF_CLASSIFIERS = {
     "BeitForSemanticSegmentation": "model.decode_head.classifier",
     "MobileViTV2ForSemanticSegmentation": "model.segmentation_head.classifier",
 }
-NAMES = ["road", "car", "tree", "sky", "person"]
-
-
-def _hf_folder(root: Path, arch: str, *, preprocessor: dict | None = None) -> Path:
-    tf = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    config = _hf_configs()[arch]()
-    config.id2label = dict(enumerate(NAMES))  # type: ignore[attr-defined]
-    config.label2id = {n: i for i, n in enumerate(NAMES)}  # type: ignore[attr-defined]
-    folder = root / arch
-    model = getattr(tf, arch)(config).eval()
-    with torch.no_grad():  # HF's init zeroes some layers (MobileViTV2's logits are all 0): perturb all
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    model.save_pretrained(str(folder))
-    if preprocessor is not None:
-        (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor))
-    return folder
 
 
 def _hf_native(folder: Path, arch: str, x: torch.Tensor = X) -> torch.Tensor:
@@ -271,7 +214,7 @@ def _hf_native(folder: Path, arch: str, x: torch.Tensor = X) -> torch.Tensor:
 
 @pytest.mark.parametrize("arch", list(HF_CLASSIFIERS))
 def test_hf_classifier_is_the_real_head(arch: str, tmp_path: Path) -> None:
-    seg = load_model(_hf_folder(tmp_path, arch))
+    seg = load_model(hf_folder(tmp_path, arch))
     assert (seg.family, seg.arch, seg.kind, seg.classifier) == ("hf", arch, "folder", HF_CLASSIFIERS[arch])
     assert seg.class_names == NAMES
     _metric_head_works(seg)
@@ -279,7 +222,7 @@ def test_hf_classifier_is_the_real_head(arch: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("arch", list(HF_CLASSIFIERS))
 def test_hf_round_trips_and_loads_back_in_transformers(arch: str, tmp_path: Path) -> None:
-    source = _hf_folder(tmp_path, arch)
+    source = hf_folder(tmp_path, arch)
     seg = load_model(source)
     square = torch.rand(2, 3, 64, 64)  # DPT's own forward takes square inputs only (the SDK's any)
     torch.testing.assert_close(_logits(seg, square), _hf_native(source, arch, square))
@@ -293,15 +236,15 @@ def test_hf_round_trips_and_loads_back_in_transformers(arch: str, tmp_path: Path
 
 def test_hf_normalisation_comes_from_the_preprocessor_config(tmp_path: Path) -> None:
     pre = {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.25, 0.25, 0.25], "do_normalize": True}
-    seg = load_model(_hf_folder(tmp_path, "SegformerForSemanticSegmentation", preprocessor=pre))
+    seg = load_model(hf_folder(tmp_path, "SegformerForSemanticSegmentation", preprocessor=pre))
     assert (seg.mean, seg.std) == ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
-    plain = load_model(_hf_folder(tmp_path / "plain", "SegformerForSemanticSegmentation"))
+    plain = load_model(hf_folder(tmp_path / "plain", "SegformerForSemanticSegmentation"))
     assert plain.mean == (0.485, 0.456, 0.406)
 
 
 @pytest.mark.parametrize("arch", ["SegformerForSemanticSegmentation", "UperNetForSemanticSegmentation"])
 def test_hf_adapts(arch: str, frames: tuple[Path, Path], tmp_path: Path) -> None:
-    source = _hf_folder(tmp_path, arch)
+    source = hf_folder(tmp_path, arch)
     folder = _adapt_smoke(source, frames, tmp_path, "hf")
     adapted = load_model(tmp_path / "run" / "model.safetensors")
     square = torch.rand(2, 3, 64, 64)
@@ -321,14 +264,14 @@ def test_hf_class_outside_the_allow_list_is_refused(tmp_path: Path) -> None:
 
 
 def test_hf_pickled_weights_are_not_read(tmp_path: Path) -> None:
-    folder = _hf_folder(tmp_path, "SegformerForSemanticSegmentation")
+    folder = hf_folder(tmp_path, "SegformerForSemanticSegmentation")
     (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
     with pytest.raises(ModelLoadError, match="no model.safetensors"):
         load_model(folder)
 
 
 def test_a_missing_library_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    folder = _hf_folder(tmp_path, "SegformerForSemanticSegmentation")
+    folder = hf_folder(tmp_path, "SegformerForSemanticSegmentation")
     monkeypatch.setitem(sys.modules, "transformers", None)  # `import transformers` now fails
     with pytest.raises(ModelLoadError, match=r"this is a Hugging Face model.*pip install 'stvm_sdk\[hf\]'"):
         load_model(folder)
@@ -373,9 +316,7 @@ def test_an_in_memory_library_model_is_recognised(tmp_path: Path) -> None:
         {"aux_loss": False},
     )
     tf = pytest.importorskip("transformers")
-    seg = as_segmodel(
-        tf.SegformerForSemanticSegmentation(_hf_configs()["SegformerForSemanticSegmentation"]())
-    )
+    seg = as_segmodel(tf.SegformerForSemanticSegmentation(hf_configs()["SegformerForSemanticSegmentation"]()))
     assert (seg.family, seg.classifier) == ("hf", HF_CLASSIFIERS["SegformerForSemanticSegmentation"])
     smp = pytest.importorskip("segmentation_models_pytorch")
     un = as_segmodel(smp.Unet(encoder_weights=None, classes=K, **SMP_TINY))
@@ -394,18 +335,32 @@ def test_a_run_folder_finds_safetensors_models_and_older_runs_pt(tmp_path: Path)
     assert run.model_path("student") == tmp_path / "student.safetensors"
 
 
-@pytest.mark.parametrize(
-    ("arch", "static"),
-    [("SegformerForSemanticSegmentation", False), ("DPTForSemanticSegmentation", False),
-     ("UperNetForSemanticSegmentation", True)],  # UperNet's pooling needs static sizes (legacy exporter)
-)  # fmt: skip
-def test_hf_exports_verified_onnx(arch: str, static: bool, tmp_path: Path) -> None:
-    from stvm_sdk import ExportOptions, export_model
+@pytest.mark.parametrize("arch", list(HF_CLASSIFIERS))
+def test_hf_exports_verified_onnx(arch: str, tmp_path: Path) -> None:
+    """Every HF class exports with the defaults: the ones whose pooling or fold needs fixed sizes get a
+    static graph at the verification size (and the dynamo exporter at opset 18 where the legacy one
+    cannot trace them), said in one log line."""
+    import onnx
 
-    seg = load_model(_hf_folder(tmp_path, arch))
-    opts = ExportOptions(shape="64x128", verify_frames=2, dynamic=not static, out_dir=tmp_path / "export")
-    art = export_model(seg, opts).artifacts[-1]
+    from stvm_sdk import ExportOptions, export_model
+    from stvm_sdk.export.onnx import graph_opset
+    from stvm_sdk.models.families.hf import HuggingFace
+
+    seg = load_model(hf_folder(tmp_path, arch))
+    opts = ExportOptions(shape="64x96", verify_frames=2, out_dir=tmp_path / "export")
+    said: list[str] = []
+    art = export_model(seg, opts, log=said.append).artifacts[-1]
     assert art.onnx_path.is_file() and art.verification.passed
+    dims = onnx.load(str(art.onnx_path)).graph.input[0].type.tensor_type.shape.dim
+    shape = [d.dim_value or d.dim_param for d in dims]
+    needs = HuggingFace.export_needs(arch)
+    if needs is None:
+        assert shape == ["batch", 3, "height", "width"]
+        assert not any("fixed input size" in line for line in said)
+    else:
+        assert shape == [1, 3, 64, 96]
+        assert any(f"{arch}: {needs.reason}: the graph has a fixed input size 64x96" in x for x in said), said
+        assert graph_opset(onnx.load(str(art.onnx_path))) == (needs.opset or 17)
 
 
 def test_smp_exports_verified_onnx(smp_folder: Path, tmp_path: Path) -> None:

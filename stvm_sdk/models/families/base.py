@@ -39,6 +39,21 @@ class Built:
     class_names: list[str] | None = None
 
 
+@dataclass(frozen=True)
+class ExportNeeds:
+    """What a model's ONNX export needs beyond the defaults (legacy exporter, opset 17, dynamic axes).
+
+    ``static``: the graph is traced at a fixed input size (pooling to fixed bins on traced sizes);
+    ``exporter`` / ``opset``: the exporter that can trace it (``None``: the default). ``reason`` says why,
+    in a few words for the log line.
+    """
+
+    reason: str
+    static: bool = False
+    exporter: str | None = None
+    opset: int | None = None
+
+
 class Family:
     """One library's adapter. Subclasses set the class attributes and override what they read."""
 
@@ -98,6 +113,11 @@ class Family:
     def classifier(cls, module: nn.Module, arch: str) -> str:
         """The module path of the classifier head: its input is F(x), STvM's metric network copies it."""
         raise NotImplementedError
+
+    @classmethod
+    def export_needs(cls, arch: str) -> ExportNeeds | None:
+        """What exporting ``arch`` to ONNX needs beyond the defaults; None: nothing."""
+        return None
 
     # --- writing the library's own form ------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from stvm_sdk.errors import ModelLoadError
 from stvm_sdk.models.families import register_family
-from stvm_sdk.models.families.base import Built, Family, read_json
+from stvm_sdk.models.families.base import Built, ExportNeeds, Family, read_json
 
 # Each supported class and its classifier head inside it (read from transformers' modeling code):
 # the head's input is F(x), and it holds the K-output conv the metric network swaps.
@@ -31,6 +31,23 @@ ARCHS = {
     "DPTForSemanticSegmentation": "head.head",  # Sequential(conv, bn, relu, dropout, conv K, upsample)
     "BeitForSemanticSegmentation": "decode_head.classifier",
     "MobileViTV2ForSemanticSegmentation": "segmentation_head.classifier",  # ConvLayer around a conv
+}
+# What the ONNX export of each class needs (measured with torch 2.14, transformers 5.24): pyramid pooling
+# (UperNet, BEiT: adaptive_avg_pool2d to fixed bins) cannot be exported on symbolic sizes, and the legacy
+# exporter refuses it even at a fixed size unless every bin count divides the feature map (UperNet's
+# default scales 1, 2, 3, 6 do not divide 512x1024 / 32); BEiT's size-dependent position bias and
+# MobileViTV2's unfold/fold (Col2Im, opset 18) defeat the legacy exporter outright. The dynamo exporter
+# at opset 18 traces all three at a fixed size (TensorRT >= 10 parses opset 18; Col2Im not at all).
+EXPORT_NEEDS = {
+    "UperNetForSemanticSegmentation": ExportNeeds(
+        "its pyramid pooling needs fixed sizes", static=True, exporter="dynamo", opset=18
+    ),
+    "BeitForSemanticSegmentation": ExportNeeds(
+        "its pyramid pooling and position bias need fixed sizes", static=True, exporter="dynamo", opset=18
+    ),
+    "MobileViTV2ForSemanticSegmentation": ExportNeeds(
+        "its unfold/fold attention needs fixed sizes and opset 18", static=True, exporter="dynamo", opset=18
+    ),
 }
 _DEFAULT_LABEL = re.compile(r"LABEL_\d+")
 
@@ -149,6 +166,10 @@ class HuggingFace(Family):
     @classmethod
     def classifier(cls, module: nn.Module, arch: str) -> str:
         return f"model.{ARCHS[arch]}"
+
+    @classmethod
+    def export_needs(cls, arch: str) -> ExportNeeds | None:
+        return EXPORT_NEEDS.get(arch)
 
     @classmethod
     def save_native(cls, module: nn.Module, arch: str, num_classes: int, config: dict[str, Any],
