@@ -10,8 +10,10 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from stvm_sdk.boundary.sniff import file_kind
 
@@ -81,7 +83,41 @@ def hf_configs() -> dict[str, Callable[[], object]]:
 NAMES = ["road", "car", "tree", "sky", "person"]
 
 
-def hf_folder(root: Path, arch: str, *, preprocessor: dict | None = None) -> Path:
+Frames = tuple[Path, Path]  # (images, labels) folders, as tests/support.make_frames writes them
+
+
+def fit(net: torch.nn.Module, frames: Frames, steps: int = 25) -> torch.nn.Module:
+    """``net`` trained ``steps`` Adam steps on the labelled ``frames`` (whole batch), back in eval mode.
+
+    A random-init model's logits are near-tied almost everywhere, so whether an fp16 or INT8 graph
+    agrees with it is chance; a few steps on the frames give it the margins a trained model has, so
+    the export checks run at their default bar. Outputs are read as the library gives them (a dict
+    with ``out``, a tensor, or a ModelOutput with ``logits`` at a lower resolution).
+    """
+    images, labels = frames
+    files = sorted(images.rglob("*.png"))
+    x = torch.stack(
+        [torch.from_numpy(np.asarray(Image.open(f).convert("RGB"))).permute(2, 0, 1) for f in files]
+    )
+    y = torch.stack([torch.from_numpy(np.asarray(Image.open(labels / f.relative_to(images)))) for f in files])
+    x, y = x.float() / 255.0, y.long()
+    torch.manual_seed(0)
+    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=1e-3)
+    net.train()
+    for _ in range(steps):
+        out = net(pixel_values=x) if type(net).__module__.startswith("transformers.") else net(x)
+        out = out.logits if hasattr(out, "logits") else out["out"] if isinstance(out, dict) else out
+        out = torch.nn.functional.interpolate(out, size=y.shape[-2:], mode="bilinear", align_corners=False)
+        loss = torch.nn.functional.cross_entropy(out, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return net.eval()
+
+
+def hf_folder(
+    root: Path, arch: str, *, preprocessor: dict | None = None, fit_on: Frames | None = None
+) -> Path:
     tf = pytest.importorskip("transformers")
     torch.manual_seed(0)
     config = hf_configs()[arch]()
@@ -92,23 +128,27 @@ def hf_folder(root: Path, arch: str, *, preprocessor: dict | None = None) -> Pat
     with torch.no_grad():  # HF's init zeroes some layers (MobileViTV2's logits are all 0): perturb all
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
+    if fit_on is not None:
+        fit(model, fit_on)
     model.save_pretrained(str(folder))
     if preprocessor is not None:
         (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor))
     return folder
 
 
-def smp_folder(root: Path, arch: str) -> Path:
+def smp_folder(root: Path, arch: str, *, fit_on: Frames | None = None) -> Path:
     """An smp model written by its own ``save_pretrained`` (config.json + model.safetensors)."""
     smp = pytest.importorskip("segmentation_models_pytorch")
     torch.manual_seed(0)
     model = smp.create_model(arch, encoder_weights=None, classes=K, **SMP_ARCHS[arch]).eval()
+    if fit_on is not None:
+        fit(model, fit_on)
     folder = root / arch
     model.save_pretrained(str(folder))
     return folder
 
 
-def torchvision_safetensors(root: Path, arch: str) -> Path:
+def torchvision_safetensors(root: Path, arch: str, *, fit_on: Frames | None = None) -> Path:
     """A torchvision model in the SDK's own pickle-free form (torchvision has no save format of its own
     besides a pickled checkpoint dict): safetensors with the arch in its JSON metadata."""
     import torchvision
@@ -118,4 +158,6 @@ def torchvision_safetensors(root: Path, arch: str) -> Path:
 
     torch.manual_seed(0)
     net = torchvision.models.get_model(arch, num_classes=K, weights=None, weights_backbone=None)
+    if fit_on is not None:
+        fit(net, fit_on)
     return save_model(as_segmodel(net.eval()), root / f"{arch}.safetensors")
