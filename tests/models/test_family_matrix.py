@@ -6,8 +6,8 @@ Models are tiny configs (nothing can be downloaded), random-init then fitted 25 
 argmax-agreement bar (family_models.fit); adapt runs 1 step of batch 2, export verifies on 2 frames
 (unlabelled: the mIoU-drop bar on 2 tiny frames is noise; test_export covers it), bench times 1 call.
 One module-scoped fixture per model saves it in its library's form and runs ``stvm adapt`` (STvM)
-once; the other cells start from that run. torchvision has no pickle-free format of its own, so its models come in as
-the SDK's safetensors (built in torchvision, wrapped, saved).
+once; the other cells start from that run. torchvision has no pickle-free format of its own, so its
+models come in as the SDK's safetensors (built in torchvision, wrapped, saved).
 """
 
 from __future__ import annotations
