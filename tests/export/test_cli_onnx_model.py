@@ -92,9 +92,11 @@ def test_adapt_and_export_refuse_an_onnx_model_in_one_line(
 def test_int8_calibration_lines_say_what_their_score_is(
     checkpoint: Path, target_root: Path, tmp_path: Path
 ) -> None:
+    # The model's weights are random: INT8 flips its near-tied pixels (88-90 % agreement, by ORT release),
+    # and the lines are this test's subject, not the bar (test_export_failures tests the bar).
     res = runner.invoke(app, ["export", str(checkpoint), "--int8", "--calib", str(target_root), "--shape",
                               "64x128", "--verify-frames", "2", "--calib-frames", "2",
-                              "--out", str(tmp_path / "e")])  # fmt: skip
+                              "--min-agreement", "50", "--out", str(tmp_path / "e")])  # fmt: skip
     assert res.exit_code == 0, res.output
     text = " ".join(res.stdout.split())
     assert "int8 calibration minmax: mIoU (%) of the INT8 graph on the 2 labelled calibration frames" in text

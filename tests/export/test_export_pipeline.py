@@ -116,7 +116,7 @@ def test_too_few_frames_to_split_is_said_in_a_log_line_and_the_report(
     lines: list[str] = []
     opts = ExportOptions(
         out_dir=tmp_path / "out", precisions=("int8",), calib=frames_dir, shape="64x128",
-        verify_frames=3, calib_methods=("minmax",),
+        verify_frames=3, calib_methods=("minmax",), min_agreement=50.0,  # random weights: near-tied pixels
     )  # fmt: skip
     report = export_model(tiny_model, opts, log=lines.append)
     assert any(
