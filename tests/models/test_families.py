@@ -369,3 +369,17 @@ def test_smp_exports_verified_onnx(smp_folder: Path, tmp_path: Path) -> None:
     opts = ExportOptions(shape="64x128", verify_frames=2, out_dir=tmp_path / "export")
     art = export_model(load_model(smp_folder), opts).artifacts[-1]
     assert art.onnx_path.is_file() and art.verification.passed
+
+
+def test_a_family_missing_a_required_method_is_refused_at_registration() -> None:
+    from stvm_sdk.models.families import Family, register_family
+
+    class Half(Family):
+        name = "half_family"
+
+        @classmethod
+        def build(cls, arch: str, num_classes: int, config: dict) -> torch.nn.Module:
+            return torch.nn.Identity()
+
+    with pytest.raises(TypeError, match="does not define classifier, save_native"):
+        register_family(Half)

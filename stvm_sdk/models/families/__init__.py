@@ -29,6 +29,9 @@ def register_family(cls: F) -> F:
     """Register a :class:`Family` subclass under ``cls.name`` (use as a class decorator)."""
     if not (isinstance(cls, type) and issubclass(cls, Family)) or not cls.name.isidentifier():
         raise TypeError(f"register_family takes a Family subclass with an identifier name, got {cls!r}")
+    missing = [m for m in Family.REQUIRED if getattr(cls, m).__func__ is getattr(Family, m).__func__]
+    if missing:
+        raise TypeError(f"family {cls.name!r} does not define {', '.join(missing)} (Family.REQUIRED)")
     if cls.name in _registered and _registered[cls.name] is not cls:
         raise ValueError(f"a family named {cls.name!r} is already registered")
     _registered[cls.name] = cls

@@ -55,7 +55,10 @@ class ExportNeeds:
 
 
 class Family:
-    """One library's adapter. Subclasses set the class attributes and override what they read."""
+    """One library's adapter. Subclasses set the class attributes, override what they read, and must
+    override the methods named in ``REQUIRED`` (``register_family`` refuses a class that does not)."""
+
+    REQUIRED: ClassVar[tuple[str, ...]] = ("build", "classifier", "save_native")
 
     name: ClassVar[str] = ""
     library: ClassVar[str] = ""  # the import name of the library
@@ -107,12 +110,12 @@ class Family:
     @classmethod
     def build(cls, arch: str, num_classes: int, config: dict[str, Any]) -> nn.Module:
         """A random-init module of ``arch`` with ``num_classes`` outputs (nothing is downloaded)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{cls.__name__} must define build (Family.REQUIRED)")
 
     @classmethod
     def classifier(cls, module: nn.Module, arch: str) -> str:
         """The module path of the classifier head: its input is F(x), STvM's metric network copies it."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{cls.__name__} must define classifier (Family.REQUIRED)")
 
     @classmethod
     def export_needs(cls, arch: str) -> ExportNeeds | None:
@@ -125,7 +128,7 @@ class Family:
     def save_native(cls, module: nn.Module, arch: str, num_classes: int, config: dict[str, Any],
                     class_names: list[str], folder: Path) -> Path:  # fmt: skip
         """Write ``module`` so the family's library loads it back; return the folder."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{cls.__name__} must define save_native (Family.REQUIRED)")
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
