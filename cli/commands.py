@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "stvm_sdk.cli.export_cmd",
     "stvm_sdk.cli.bench_cmd",
     "stvm_sdk.cli.predict_cmd",
+    "stvm_sdk.cli.stream_cmd",
     "stvm_sdk.cli.synth_cmd",
     "stvm_sdk.cli.config_cmd",
 ]

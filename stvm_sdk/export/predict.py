@@ -12,7 +12,7 @@ instead.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,8 @@ from PIL import Image
 
 from stvm_sdk.boundary.frames import FrameRejected
 from stvm_sdk.boundary.outputs import claim_dir, write_bytes_atomic
-from stvm_sdk.errors import BackendUnavailableError, DataError
+from stvm_sdk.data.video import VIDEO_EXTENSIONS, video_frames
+from stvm_sdk.errors import DataError
 from stvm_sdk.export.palette import (
     ID_FORMATS,
     class_id_image,
@@ -34,11 +35,7 @@ from stvm_sdk.export.palette import (
 )
 from stvm_sdk.runners.base import Runner
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
-CV2_HINT = (
-    "reading video needs OpenCV: pip install opencv-python-headless, or extract frames "
-    "(ffmpeg -i in.mp4 frames/%06d.png) and pass the folder with --input"
-)
+__all__ = ["VIDEO_EXTENSIONS", "PredictSummary", "predict_folder", "predict_video"]
 
 
 @dataclass
@@ -166,30 +163,6 @@ def predict_folder(
     return PredictSummary(written, out_dir, skipped=len(folder.skipped), skip_report=folder.skip_report())
 
 
-def _video_frames(path: Path) -> tuple[Any, Iterator[np.ndarray], float, int]:
-    try:
-        import cv2
-    except ImportError:
-        raise BackendUnavailableError(CV2_HINT) from None
-    cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        raise DataError(f"cannot open video {path}: check the file, or extract frames with ffmpeg")
-    fps = float(cap.get(cv2.CAP_PROP_FPS) or 25.0)
-    count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-
-    def frames() -> Iterator[np.ndarray]:
-        try:
-            while True:
-                ok, bgr = cap.read()
-                if not ok:
-                    return
-                yield bgr[:, :, ::-1].copy()
-        finally:
-            cap.release()
-
-    return cv2, frames(), fps, count
-
-
 def predict_video(
     runner: Runner,
     video: Path,
@@ -205,7 +178,7 @@ def predict_video(
     if not video.is_file():
         raise DataError(f"video not found: {video}")
     _check_ids(runner, ids)
-    cv2, frames, fps, count = _video_frames(video)
+    cv2, frames, fps, count = video_frames(video)
     claim_dir(out_dir, "predict", inputs=(runner.path, video))
     write_legend(runner, out_dir)
     target = out_dir / f"{video.stem}_overlay.mp4"

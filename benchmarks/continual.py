@@ -1,0 +1,384 @@
+"""Continual adaptation benchmark: one stream, target -> fog -> night -> target, repeated for rounds.
+
+    python benchmarks/continual.py            # 2 archs x 5 methods x 3 seeds, 10 rounds
+    python benchmarks/continual.py --quick    # lraspp, seed 0, 2 rounds
+
+The continual protocol of the test-time-adaptation literature (CoTTA) on the synthetic domains: every
+frame is seen once, in order; each is predicted by the current deliverable *before* the method adapts
+on it, and those online predictions are scored against the frame's label (mIoU per segment and round).
+Forgetting: the deliverable's mIoU on held-out `target` and `source` frames after the whole sequence
+against the source model's before it. Methods run through :class:`stvm_sdk.stream.OnlineAdapter` with
+the same settings as `stvm stream`. Each (arch, method, seed) cell is cached under --cache as JSON and
+skipped on re-run. Writes benchmarks/results/continual{,_quick}.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from accuracy import Plan as AccuracyPlan  # noqa: E402  (the source models are the accuracy benchmark's)
+from accuracy import source_model  # noqa: E402
+
+from stvm_sdk import load_model  # noqa: E402
+from stvm_sdk.data.frames import scan_frames  # noqa: E402
+from stvm_sdk.eval.evaluate import evaluate_frames  # noqa: E402
+from stvm_sdk.eval.metrics import confusion_matrix, mean_iou  # noqa: E402
+from stvm_sdk.stream import ONLINE_METHODS, OnlineAdapter, StreamConfig, online_config  # noqa: E402
+from stvm_sdk.synthetic.cache import DomainSpec, ensure_domain  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ARCH_COST = {"lraspp_mobilenet_v3_large": 1.0, "deeplabv3_mobilenet_v3_large": 1.8}
+METHOD_COST = {"source_only": 0.05, "adabn": 0.15, "tent": 0.4, "mean_teacher": 1.0, "stvm": 1.1}
+SHORT = {"lraspp_mobilenet_v3_large": "lraspp", "deeplabv3_mobilenet_v3_large": "deeplabv3"}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the benchmark runs; every number is stated in the report."""
+
+    archs: tuple[str, ...] = ("lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large")
+    methods: tuple[str, ...] = ONLINE_METHODS
+    seeds: tuple[int, ...] = (0, 1, 2)
+    sequence: tuple[str, ...] = ("target", "fog", "night", "target")
+    rounds: int = 10
+    frames: int = 10  # per segment; every frame is new
+    every: int = 2  # adapt on every 2nd frame (all are predicted)
+    size: tuple[int, int] = (128, 256)
+    data_seed: int = 10  # the stream's frames (the accuracy benchmark's data use seed 0)
+    n_forget: int = 60  # held-out frames of `target` and `source` for forgetting
+    quick: bool = False
+
+    @classmethod
+    def quick_plan(cls) -> Plan:
+        return cls(archs=("lraspp_mobilenet_v3_large",), seeds=(0,), rounds=2, frames=8, quick=True)
+
+    def source_plan(self) -> AccuracyPlan:
+        """The accuracy benchmark's plan: its source models (and cache entries) are reused."""
+        return AccuracyPlan.quick() if self.quick else AccuracyPlan()
+
+    def counts(self) -> dict[str, int]:
+        """Frames of each domain the stream needs."""
+        out: dict[str, int] = {}
+        for d in self.sequence:
+            out[d] = out.get(d, 0) + self.rounds * self.frames
+        return out
+
+    def stream_cfg(self) -> StreamConfig:
+        return StreamConfig(every=self.every)
+
+    def method_cfg(self, method: str, seed: int) -> Any:
+        h, _ = self.size
+        return online_config(method).with_overrides({"run.seed": seed, "mix.patch": max(8, h // 8)})
+
+
+def stream_order(plan: Plan) -> list[tuple[int, int, str, int]]:
+    """``(round, segment, domain, index in that domain's frames)`` for every frame, in stream order."""
+    used: dict[str, int] = {}
+    order = []
+    for r in range(plan.rounds):
+        for s, d in enumerate(plan.sequence):
+            for _ in range(plan.frames):
+                order.append((r, s, d, used.get(d, 0)))
+                used[d] = used.get(d, 0) + 1
+    return order
+
+
+def _data(plan: Plan, cache: Path) -> dict[str, Path]:
+    return {
+        d: ensure_domain(DomainSpec(d, "train", n, plan.size, plan.data_seed), cache)
+        for d, n in plan.counts().items()
+    }
+
+
+def _eval_roots(plan: Plan, cache: Path) -> dict[str, Path]:
+    acc = plan.source_plan()
+    return {d: ensure_domain(acc.spec(d, "test"), cache) for d in ("target", "source")}
+
+
+def _settings(plan: Plan, arch: str, method: str, seed: int) -> dict[str, Any]:
+    data = {k: v for k, v in asdict(plan).items() if k not in ("archs", "methods", "seeds")}
+    return json.loads(
+        json.dumps(
+            {
+                "plan": data,
+                "stream": plan.stream_cfg().to_dict(),
+                "method": plan.method_cfg(method, seed).to_dict(),
+                "source_train": asdict(plan.source_plan().train_cfg(arch)),
+            }
+        )
+    )
+
+
+def _cell_path(cache: Path, plan: Plan, arch: str, method: str, seed: int) -> Path:
+    tag = "quick" if plan.quick else "full"
+    return cache / "continual" / tag / arch / method / f"seed{seed}.json"
+
+
+def _forget_eval(model: Any, roots: dict[str, Path], n: int) -> dict[str, float]:
+    out = {}
+    for d, root in roots.items():
+        res = evaluate_frames(model, scan_frames(root, root, require_labels=True), limit=n)
+        out[d] = round(res.miou, 3)
+    return out
+
+
+def run_cell(plan: Plan, cache: Path, arch: str, method: str, seed: int) -> dict[str, Any]:
+    """One (arch, method, seed): the whole stream, scored online, plus forgetting and costs."""
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    path = _cell_path(cache, plan, arch, method, seed)
+    settings = _settings(plan, arch, method, seed)
+    if path.is_file():
+        try:
+            cached = json.loads(path.read_text())
+            if cached.get("settings") == settings:
+                return dict(cached)
+        except ValueError:
+            pass
+    t0 = time.perf_counter()
+    source = load_model(source_model(plan.source_plan(), arch, cache))
+    roots, eval_roots = _data(plan, cache), _eval_roots(plan, cache)
+    folders = {d: scan_frames(r, r, require_labels=True) for d, r in roots.items()}
+    k = source.num_classes
+    adapter = OnlineAdapter(
+        source, method, config=plan.method_cfg(method, seed), stream=plan.stream_cfg(), seed=seed
+    )
+    conf = torch.zeros(plan.rounds, len(plan.sequence), k, k, dtype=torch.int64)
+    predict_s, adapt_s, windows = [], [], []
+    for r, s, d, i in stream_order(plan):
+        loaded = folders[d].load(folders[d].frames[i], None, with_label=True)
+        assert loaded is not None and loaded[1] is not None
+        img, label = loaded
+        res = adapter.step(img)
+        conf[r, s] += confusion_matrix(res.labels.cpu(), label, k)
+        predict_s.append(res.predict_s)
+        if res.adapted:
+            adapt_s.append(res.adapt_s)
+        if res.window is not None:
+            windows.append({**res.window, "round": r, "segment": s})
+    stream_s = time.perf_counter() - t0
+    before = _forget_eval(source, eval_roots, plan.n_forget)
+    after = _forget_eval(adapter.deliverable(), eval_roots, plan.n_forget)
+    seg = [[round(mean_iou(conf[r, s]), 3) for s in range(len(plan.sequence))] for r in range(plan.rounds)]
+    n_frames = len(predict_s)
+    cell = {
+        "arch": arch, "method": method, "seed": seed, "settings": settings,
+        "segment_miou": seg,  # [round][segment]
+        "sequence_mean": round(statistics.fmean(v for row in seg for v in row), 3),
+        "domain_mean": {
+            d: round(statistics.fmean(row[s] for row in seg for s in _segments(plan, d)), 3)
+            for d in dict.fromkeys(plan.sequence)
+        },
+        "round_mean": [round(statistics.fmean(row), 3) for row in seg],
+        "before": before, "after": after,
+        "forgetting": {d: round(after[d] - before[d], 3) for d in before},
+        "restores": adapter.restores,
+        "unhealthy_windows": sum(not w["healthy"] for w in windows),
+        "windows": windows,
+        "cost": {
+            "frames": n_frames, "adapted_frames": len(adapt_s),
+            "predict_ms_p50": _pct(predict_s, 50), "predict_ms_p99": _pct(predict_s, 99),
+            "adapt_ms_p50": _pct(adapt_s, 50), "adapt_ms_p99": _pct(adapt_s, 99),
+            "adapt_ms_per_frame": round(1000 * sum(adapt_s) / max(n_frames, 1), 2),
+            "fps": round(n_frames / max(sum(predict_s) + sum(adapt_s), 1e-9), 2),
+            "threads": torch.get_num_threads(),
+        },
+        "memory_bytes": adapter.memory_bytes(),
+        "seconds": round(time.perf_counter() - t0, 1), "stream_seconds": round(stream_s, 1),
+    }  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(cell, indent=1))
+    tmp.replace(path)
+    return cell
+
+
+def _segments(plan: Plan, domain: str) -> list[int]:
+    return [s for s, d in enumerate(plan.sequence) if d == domain]
+
+
+def _pct(values: list[float], q: int) -> float | None:
+    if not values:
+        return None
+    t = torch.tensor(values, dtype=torch.float64)
+    return round(1000 * float(torch.quantile(t, q / 100)), 2)
+
+
+def _prepare(plan: Plan, cache: Path) -> None:
+    """Data and source models first, in this process (cells then only read the cache)."""
+    _data(plan, cache)
+    _eval_roots(plan, cache)
+    for arch in plan.archs:
+        source_model(plan.source_plan(), arch, cache)
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def report(plan: Plan, cells: list[dict[str, Any]], wall_s: float, jobs: int) -> tuple[str, dict[str, Any]]:
+    """The Markdown report and the JSON summary."""
+    tag = "_quick" if plan.quick else ""
+    lines = [
+        f"# Continual adaptation on a stream{' (quick)' if plan.quick else ''}",
+        "",
+        f"Generated by `python benchmarks/continual.py{' --quick' if plan.quick else ''}` on "
+        f"{platform.machine()} / {platform.processor() or 'cpu'}, CPU only, {jobs} job(s) of "
+        f"{os.environ.get('OMP_NUM_THREADS', '?')} thread(s); wall {wall_s / 60:.1f} min.",
+        "",
+        f"Stream: {' -> '.join(plan.sequence)}, {plan.rounds} rounds of {plan.frames} frames per segment "
+        f"({plan.rounds * plan.frames * len(plan.sequence)} frames, each seen once), "
+        f"{plan.size[0]}x{plan.size[1]}, "
+        f"synthetic frames of seed {plan.data_seed}. Each frame is predicted by the current deliverable "
+        f"before the method adapts on it; adaptation on 1 frame in {plan.every}, batch "
+        f"{plan.stream_cfg().batch_size} from a ring buffer of {plan.stream_cfg().buffer}. Online mIoU "
+        "(%) of those predictions per segment; the sequence mean averages every segment of every round. "
+        f"Forgetting: the deliverable after the sequence minus the source model, on {plan.n_forget} "
+        "held-out frames of `target` and `source`. Seeds: " + ", ".join(map(str, plan.seeds)) + ".",
+        "",
+    ]
+    summary: dict[str, Any] = {"plan": asdict(plan), "wall_s": round(wall_s, 1), "blocks": {}}
+    for arch in plan.archs:
+        rows = [c for c in cells if c["arch"] == arch]
+        if not rows:
+            continue
+        lines += [
+            f"## {SHORT.get(arch, arch)}",
+            "",
+            "| method | sequence mean | "
+            + " | ".join(dict.fromkeys(plan.sequence))
+            + " | round 1 | last round | forgetting target | forgetting source | restores | "
+            "predict ms p50/p99 | adapt ms p50/p99 | adapt ms/frame | frames/s | seeds |",
+            "|---" * (12 + len(dict.fromkeys(plan.sequence))) + "|",
+        ]
+        block: dict[str, Any] = {}
+        for method in plan.methods:
+            mc = [c for c in rows if c["method"] == method]
+            if not mc:
+                continue
+            seq = [c["sequence_mean"] for c in mc]
+            dom = {d: [c["domain_mean"][d] for c in mc] for d in dict.fromkeys(plan.sequence)}
+            r1 = [c["round_mean"][0] for c in mc]
+            rl = [c["round_mean"][-1] for c in mc]
+            ft = [c["forgetting"]["target"] for c in mc]
+            fs = [c["forgetting"]["source"] for c in mc]
+            restores = sum(len(c["restores"]) for c in mc)
+            cost = mc[0]["cost"]
+
+            def ms(a: str, b: str, cost: dict[str, Any] = cost) -> str:
+                return "-" if cost[a] is None else f"{cost[a]:.0f} / {cost[b]:.0f}"
+
+            lines.append(
+                f"| {method} | {_mean_std(seq)} | "
+                + " | ".join(_mean_std(v) for v in dom.values())
+                + f" | {_mean_std(r1)} | {_mean_std(rl)} | {_mean_std(ft)} | {_mean_std(fs)} | {restores} | "
+                f"{ms('predict_ms_p50', 'predict_ms_p99')} | {ms('adapt_ms_p50', 'adapt_ms_p99')} | "
+                f"{cost['adapt_ms_per_frame']:.0f} | {cost['fps']:.1f} | {len(mc)} |"
+            )
+            block[method] = {
+                "sequence_mean": statistics.fmean(seq), "sequence_mean_per_seed": seq,
+                "domain_mean": {d: statistics.fmean(v) for d, v in dom.items()},
+                "round_mean": [statistics.fmean(c["round_mean"][r] for c in mc) for r in range(plan.rounds)],
+                "forgetting": {"target": statistics.fmean(ft), "source": statistics.fmean(fs)},
+                "restores": restores, "unhealthy_windows": sum(c["unhealthy_windows"] for c in mc),
+                "cost_seed0": cost, "memory_bytes": mc[0]["memory_bytes"], "seeds": [c["seed"] for c in mc],
+            }  # fmt: skip
+        lines += ["", f"Sequence mean per round (mean over seeds), {SHORT.get(arch, arch)}:", ""]
+        lines += ["| method | " + " | ".join(f"r{r + 1}" for r in range(plan.rounds)) + " |"]
+        lines += ["|---" * (plan.rounds + 1) + "|"]
+        for method, b in block.items():
+            lines.append(f"| {method} | " + " | ".join(f"{v:.1f}" for v in b["round_mean"]) + " |")
+        lines.append("")
+        summary["blocks"][arch] = block
+    lines += _verdict(plan, summary)
+    summary["cells"] = [{k: v for k, v in c.items() if k not in ("settings", "windows")} for c in cells]
+    (RESULTS / f"continual{tag}.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"continual{tag}.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return "\n".join(lines), summary
+
+
+def _verdict(plan: Plan, summary: dict[str, Any]) -> list[str]:
+    out = ["## Targets", ""]
+    for arch, block in summary["blocks"].items():
+        if "stvm" not in block:
+            continue
+        s = block["stvm"]["sequence_mean"]
+        beats = {m: s - block[m]["sequence_mean"] for m in ("source_only", "adabn", "tent") if m in block}
+        ok = all(v > 0 for v in beats.values())
+        diffs = ", ".join(f"{m} {v:+.2f}" for m, v in beats.items())
+        out.append(
+            f"- {SHORT.get(arch, arch)}: online STvM {s:.2f} on the sequence mean, "
+            f"{'above' if ok else 'NOT above'} every baseline listed ({diffs})."
+        )
+        collapses = {m: b["restores"] for m, b in block.items() if b["restores"]}
+        out.append(
+            f"- {SHORT.get(arch, arch)}: restores by the health rule over {plan.rounds} rounds: "
+            + (", ".join(f"{m} {n}" for m, n in collapses.items()) if collapses else "none")
+            + f"; STvM's last round {block['stvm']['round_mean'][-1]:.2f} vs first "
+            f"{block['stvm']['round_mean'][0]:.2f}."
+        )
+    return out + [""]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--cache", type=Path, default=Path(".stvm_cache"))  # shared with accuracy.py
+    ap.add_argument("--jobs", type=int, default=1, help="cells run in parallel (one thread each)")
+    ap.add_argument("--seeds", type=str, default=None, help="comma-separated seeds (default: the plan's)")
+    ap.add_argument("--archs", type=str, default=None, help="comma-separated archs (default: the plan's)")
+    args = ap.parse_args(argv)
+    plan = Plan.quick_plan() if args.quick else Plan()
+    if args.seeds:
+        plan = replace(plan, seeds=tuple(int(s) for s in args.seeds.split(",")))
+    if args.archs:
+        plan = replace(plan, archs=tuple(args.archs.split(",")))
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    t0 = time.perf_counter()
+    _prepare(plan, args.cache)
+    todo = [(a, m, s) for s in plan.seeds for a in plan.archs for m in plan.methods]
+    todo.sort(key=lambda t: (t[2], -ARCH_COST.get(t[0], 1.0) * METHOD_COST.get(t[1], 1.0)))
+    cells: list[dict[str, Any]] = []
+    if args.jobs > 1:
+        ctx = mp.get_context("spawn")
+        with ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
+            futures = [pool.submit(run_cell, plan, args.cache, *t) for t in todo]
+            for f in futures:
+                cells.append(f.result())
+                print(_line(cells[-1]), flush=True)
+    else:
+        for t in todo:
+            cells.append(run_cell(plan, args.cache, *t))
+            print(_line(cells[-1]), flush=True)
+    text, _ = report(plan, cells, time.perf_counter() - t0, args.jobs)
+    print(text)
+    return 0
+
+
+def _line(c: dict[str, Any]) -> str:
+    return (
+        f"{SHORT.get(c['arch'], c['arch'])} {c['method']} seed {c['seed']}: "
+        f"sequence {c['sequence_mean']:.2f}, "
+        f"forgetting {c['forgetting']}, restores {len(c['restores'])}, {c['seconds']:.0f} s"
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,441 @@
+"""Continual adaptation on a stream of frames: predict each frame first, then learn from it.
+
+:class:`OnlineAdapter` wraps any registered :class:`~stvm_sdk.methods.base.Method` for a stream whose
+frames arrive once, in order, from a drifting domain::
+
+    adapter = OnlineAdapter(source, "stvm")
+    for frame in camera:                      # [3,H,W] in [0,1]
+        labels = adapter.step(frame)          # the current deliverable's prediction, then adaptation
+
+Per frame:
+
+1. **predict** with the current deliverable network (the teacher for teacher methods, decision 10);
+2. on every ``every``-th frame, **adapt**: the frame enters a ring buffer of ``buffer`` recent frames
+   (the only frames kept; MOCM's partners and the batch come from it), the BatchNorm statistics follow
+   the stream (``bn_momentum``), one training step of the method runs on the newest frame plus
+   ``batch_size - 1`` frames drawn from the buffer, and a share ``restore_prob`` of the trained
+   weights returns to the source model's values (CoTTA's stochastic restore: an anchor that keeps
+   the network from wandering far over hours of drift);
+3. **health**: the deliverable's and the frozen source model's class histograms on the adapted frame,
+   confidence, STvM's reliability and teacher-student agreement go into the current window; every
+   ``window`` frames :class:`~stvm_sdk.stream.health.HealthRule` judges it, and a collapse restores the
+   last healthy weights (or the source model's).
+
+Memory is bounded: the buffer (``buffer x 3 x H x W`` floats), the method's networks, the frozen source
+model, the source weights of the trained parameters and one healthy snapshot of the method
+(:meth:`OnlineAdapter.memory_bytes`). Pure torch: no files, no printing; :mod:`stvm_sdk.stream.run`
+does the I/O.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as nnf
+from torch import Tensor, nn
+
+from stvm_sdk.config import AdaptConfig
+from stvm_sdk.distributed import BATCH_STREAM, step_generator
+from stvm_sdk.errors import ConfigError, DataError
+from stvm_sdk.methods import get_method
+from stvm_sdk.methods.base import Method
+from stvm_sdk.methods.parts.norm import BN_TYPES, batchnorms
+from stvm_sdk.models.contract import forward_logits, normalize
+from stvm_sdk.models.segmodel import SegModel
+from stvm_sdk.stream.health import HealthMonitor, HealthRule
+
+ONLINE_METHODS = ("source_only", "adabn", "tent", "mean_teacher", "stvm")  # benchmarked on streams
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """How the stream adapts; the method's own decisions stay in :class:`~stvm_sdk.config.AdaptConfig`."""
+
+    every: int = 1  # adapt on every N-th frame (prediction runs on every frame)
+    batch_size: int = 4  # frames per adaptation step: the newest one and recent ones from the buffer
+    buffer: int = 16  # ring buffer of recent adapted frames (memory: buffer x 3 x H x W float32)
+    bn_momentum: float = 0.1  # BatchNorm statistics follow the stream at this momentum (0: fixed)
+    restore_prob: float = 0.01  # share of trained weights set back to the source's per step (0: off)
+    window: int = 20  # frames per health window (one metrics.jsonl line each)
+    health: HealthRule = field(default_factory=HealthRule)
+
+    def __post_init__(self) -> None:
+        checks = (
+            (self.every >= 1, f"every must be >= 1, got {self.every}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.buffer >= self.batch_size, f"buffer ({self.buffer}) must hold a batch ({self.batch_size})"),
+            (0 <= self.bn_momentum <= 1, f"bn_momentum must be in [0,1], got {self.bn_momentum}"),
+            (0 <= self.restore_prob < 1, f"restore_prob must be in [0,1), got {self.restore_prob}"),
+            (self.window >= 1, f"window must be >= 1, got {self.window}"),
+        )
+        for ok, line in checks:
+            if not ok:
+                raise ConfigError(f"stream: {line}")
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StreamConfig:
+        return cls(**{**data, "health": HealthRule(**data.get("health", {}))})
+
+
+def online_config(method: str = "stvm", config: AdaptConfig | None = None) -> AdaptConfig:
+    """The method's config for a stream: a constant learning rate (no end to decay towards) and a
+    short metric warm-up (40 steps, as in the accuracy benchmark), unless ``config`` sets them."""
+    base = AdaptConfig(method=method).with_overrides({"optim.poly_power": 0.0, "metric.warmup": 40})
+    if config is None:
+        return base
+    return config if config.method == method else config.with_overrides({"method": method})
+
+
+@contextlib.contextmanager
+def _modes(net: nn.Module, bn_train: bool = False) -> Iterator[None]:
+    """Run ``net`` in eval mode (BatchNorm in train mode when ``bn_train``); modes restored after."""
+    saved = [(m, m.training) for m in net.modules()]
+    net.eval()
+    if bn_train:
+        for m in net.modules():
+            if isinstance(m, BN_TYPES):
+                m.train()
+    try:
+        yield
+    finally:
+        for m, training in saved:
+            m.training = training
+
+
+class RingBuffer:
+    """The last ``capacity`` frames ``[3,H,W]``, preallocated (memory fixed once the size is known)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.data: Tensor | None = None
+        self.count = 0  # frames ever pushed; the newest sits at (count - 1) % capacity
+
+    def push(self, frame: Tensor) -> None:
+        if self.data is None:
+            self.data = frame.new_zeros((self.capacity, *frame.shape))
+        self.data[self.count % self.capacity].copy_(frame)
+        self.count += 1
+
+    def __len__(self) -> int:
+        return min(self.count, self.capacity)
+
+    def batch(self, size: int, g: torch.Generator) -> Tensor:
+        """The newest frame first, then ``size - 1`` distinct others drawn from the buffer (fewer early)."""
+        assert self.data is not None
+        newest = (self.count - 1) % self.capacity
+        others = [i for i in range(len(self)) if i != newest]
+        pick = [others[int(j)] for j in torch.randperm(len(others), generator=g)[: size - 1]]
+        return self.data[[newest, *pick]]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"data": self.data, "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.data, self.count = state["data"], int(state["count"])
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.data is None else self.data.numel() * self.data.element_size()
+
+
+@dataclass
+class FrameResult:
+    """What one :meth:`OnlineAdapter.step` did."""
+
+    labels: Tensor  # [H,W] int64: the deliverable's prediction, made before adapting on the frame
+    confidence: float  # its mean max-softmax
+    predict_s: float  # seconds to predict
+    adapt_s: float  # seconds spent adapting on this frame (0 when it was not adapted on)
+    adapted: bool
+    window: dict[str, Any] | None = None  # the health record when this frame closed a window
+
+
+class OnlineAdapter:
+    """A method adapting on a stream, one frame at a time (see the module docstring).
+
+    Args:
+        source: the source model (copied; never mutated).
+        method: a registered method; ``source_only`` only predicts, ``adabn`` only follows BatchNorm
+            statistics, ``tent`` and the self-training methods also train.
+        config: the method's config (default :func:`online_config`).
+        stream: how the stream adapts (:class:`StreamConfig`).
+        device: where the networks run.
+        seed: seeds the buffer draws and the method's per-step randomness (step ``t`` draws from the
+            same generator whether or not the stream was resumed).
+    """
+
+    def __init__(
+        self,
+        source: SegModel,
+        method: str = "stvm",
+        *,
+        config: AdaptConfig | None = None,
+        stream: StreamConfig | None = None,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+    ) -> None:
+        self.cfg = online_config(method, config)
+        self.scfg = stream or StreamConfig()
+        self.seed = seed
+        self.device = torch.device(device)
+        self.method_cls = get_method(self.cfg.method)
+        self.source = source.clone()
+        self.source.module.to(self.device).eval()
+        for p in self.source.module.parameters():
+            p.requires_grad_(False)
+        work = source.clone()
+        work.module.to(self.device)
+        self.method: Method = self.method_cls.build(work, self.cfg, torch.Generator().manual_seed(seed))
+        self.method.to(self.device)
+        if self.method.optimizer is None:  # predicts with the student: eval mode (no dropout)
+            self.method.student.eval()
+        self.role = self.method.deliverable_role
+        self.batch_stats = self.method_cls.name == "tent"  # tent normalises by each input's statistics
+        self.follow_bn = (
+            self.scfg.bn_momentum > 0 and self.method_cls.name != "source_only" and not self.batch_stats
+        )
+        self.buffer = RingBuffer(self.scfg.buffer)
+        self.monitor = HealthMonitor(source.num_classes, self.scfg.health)
+        self.frames = 0  # frames seen (predicted)
+        self.steps = 0  # adaptation steps since the start or the last restore to the source
+        self.restores: list[dict[str, Any]] = []  # every restore: frame, to what, why
+        self.size: tuple[int, int] | None = None
+        self._initial = _cpu_copy(self.method.state_dict())  # the method at the start: "source"
+        self._healthy: dict[str, Any] | None = None  # the last snapshot judged healthy
+        self._healthy_frame = 0
+        trained = [n for n, p in self.method.student.named_parameters() if p.requires_grad]
+        self._anchor = {
+            n: p.detach().clone() for n, p in self.method.student.named_parameters() if n in trained
+        }
+
+    # --- the deliverable -------------------------------------------------------------------------------
+
+    @property
+    def network(self) -> nn.Module:
+        """The network that predicts (and is exported): the teacher or the student."""
+        return getattr(self.method, self.role)  # type: ignore[no-any-return]
+
+    def deliverable(self) -> SegModel:
+        """The current deliverable as an independent :class:`SegModel` (eval mode, on CPU)."""
+        model = self.source.clone()
+        model.module.load_state_dict(self.network.state_dict())
+        model.module.cpu().eval()
+        return model
+
+    @torch.no_grad()
+    def predict(self, frame: Tensor) -> tuple[Tensor, float]:
+        """The deliverable's labels ``[H,W]`` for ``frame [3,H,W]`` in [0,1], and its mean confidence."""
+        x = normalize(self._check(frame)[None], self.source.mean, self.source.std)
+        with _modes(self.network, bn_train=self.batch_stats):
+            logits = forward_logits(self.network, x).float()
+        conf, labels = logits.softmax(1).max(1)
+        return labels[0], float(conf.mean())
+
+    # --- one frame -------------------------------------------------------------------------------------
+
+    def step(self, frame: Tensor) -> FrameResult:
+        """Predict ``frame [3,H,W]`` in [0,1] with the current deliverable, then adapt on it."""
+        t0 = time.perf_counter()
+        labels, conf = self.predict(frame)
+        t1 = time.perf_counter()
+        adapted = self.frames % self.scfg.every == 0 and self.method_cls.name != "source_only"
+        self.frames += 1
+        logs: dict[str, float] = {}
+        source_pred = None
+        if adapted:
+            logs, source_pred = self.adapt(self._check(frame))
+        t2 = time.perf_counter()
+        self.monitor.observe(labels, source_pred, conf, logs)
+        window = None
+        if self.frames % self.scfg.window == 0:
+            window = self.close_window()
+        return FrameResult(labels, conf, t1 - t0, t2 - t1 if adapted else 0.0, adapted, window)
+
+    def adapt(self, frame: Tensor) -> tuple[dict[str, float], Tensor]:
+        """One adaptation on ``frame``: buffer, BatchNorm statistics, a training step, the anchor.
+        Returns the health logs and the frozen source model's labels for the frame."""
+        x = frame.to(self.device)
+        self.buffer.push(x)
+        with torch.no_grad():
+            src = forward_logits(self.source.module, normalize(x[None], self.source.mean, self.source.std))
+            source_pred = src.argmax(1)[0]
+        if self.follow_bn:
+            self._follow_bn(x[None])
+        out: dict[str, float] = {}
+        if self.method.optimizer is not None:
+            g = step_generator(self.seed, self.frames, stream=BATCH_STREAM)
+            batch = self.buffer.batch(self.scfg.batch_size, g)
+            logs = self.method.step(batch, self.steps, g, g)
+            out["loss"] = float(logs["loss"])
+            if "mean_weight" in logs and self.method.metric is not None:
+                out["reliability"] = float(logs["mean_weight"])
+            if self.scfg.restore_prob > 0:
+                self._stochastic_restore(g)
+            if self.method.teacher is not None:
+                out["agreement"] = self._agreement(x[None])
+        self.steps += 1
+        return out, source_pred
+
+    def close_window(self) -> dict[str, Any]:
+        """Judge the current window; restore the method when the health rule says so."""
+        record = self.monitor.close()
+        record["frame"] = self.frames
+        if record["restore"]:
+            record["restored_to"] = self.restore(record["reasons"] or ["unhealthy"])
+        elif record["healthy"]:
+            self._healthy = _cpu_copy(self.method.state_dict())
+            self._healthy_frame = self.frames
+        return record
+
+    def restore(self, reasons: list[str]) -> str:
+        """Put back the last healthy weights (or the source's, per the rule, or when there is no
+        healthy snapshot or it is the one that just failed); returns which."""
+        rule = self.scfg.health.restore
+        # A second collapse right after a restore to the last healthy snapshot: that snapshot was
+        # already on its way down, so go back to the source.
+        repeat = (
+            bool(self.restores)
+            and self.restores[-1]["to"] == "last_healthy"
+            and (self.frames - self.restores[-1]["frame"] <= 2 * self.scfg.health.patience * self.scfg.window)
+        )
+        to = "source" if rule == "source" or self._healthy is None or repeat else "last_healthy"
+        state = self._initial if to == "source" else self._healthy
+        assert state is not None
+        self.method.load_state_dict(state)
+        if self.method.optimizer is not None:  # momentum from the collapse must not carry on
+            self.method.optimizer = self.method.make_optimizer()
+        if to == "source":
+            self.steps = 0  # the teacher's EMA ramp and STvM's metric warm-up start over
+            self._healthy = None
+        self.restores.append({"frame": self.frames, "to": to, "reasons": reasons})
+        return to
+
+    # --- parts -----------------------------------------------------------------------------------------
+
+    def _check(self, frame: Tensor) -> Tensor:
+        if frame.dim() != 3 or frame.shape[0] != 3:
+            raise DataError(f"a stream frame must be [3,H,W] in [0,1], got shape {tuple(frame.shape)}")
+        size = (int(frame.shape[1]), int(frame.shape[2]))
+        if self.size is None:
+            self.size = size
+        elif size != self.size:  # the buffer batches frames: one size per stream
+            raise DataError(
+                f"frame of {size[1]}x{size[0]} in a stream of {self.size[1]}x{self.size[0]} frames: "
+                "resize frames to one size (stvm stream --size HxW)"
+            )
+        return frame.to(self.device, torch.float32)
+
+    @torch.no_grad()
+    def _follow_bn(self, x: Tensor) -> None:
+        """BatchNorm running statistics of the trained/predicting networks move towards this frame's."""
+        student = self.method.student  # the teacher (if any) takes the student's statistics
+        bns = batchnorms(student)
+        momenta = [bn.momentum for bn in bns]
+        for bn in bns:
+            bn.momentum = self.scfg.bn_momentum
+        try:
+            with _modes(student, bn_train=True):
+                forward_logits(student, normalize(x, self.source.mean, self.source.std))
+        finally:
+            for bn, m in zip(bns, momenta, strict=True):
+                bn.momentum = m
+        if self.method.teacher is not None:
+            for tb, sb in zip(batchnorms(self.method.teacher), bns, strict=True):
+                tb.running_mean.copy_(sb.running_mean)
+                tb.running_var.copy_(sb.running_var)
+
+    @torch.no_grad()
+    def _stochastic_restore(self, g: torch.Generator) -> None:
+        p = self.scfg.restore_prob
+        for name, param in self.method.student.named_parameters():
+            anchor = self._anchor.get(name)
+            if anchor is None:
+                continue
+            keep = torch.rand(param.shape, generator=g).to(param.device) >= p
+            param.copy_(torch.where(keep, param, anchor))
+
+    @torch.no_grad()
+    def _agreement(self, x: Tensor) -> float:
+        assert self.method.teacher is not None
+        xn = normalize(x, self.source.mean, self.source.std)
+        with _modes(self.method.student):
+            s = forward_logits(self.method.student, xn).argmax(1)
+        with _modes(self.method.teacher):
+            t = forward_logits(self.method.teacher, xn).argmax(1)
+        return float((s == t).float().mean())
+
+    # --- state -----------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a killed stream needs to continue exactly: weights, optimiser, buffer, health."""
+        opt = self.method.optimizer
+        return {
+            "frames": self.frames, "steps": self.steps, "size": self.size, "method": self.method.state_dict(),
+            "optimizer": opt.state_dict() if opt is not None else None, "buffer": self.buffer.state_dict(),
+            "monitor": self.monitor.state_dict(), "healthy": self._healthy,
+            "healthy_frame": self._healthy_frame,
+            "restores": copy.deepcopy(self.restores),
+        }  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.frames, self.steps = int(state["frames"]), int(state["steps"])
+        self.size = tuple(state["size"]) if state["size"] is not None else None  # type: ignore[assignment]
+        self.method.load_state_dict(state["method"])
+        if self.method.optimizer is not None and state["optimizer"] is not None:
+            self.method.optimizer.load_state_dict(state["optimizer"])
+        buf = state["buffer"]
+        self.buffer.load_state_dict(
+            {"data": None if buf["data"] is None else buf["data"].to(self.device), "count": buf["count"]}
+        )
+        self.monitor.load_state_dict(state["monitor"])
+        self._healthy, self._healthy_frame = state["healthy"], int(state["healthy_frame"])
+        self.restores = list(state["restores"])
+
+    def export(self, out_dir: str | Path, **options: Any) -> Any:
+        """Export the current deliverable through the verified ONNX path (``stvm export``'s):
+        ``options`` are :class:`~stvm_sdk.export.options.ExportOptions` fields (e.g. ``shape="128x256"``,
+        ``precisions=("fp16",)``). Returns the :class:`~stvm_sdk.export.report.ExportReport`."""
+        from stvm_sdk.export.pipeline import ExportOptions, export_model
+
+        return export_model(self.deliverable(), ExportOptions(out_dir=Path(out_dir), **options))
+
+    def memory_bytes(self) -> dict[str, int]:
+        """Bytes held beyond the networks being trained: buffer, source model and anchor, snapshots."""
+
+        def size(obj: Any) -> int:
+            if isinstance(obj, Tensor):
+                return obj.numel() * obj.element_size()
+            if isinstance(obj, dict):
+                return sum(size(v) for v in obj.values())
+            return 0
+
+        return {
+            "buffer": self.buffer.nbytes,
+            "source_model": sum(size(t) for t in self.source.module.state_dict().values()),
+            "anchor": size(self._anchor),
+            "snapshots": size(self._initial) + size(self._healthy or {}),
+            "method": size(self.method.state_dict()),
+        }
+
+
+def _cpu_copy(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+
+
+def resize_frame(frame: Tensor, size: tuple[int, int] | None) -> Tensor:
+    """Bilinear resize of a ``[3,H,W]`` frame to ``size`` (no-op for None or the same size)."""
+    if size is None or tuple(frame.shape[-2:]) == tuple(size):
+        return frame
+    return nnf.interpolate(frame[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]

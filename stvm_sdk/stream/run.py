@@ -1,0 +1,343 @@
+"""`stvm stream`: read frames in order from a folder or a video, adapt online, log, checkpoint, resume.
+
+The stream directory (a run directory, :class:`~stvm_sdk.rundir.RunDir`)::
+
+    out/config.json, inputs.json   the method's config; source model and input, with fingerprints
+    out/stream.json                the stream's settings (a resume must match them)
+    out/metrics.jsonl              one line per health window: signals, verdict, restores, costs
+    out/checkpoints/last.pt        adapter state (weights, optimiser, buffer, health) + input position
+    out/model.safetensors          the current deliverable, rewritten at every checkpoint: export it at
+                                   any time with `stvm export out/model.safetensors`
+    out/pred/<frame>.png           class-id predictions (trainIds) with --save-pred
+    out/summary.json               at the end: frames, restores, costs (p50/p99), memory, online mIoU
+
+A killed stream resumes with ``--resume`` from its last checkpoint: frames after it are predicted and
+adapted on again, exactly as the first time (the adapter's per-step randomness depends only on the
+seed and the frame count).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from stvm_sdk.api import as_segmodel, check_method_fits, resolve_device
+from stvm_sdk.boundary.fingerprint import frames_sha256, module_sha256, sha256
+from stvm_sdk.boundary.outputs import atomic_write, write_json_atomic
+from stvm_sdk.config import AdaptConfig
+from stvm_sdk.data.frames import FrameFolder, image_root, scan_frames
+from stvm_sdk.data.images import image_tensor
+from stvm_sdk.data.video import VIDEO_EXTENSIONS, is_video, video_frames
+from stvm_sdk.errors import ConfigError, DataError
+from stvm_sdk.eval.metrics import confusion_matrix, mean_iou
+from stvm_sdk.methods import get_method
+from stvm_sdk.models.io import SegModel, model_suffix, require_finite, save_model
+from stvm_sdk.rundir import KEEP_LAST, RunDir
+from stvm_sdk.stream.online import OnlineAdapter, StreamConfig, online_config, resize_frame
+
+log = logging.getLogger("stvm_sdk")
+
+
+@dataclass
+class StreamResult:
+    """What a stream run produced (``summary`` is summary.json)."""
+
+    adapter: OnlineAdapter
+    run_dir: Path
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def model(self) -> SegModel:
+        return self.adapter.deliverable()
+
+
+@dataclass
+class _Input:
+    """Frames in stream order: ``(index, name, image [3,H,W] or None if unreadable, label or None)``."""
+
+    path: Path
+    frames: Iterator[tuple[int, str, torch.Tensor | None, torch.Tensor | None]]
+    total: int | None
+    folder: FrameFolder | None = None
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+
+
+def _open_input(path: Path, labels: Path | None, start: int) -> _Input:
+    if path.is_file() and is_video(path):
+        if labels is not None:
+            raise ConfigError("--labels needs a folder of frames as --input, not a video")
+        _, raw, _, count = video_frames(path)
+
+        def decoded() -> Iterator[tuple[int, str, torch.Tensor | None, torch.Tensor | None]]:
+            for i, arr in enumerate(raw):
+                if i >= start:
+                    yield i, f"{path.stem}_{i:06d}", image_tensor(arr), None
+
+        fp = {"path": str(path), "sha256": sha256(path), "frames": count}
+        return _Input(path, decoded(), count or None, None, fp)
+    if path.is_file():
+        raise DataError(
+            f"--input {path} is a file but not a video ({', '.join(VIDEO_EXTENSIONS)}): "
+            "pass a folder of frames or a video"
+        )
+    folder = scan_frames(path, labels)
+
+    def loaded() -> Iterator[tuple[int, str, torch.Tensor | None, torch.Tensor | None]]:
+        for i, frame in enumerate(folder.frames):
+            if i < start:
+                continue
+            out = folder.load(frame, None, with_label=frame.label is not None)
+            name = frame.rel.with_suffix("").as_posix()
+            yield (i, name, None, None) if out is None else (i, name, out[0], out[1])
+
+    paths = [f.image for f in folder.frames] + [s.path for s in folder.skipped]
+    fp = {"path": str(path), "frames": len(paths), "sha256": frames_sha256(sorted(paths), image_root(path))}
+    return _Input(path, loaded(), len(folder.frames), folder, fp)
+
+
+def stream(
+    source_model: nn.Module | SegModel | str | os.PathLike[str],
+    input_path: str | os.PathLike[str],
+    *,
+    method: str = "stvm",
+    config: AdaptConfig | None = None,
+    stream_config: StreamConfig | None = None,
+    out_dir: str | os.PathLike[str] | None = None,
+    labels_dir: str | os.PathLike[str] | None = None,
+    size: tuple[int, int] | None = None,
+    save_pred: bool = False,
+    resume: bool = False,
+    checkpoint_every: int = 200,
+    max_frames: int | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    trust_pickle: bool = False,
+    num_classes: int | None = None,
+    classifier: str | None = None,
+    on_window: Callable[[dict[str, Any]], None] | None = None,
+) -> StreamResult:
+    """Adapt ``source_model`` online on the frames of ``input_path`` (a folder, in sorted order, or a video).
+
+    Every frame is predicted by the current deliverable before the method adapts on it
+    (:class:`~stvm_sdk.stream.online.OnlineAdapter`). ``on_window`` receives each health window's
+    record (the lines of metrics.jsonl). With ``labels_dir``, predictions are also scored (online mIoU).
+
+    Raises:
+        StvmError: a one-line problem the caller can fix; nothing outside the stream folder is written.
+    """
+    if checkpoint_every < 1:
+        raise ConfigError(f"--checkpoint-every must be >= 1 frame, got {checkpoint_every}")
+    cfg = online_config(method, config)
+    scfg = stream_config or StreamConfig()
+    t_start = time.perf_counter()
+    source = as_segmodel(
+        source_model, trust_pickle=trust_pickle, num_classes=num_classes, classifier=classifier
+    )
+    require_finite(source, "adapt it")
+    check_method_fits(source, get_method(cfg.method))
+    src_path = None if isinstance(source_model, (nn.Module, SegModel)) else Path(source_model)
+    inp = Path(input_path)
+    if not inp.exists():
+        raise DataError(f"--input not found: {inp}: pass a folder of frames or a video file")
+    labels = Path(labels_dir) if labels_dir is not None else None
+    if out_dir is None:
+        out_dir = Path("runs") / time.strftime(f"stream-{cfg.method}-%Y%m%d-%H%M%S")
+    probe = _open_input(inp, labels, 0)  # scans the folder (errors before the run folder is claimed)
+    src_fp = (
+        {"path": str(src_path), "sha256": sha256(src_path)}
+        if src_path is not None
+        else {"path": None, "sha256": module_sha256(source.module)}
+    )
+    inputs = {"source": src_fp, "target": probe.fingerprint}
+    run = RunDir.open(out_dir, cfg, resume, inputs=inputs, input_paths=(src_path, inp, labels))
+    settings = {"stream": scfg.to_dict(), "size": list(size) if size else None, "seed": seed}
+    stream_json = run.path / "stream.json"
+    if resume and stream_json.is_file():
+        before = json.loads(stream_json.read_text())
+        if before != json.loads(json.dumps(settings)):
+            raise ConfigError(
+                f"cannot resume {run.path}: the stream settings differ (was {before}); resume with the same "
+                "options"
+            )
+    write_json_atomic(settings, stream_json)
+    dev = resolve_device(device)
+    adapter = OnlineAdapter(source, cfg.method, config=cfg, stream=scfg, device=dev, seed=seed)
+    start, carried = 0, {}
+    ckpt = run.load_checkpoint() if resume else None
+    if ckpt is not None:
+        adapter.load_state_dict(ckpt["adapter"])
+        start, carried = int(ckpt["next_input"]), dict(ckpt.get("totals", {}))
+        run.truncate_log(adapter.frames)
+        log.info("resumed at input frame %d (%d frames adapted on so far)", start, adapter.frames)
+    if size is None and adapter.size is not None:
+        size = adapter.size
+    source_in = _open_input(inp, labels, start) if start else probe
+    tot = _Totals.from_dict(carried, source.num_classes)
+    win = _Totals(source.num_classes)
+    pred_dir = run.path / "pred"
+    last_i = start - 1
+    for i, name, image, label in source_in.frames:
+        if max_frames is not None and adapter.frames >= max_frames:
+            break
+        last_i = i
+        if image is None:
+            tot.skipped += 1
+            continue
+        if size is None:
+            size = (int(image.shape[1]), int(image.shape[2]))
+        frame = resize_frame(image, size)
+        res = adapter.step(frame)
+        labels_out = res.labels.cpu()
+        for t in (tot, win):
+            t.add(res.predict_s, res.adapt_s if res.adapted else None)
+        if label is not None:
+            scored = _to_label_size(labels_out, label.shape)
+            c = confusion_matrix(scored, label, source.num_classes)
+            tot.conf += c
+            win.conf += c
+        if save_pred:
+            _save_pred(pred_dir / f"{name}.png", labels_out)
+        if res.window is not None:
+            record = {"step": adapter.frames, "input_index": i, **res.window, **win.costs()}
+            if win.conf.sum() > 0:
+                record["miou_online"] = round(mean_iou(win.conf), 3)
+            record["seconds"] = round(time.perf_counter() - t_start, 1)
+            run.log(record)
+            if record["restore"]:
+                log.warning(
+                    "frame %d: health rule fired (%s): restored the %s weights",
+                    adapter.frames, "; ".join(record["reasons"]), record.get("restored_to"),
+                )  # fmt: skip
+            if on_window is not None:
+                on_window(record)
+            win = _Totals(source.num_classes)
+        if adapter.frames % checkpoint_every == 0:
+            _checkpoint(run, adapter, i + 1, tot)
+    if adapter.frames == 0:
+        raise DataError(f"no frame of {inp} could be read ({tot.skipped} unreadable): check the input")
+    _checkpoint(run, adapter, last_i + 1, tot)
+    summary = _summary(adapter, run, tot, time.perf_counter() - t_start, source_in)
+    run.write_summary(summary)
+    return StreamResult(adapter, run.path, summary)
+
+
+def _to_label_size(pred: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    if tuple(pred.shape) == tuple(shape):
+        return pred
+    return torch.nn.functional.interpolate(pred[None, None].float(), size=tuple(shape), mode="nearest")[
+        0, 0
+    ].long()
+
+
+def _save_pred(path: Path, labels: torch.Tensor) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.fromarray(labels.numpy().astype(np.uint8))
+    atomic_write(path, lambda fh: img.save(fh, format="PNG"))
+
+
+def _checkpoint(run: RunDir, adapter: OnlineAdapter, next_input: int, tot: _Totals) -> None:
+    """Adapter state and input position, then the current deliverable (exportable at any time)."""
+    run.save_checkpoint(
+        {
+            "step": adapter.frames,
+            "next_input": next_input,
+            "adapter": adapter.state_dict(),
+            "totals": tot.to_dict(),
+        }
+    )
+    model = adapter.deliverable()
+    save_model(model, run.model_path("model", model_suffix(model)), then=KEEP_LAST)
+
+
+LATENCIES_KEPT = 10_000  # p50/p99 are over the most recent frames: memory stays bounded on any stream
+
+
+@dataclass
+class _Totals:
+    """Costs and confusion over a window or the whole stream (latencies of the last 10,000 frames)."""
+
+    num_classes: int
+    frames: int = 0
+    adapted: int = 0
+    busy_s: float = 0.0  # predicting + adapting
+    adapt_total_s: float = 0.0
+    skipped: int = 0
+    predict_s: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCIES_KEPT))
+    adapt_s: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCIES_KEPT))
+    conf: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.conf = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64)
+
+    def add(self, predict_s: float, adapt_s: float | None) -> None:
+        self.frames += 1
+        self.busy_s += predict_s + (adapt_s or 0.0)
+        self.predict_s.append(predict_s)
+        if adapt_s is not None:
+            self.adapted += 1
+            self.adapt_total_s += adapt_s
+            self.adapt_s.append(adapt_s)
+
+    def costs(self) -> dict[str, Any]:
+        return {
+            "predict_ms_p50": _pct(self.predict_s, 50), "predict_ms_p99": _pct(self.predict_s, 99),
+            "adapt_ms_p50": _pct(self.adapt_s, 50), "adapt_ms_p99": _pct(self.adapt_s, 99),
+            "adapt_ms_per_frame": round(1000 * self.adapt_total_s / max(self.frames, 1), 2),
+            "fps": round(self.frames / self.busy_s, 2) if self.busy_s > 0 else None,
+        }  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        keys = ("frames", "adapted", "busy_s", "adapt_total_s", "skipped")
+        return {
+            **{k: getattr(self, k) for k in keys}, "conf": self.conf.clone(),
+            "predict_s": torch.tensor(list(self.predict_s), dtype=torch.float64),
+            "adapt_s": torch.tensor(list(self.adapt_s), dtype=torch.float64),
+        }  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], num_classes: int) -> _Totals:
+        t = cls(num_classes)
+        if data:
+            t.frames, t.adapted, t.skipped = int(data["frames"]), int(data["adapted"]), int(data["skipped"])
+            t.busy_s, t.adapt_total_s = float(data["busy_s"]), float(data["adapt_total_s"])
+            t.predict_s.extend(data["predict_s"].tolist())
+            t.adapt_s.extend(data["adapt_s"].tolist())
+            t.conf = data["conf"].clone()
+        return t
+
+
+def _pct(values: deque[float], q: int) -> float | None:
+    if not values:
+        return None
+    return round(1000 * float(np.percentile(np.asarray(values), q)), 2)
+
+
+def _summary(
+    adapter: OnlineAdapter, run: RunDir, tot: _Totals, seconds: float, inp: _Input
+) -> dict[str, Any]:
+    mem = adapter.memory_bytes()
+    out: dict[str, Any] = {
+        "method": adapter.cfg.method, "deliverable": adapter.role, "frames": adapter.frames,
+        "adapted_frames": tot.adapted, "frames_skipped": tot.skipped, "every": adapter.scfg.every,
+        "size": list(adapter.size) if adapter.size else None, **tot.costs(),
+        "restores": adapter.restores, "memory_mib": {k: round(v / 2**20, 2) for k, v in mem.items()},
+        "seconds": round(seconds, 1), "run_dir": str(run.path),
+        "model_path": str(run.model_path("model")), "metrics_path": str(run.metrics_path),
+    }  # fmt: skip
+    if tot.conf.sum() > 0:
+        out["miou_online"] = round(mean_iou(tot.conf), 3)
+    if inp.folder is not None and inp.folder.skipped:
+        out["images_skipped"] = inp.folder.skip_report()
+    return out

@@ -1,0 +1,153 @@
+"""`stvm stream` end to end: windows in metrics.jsonl, predictions, summary costs, a kill and --resume,
+export of the current model, and bad input as one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from stvm_sdk.cli.app import app
+from support import make_frames
+from typer.testing import CliRunner
+
+from stvm_sdk.stream.run import stream
+
+runner = CliRunner()
+
+
+def _run(*args: object) -> tuple[int, str, str]:
+    res = runner.invoke(app, [str(a) for a in args])
+    return res.exit_code, res.stdout, res.stderr
+
+
+@pytest.fixture
+def stream_frames(tmp_path: Path) -> tuple[Path, Path]:
+    return make_frames(tmp_path / "data", n=12, size=(32, 64), nested=False)
+
+
+FAST = ["--window", "4", "--batch-size", "2", "--buffer", "4", "--checkpoint-every", "4", "--seed", "0"]
+
+
+def test_stream_runs_end_to_end_and_reports_its_costs(
+    lraspp_checkpoint: Path, stream_frames: tuple[Path, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "s"
+    code, stdout, err = _run(
+        "stream", "--source", lraspp_checkpoint, "--input", stream_frames[0], "--labels", stream_frames[1],
+        "--out", out, "--method", "tent", "--save-pred", "--json", *FAST,
+    )  # fmt: skip
+    assert code == 0, err
+    summary = json.loads(stdout)
+    assert summary["frames"] == 12 and summary["adapted_frames"] == 12 and summary["method"] == "tent"
+    for key in (
+        "predict_ms_p50",
+        "predict_ms_p99",
+        "adapt_ms_p50",
+        "adapt_ms_p99",
+        "adapt_ms_per_frame",
+        "fps",
+    ):
+        assert isinstance(summary[key], float) and summary[key] > 0, key
+    assert 0 <= summary["miou_online"] <= 100 and summary["memory_mib"]["buffer"] > 0
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [4, 8, 12]
+    for r in lines:
+        assert {"healthy", "reasons", "restore", "confidence", "hist_js", "class_ratio", "fps"} <= set(r)
+    preds = sorted((out / "pred").glob("*.png"))
+    assert len(preds) == 12
+    assert Path(summary["model_path"]).is_file() and (out / "checkpoints" / "last.pt").is_file()
+    # The current model exports through `stvm export` while (or after) the stream runs.
+    code, _, err = _run("export", summary["model_path"], "--out", tmp_path / "exp", "--shape", "32x64",
+                        "--verify-frames", "2")  # fmt: skip
+    assert code == 0, err
+    assert (tmp_path / "exp" / "model.onnx").is_file()
+
+
+def test_a_killed_stream_resumes_where_its_checkpoint_left_off(
+    lraspp_checkpoint: Path, stream_frames: tuple[Path, Path], tmp_path: Path
+) -> None:
+    common = dict(method="mean_teacher", labels_dir=stream_frames[1], checkpoint_every=4, seed=0)
+    from stvm_sdk.stream import StreamConfig
+
+    scfg = StreamConfig(window=4, batch_size=2, buffer=4)
+    whole = stream(
+        lraspp_checkpoint, stream_frames[0], out_dir=tmp_path / "whole", stream_config=scfg, **common
+    )
+
+    def kill_at_frame_8(record: dict) -> None:
+        if record["step"] == 8:
+            raise KeyboardInterrupt  # after window 8's line, before its checkpoint: like a kill
+
+    with pytest.raises(KeyboardInterrupt):
+        stream(lraspp_checkpoint, stream_frames[0], out_dir=tmp_path / "cut", stream_config=scfg,
+               on_window=kill_at_frame_8, **common)  # fmt: skip
+    ckpt = torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["step"] == 4 and ckpt["next_input"] == 4
+    resumed = stream(lraspp_checkpoint, stream_frames[0], out_dir=tmp_path / "cut", stream_config=scfg,
+                     resume=True, **common)  # fmt: skip
+    assert resumed.summary["frames"] == 12
+    assert resumed.summary["miou_online"] == pytest.approx(whole.summary["miou_online"], abs=1e-9)
+    a, b = whole.adapter.method.state_dict(), resumed.adapter.method.state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    lines = [json.loads(x)["step"] for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert lines == [4, 8, 12]  # the line past the checkpoint was dropped and written again once
+
+
+def test_resume_refuses_other_stream_settings(
+    lraspp_checkpoint: Path, stream_frames: tuple[Path, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "s"
+    code, _, err = _run("stream", "-s", lraspp_checkpoint, "-i", stream_frames[0], "--out", out,
+                        "--method", "adabn", "--max-frames", "4", *FAST)  # fmt: skip
+    assert code == 0, err
+    code, _, err = _run("stream", "-s", lraspp_checkpoint, "-i", stream_frames[0], "--out", out,
+                        "--method", "adabn", "--resume", *FAST[:-4], "--every", "2")  # fmt: skip
+    assert code != 0 and "stream settings differ" in err and "Traceback" not in err
+    code, _, err = _run("stream", "-s", lraspp_checkpoint, "-i", stream_frames[0], "--out", out,
+                        "--method", "adabn", *FAST)  # fmt: skip
+    assert code != 0 and "--resume" in err
+
+
+@pytest.mark.parametrize(
+    "case, expect",
+    [
+        ("empty", "no usable frames"),
+        ("missing", "--input not found"),
+        ("text_file", "not a video"),
+        ("video", "OpenCV"),
+        ("method", "unknown --method"),
+    ],
+)
+def test_bad_stream_input_is_one_line(
+    lraspp_checkpoint: Path, tmp_path: Path, case: str, expect: str
+) -> None:
+    frames = make_frames(tmp_path / "d", n=2, nested=False)[0]
+    args = ["stream", "-s", lraspp_checkpoint, "--out", tmp_path / "out"]
+    if case == "empty":
+        (tmp_path / "empty").mkdir()
+        args += ["-i", tmp_path / "empty"]
+    elif case == "missing":
+        args += ["-i", tmp_path / "nope"]
+    elif case == "text_file":
+        (tmp_path / "notes.txt").write_text("x")
+        args += ["-i", tmp_path / "notes.txt"]
+    elif case == "video":
+        pytest.importorskip("numpy")
+        try:
+            import cv2  # noqa: F401
+
+            pytest.skip("OpenCV is installed: the missing-library line cannot show")
+        except ImportError:
+            pass
+        (tmp_path / "drive.mp4").write_bytes(b"\x00" * 64)
+        args += ["-i", tmp_path / "drive.mp4"]
+    else:
+        args += ["-i", frames, "--method", "nosuch"]
+    code, _, err = _run(*args)
+    assert code != 0
+    assert expect in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out" / "checkpoints").exists()
