@@ -6,10 +6,12 @@
 The continual protocol of the test-time-adaptation literature (CoTTA) on the synthetic domains: every
 frame is seen once, in order; each is predicted by the current deliverable *before* the method adapts
 on it, and those online predictions are scored against the frame's label (mIoU per segment and round).
-Forgetting: the deliverable's mIoU on held-out `target` and `source` frames after the whole sequence
-against the source model's before it. Methods run through :class:`stvm_sdk.stream.OnlineAdapter` with
-the same settings as `stvm stream`. Each (arch, method, seed) cell is cached under --cache as JSON and
-skipped on re-run. Writes benchmarks/results/continual{,_quick}.{md,json}.
+Forgetting: the method's mIoU on held-out `target` and `source` frames after the whole sequence against
+the same predictor before it (the source weights, in the method's BatchNorm mode). Methods run through
+:class:`stvm_sdk.stream.OnlineAdapter` with the same settings as `stvm stream`. Each (arch, method,
+seed) cell is cached under --cache as JSON and skipped on re-run. Tuning variants (`--set`,
+`--method-set`, `--data-seed 20`, `--tag`) write their own files.
+Writes benchmarks/results/continual{,_quick}.{md,json}.
 """
 
 from __future__ import annotations
@@ -60,11 +62,17 @@ class Plan:
     size: tuple[int, int] = (128, 256)
     data_seed: int = 10  # the stream's frames (the accuracy benchmark's data use seed 0)
     n_forget: int = 60  # held-out frames of `target` and `source` for forgetting
+    warmup: int = 40  # STvM's metric warm-up in adaptation steps (the accuracy benchmark's)
+    stream_over: tuple[tuple[str, Any], ...] = ()  # StreamConfig fields changed (tuning variants)
+    method_over: tuple[tuple[str, Any], ...] = ()  # AdaptConfig keys changed (tuning variants)
+    tag: str = ""  # results/continual{_tag}.md; tuning runs use their own
     quick: bool = False
 
     @classmethod
     def quick_plan(cls) -> Plan:
-        return cls(archs=("lraspp_mobilenet_v3_large",), seeds=(0,), rounds=2, frames=8, quick=True)
+        return cls(
+            archs=("lraspp_mobilenet_v3_large",), seeds=(0,), rounds=2, frames=8, warmup=10, quick=True
+        )
 
     def source_plan(self) -> AccuracyPlan:
         """The accuracy benchmark's plan: its source models (and cache entries) are reused."""
@@ -78,11 +86,13 @@ class Plan:
         return out
 
     def stream_cfg(self) -> StreamConfig:
-        return StreamConfig(every=self.every)
+        return replace(StreamConfig(every=self.every), **dict(self.stream_over))
 
     def method_cfg(self, method: str, seed: int) -> Any:
         h, _ = self.size
-        return online_config(method).with_overrides({"run.seed": seed, "mix.patch": max(8, h // 8)})
+        over = {"run.seed": seed, "mix.patch": max(8, h // 8), "metric.warmup": self.warmup}
+        over.update(dict(self.method_over))
+        return online_config(method).with_overrides(over)
 
 
 def stream_order(plan: Plan) -> list[tuple[int, int, str, int]]:
@@ -124,11 +134,27 @@ def _settings(plan: Plan, arch: str, method: str, seed: int) -> dict[str, Any]:
 
 
 def _cell_path(cache: Path, plan: Plan, arch: str, method: str, seed: int) -> Path:
-    tag = "quick" if plan.quick else "full"
+    tag = plan.tag or ("quick" if plan.quick else "full")
     return cache / "continual" / tag / arch / method / f"seed{seed}.json"
 
 
-def _forget_eval(model: Any, roots: dict[str, Path], n: int) -> dict[str, float]:
+def _forget_eval(adapter: OnlineAdapter, roots: dict[str, Path], n: int) -> dict[str, float]:
+    """mIoU (%) of the adapter's predictions (as on the stream: its BatchNorm mode) on held-out frames."""
+    out = {}
+    k = adapter.source.num_classes
+    for d, root in roots.items():
+        folder = scan_frames(root, root, require_labels=True)
+        conf = torch.zeros(k, k, dtype=torch.int64)
+        for frame in folder.labelled[:n]:
+            loaded = folder.load(frame, None, with_label=True)
+            assert loaded is not None and loaded[1] is not None
+            conf += confusion_matrix(adapter.predict(loaded[0])[0].cpu(), loaded[1], k)
+        out[d] = round(100 * mean_iou(conf), 3)
+    return out
+
+
+def _exported_eval(model: Any, roots: dict[str, Path], n: int) -> dict[str, float]:
+    """mIoU (%) of the deliverable as exported (eval mode: running BatchNorm statistics)."""
     out = {}
     for d, root in roots.items():
         res = evaluate_frames(model, scan_frames(root, root, require_labels=True), limit=n)
@@ -156,6 +182,7 @@ def run_cell(plan: Plan, cache: Path, arch: str, method: str, seed: int) -> dict
     adapter = OnlineAdapter(
         source, method, config=plan.method_cfg(method, seed), stream=plan.stream_cfg(), seed=seed
     )
+    before = _forget_eval(adapter, eval_roots, plan.n_forget)  # the same predictor before the stream
     conf = torch.zeros(plan.rounds, len(plan.sequence), k, k, dtype=torch.int64)
     predict_s, adapt_s, windows = [], [], []
     for r, s, d, i in stream_order(plan):
@@ -170,9 +197,11 @@ def run_cell(plan: Plan, cache: Path, arch: str, method: str, seed: int) -> dict
         if res.window is not None:
             windows.append({**res.window, "round": r, "segment": s})
     stream_s = time.perf_counter() - t0
-    before = _forget_eval(source, eval_roots, plan.n_forget)
-    after = _forget_eval(adapter.deliverable(), eval_roots, plan.n_forget)
-    seg = [[round(mean_iou(conf[r, s]), 3) for s in range(len(plan.sequence))] for r in range(plan.rounds)]
+    after = _forget_eval(adapter, eval_roots, plan.n_forget)
+    exported = _exported_eval(adapter.deliverable(), eval_roots, plan.n_forget)
+    seg = [
+        [round(100 * mean_iou(conf[r, s]), 3) for s in range(len(plan.sequence))] for r in range(plan.rounds)
+    ]
     n_frames = len(predict_s)
     cell = {
         "arch": arch, "method": method, "seed": seed, "settings": settings,
@@ -185,6 +214,7 @@ def run_cell(plan: Plan, cache: Path, arch: str, method: str, seed: int) -> dict
         "round_mean": [round(statistics.fmean(row), 3) for row in seg],
         "before": before, "after": after,
         "forgetting": {d: round(after[d] - before[d], 3) for d in before},
+        "after_exported": exported,  # the deliverable in eval mode (running statistics), as exported
         "restores": adapter.restores,
         "unhealthy_windows": sum(not w["healthy"] for w in windows),
         "windows": windows,
@@ -235,7 +265,7 @@ def _mean_std(values: list[float]) -> str:
 
 def report(plan: Plan, cells: list[dict[str, Any]], wall_s: float, jobs: int) -> tuple[str, dict[str, Any]]:
     """The Markdown report and the JSON summary."""
-    tag = "_quick" if plan.quick else ""
+    tag = f"_{plan.tag}" if plan.tag else "_quick" if plan.quick else ""
     lines = [
         f"# Continual adaptation on a stream{' (quick)' if plan.quick else ''}",
         "",
@@ -250,8 +280,14 @@ def report(plan: Plan, cells: list[dict[str, Any]], wall_s: float, jobs: int) ->
         f"before the method adapts on it; adaptation on 1 frame in {plan.every}, batch "
         f"{plan.stream_cfg().batch_size} from a ring buffer of {plan.stream_cfg().buffer}. Online mIoU "
         "(%) of those predictions per segment; the sequence mean averages every segment of every round. "
-        f"Forgetting: the deliverable after the sequence minus the source model, on {plan.n_forget} "
-        "held-out frames of `target` and `source`. Seeds: " + ", ".join(map(str, plan.seeds)) + ".",
+        f"Forgetting: the method's predictions after the sequence minus the same predictor before it "
+        f"(source weights), on {plan.n_forget} held-out frames of `target` and `source`. Seeds: "
+        + ", ".join(map(str, plan.seeds))
+        + ".",
+        "",
+        f"Stream settings: {plan.stream_cfg().to_dict()}; metric warm-up {plan.warmup} steps"
+        + (f"; method overrides {dict(plan.method_over)}" if plan.method_over else "")
+        + ".",
         "",
     ]
     summary: dict[str, Any] = {"plan": asdict(plan), "wall_s": round(wall_s, 1), "blocks": {}}
@@ -337,6 +373,45 @@ def _verdict(plan: Plan, summary: dict[str, Any]) -> list[str]:
     return out + [""]
 
 
+def tuning_table(cache: Path) -> str:
+    """continual_tuning.md: every tuning variant's cells (``--tag tune_*``, cached) side by side."""
+    rows = []
+    for vdir in sorted((cache / "continual").glob("tune_*")):
+        for arch_dir in sorted(p for p in vdir.iterdir() if p.is_dir()):
+            cells = {
+                c["method"]: c for c in (json.loads(f.read_text()) for f in arch_dir.glob("*/seed*.json"))
+            }
+            if not cells:
+                continue
+            any_cell = next(iter(cells.values()))
+            s = any_cell["settings"]
+            default = StreamConfig().to_dict()
+            changed = {k: v for k, v in s["stream"].items() if k != "every" and v != default.get(k)}
+            base = online_config("stvm").to_dict()["optim"]
+            changed.update({f"optim.{k}": v for k, v in s["method"]["optim"].items() if v != base.get(k)})
+            plan = s["plan"]
+            row = [vdir.name[len("tune_") :], SHORT.get(arch_dir.name, arch_dir.name),
+                   f"{plan['rounds']} x {plan['frames']}, seed {plan['data_seed']}",
+                   ", ".join(f"{k}={v}" for k, v in changed.items()) or "defaults"]  # fmt: skip
+            row += [f"{cells[m]['sequence_mean']:.2f}" if m in cells else "-" for m in ONLINE_METHODS]
+            rows.append("| " + " | ".join(row) + " |")
+    head = [
+        "# Continual adaptation: tuning variants (tuning stream only)",
+        "",
+        "Generated by `python benchmarks/continual.py --tuning-table` from the cached cells of runs like",
+        "`python benchmarks/continual.py --archs lraspp_mobilenet_v3_large --seeds 0 --rounds 5`",
+        "`--data-seed 20 --tag tune_frame --set bn_predict=frame` (2 jobs of 1 thread, this 2-core CPU).",
+        "The tuning stream (data seed 20) shares no frame with the table's (seed 10). Sequence mean of",
+        "online mIoU (%), seed 0; settings: what differs from today's defaults (`every` = 2 throughout).",
+        "",
+        "| variant | arch | rounds x frames, stream | settings | " + " | ".join(ONLINE_METHODS) + " |",
+        "|---" * (4 + len(ONLINE_METHODS)) + "|",
+    ]
+    text = "\n".join(head + rows) + "\n"
+    (RESULTS / "continual_tuning.md").write_text(text)
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
@@ -344,8 +419,33 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=1, help="cells run in parallel (one thread each)")
     ap.add_argument("--seeds", type=str, default=None, help="comma-separated seeds (default: the plan's)")
     ap.add_argument("--archs", type=str, default=None, help="comma-separated archs (default: the plan's)")
+    ap.add_argument("--methods", type=str, default=None, help="comma-separated methods (default: all five)")
+    ap.add_argument("--rounds", type=int, default=None)
+    ap.add_argument("--data-seed", type=int, default=None, help="another stream (tuning: 20; the table: 10)")
+    ap.add_argument("--set", action="append", default=[], help="StreamConfig field=value (a tuning variant)")
+    ap.add_argument("--method-set", action="append", default=[], help="AdaptConfig key=value (a variant)")
+    ap.add_argument("--tag", type=str, default="", help="name of this variant's cache and results files")
+    ap.add_argument("--tuning-table", action="store_true", help="write continual_tuning.md from the cache")
     args = ap.parse_args(argv)
+    if args.tuning_table:
+        print(tuning_table(args.cache))
+        return 0
     plan = Plan.quick_plan() if args.quick else Plan()
+    over = []
+    for item in args.set:
+        key, _, value = item.partition("=")
+        over.append((key, type(getattr(StreamConfig(), key))(value)))
+    method_over = []
+    for item in args.method_set:
+        key, _, value = item.partition("=")
+        method_over.append((key, json.loads(value)))
+    plan = replace(plan, stream_over=tuple(over), method_over=tuple(method_over), tag=args.tag)
+    if args.methods:
+        plan = replace(plan, methods=tuple(args.methods.split(",")))
+    if args.rounds:
+        plan = replace(plan, rounds=args.rounds)
+    if args.data_seed is not None:
+        plan = replace(plan, data_seed=args.data_seed)
     if args.seeds:
         plan = replace(plan, seeds=tuple(int(s) for s in args.seeds.split(",")))
     if args.archs:

@@ -31,6 +31,12 @@ def stream_command(
     restore_prob: float = typer.Option(
         0.01, "--restore-prob", help="Share of trained weights reset to the source's per step (0: off)."
     ),
+    bn_predict: str = typer.Option(
+        "frame", "--bn-predict", help="BatchNorm when predicting: frame (its own statistics) | running."
+    ),
+    bn_momentum: float = typer.Option(
+        0.1, "--bn-momentum", help="Running BatchNorm statistics follow the stream at this momentum."
+    ),
     on_collapse: str = typer.Option(
         "last_healthy", "--on-collapse", help="What a collapse restores: last_healthy | source."
     ),
@@ -62,11 +68,12 @@ def stream_command(
     from stvm_sdk.config import AdaptConfig
     from stvm_sdk.stream import HealthRule, StreamConfig
     from stvm_sdk.stream.online import online_config
-    from stvm_sdk.stream.run import stream
+    from stvm_sdk.stream.run import adapt_stream
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     check_choice(method, method_names(), "--method")
     check_choice(on_collapse, ("last_healthy", "source"), "--on-collapse")
+    check_choice(bn_predict, ("frame", "running"), "--bn-predict")
     if resume and out is None:
         raise typer.BadParameter("--resume needs --out (the stream directory to continue)")
     cfg = online_config(method, AdaptConfig.from_file(config) if config else None)
@@ -74,11 +81,11 @@ def stream_command(
         cfg = cfg.with_overrides({"optim.lr": lr})
     scfg = StreamConfig(
         every=every, batch_size=batch_size, buffer=buffer, window=window, restore_prob=restore_prob,
-        health=HealthRule(restore=on_collapse),
+        bn_predict=bn_predict, bn_momentum=bn_momentum, health=HealthRule(restore=on_collapse),
     )  # fmt: skip
     live = None if json_out else _Live()
     try:
-        result = stream(
+        result = adapt_stream(
             source, input, method=method, config=cfg, stream_config=scfg, out_dir=out, labels_dir=labels,
             size=parse_hw(size, "--size") if size else None, save_pred=save_pred, resume=resume,
             checkpoint_every=checkpoint_every, max_frames=max_frames, device=device, seed=seed,

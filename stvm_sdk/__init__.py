@@ -36,6 +36,9 @@ _EXPORTS = {
     "bench_models": "stvm_sdk.bench.run",
     "load_run": "stvm_sdk.api",
     "reliability_map": "stvm_sdk.api",
+    "OnlineAdapter": "stvm_sdk.stream.online",
+    "StreamConfig": "stvm_sdk.stream.online",
+    "adapt_stream": "stvm_sdk.stream.run",
 }
 __all__ = [
     "AdaptConfig",
@@ -43,7 +46,9 @@ __all__ = [
     "EvalResult",
     "ExportOptions",
     "Method",
+    "OnlineAdapter",
     "SegModel",
+    "StreamConfig",
     "StvmError",
     "TrainConfig",
     "__version__",
@@ -58,6 +63,7 @@ __all__ = [
     "reliability_map",
     "save_model",
     "save_native",
+    "adapt_stream",
     "train_source",
 ]
 
@@ -71,6 +77,8 @@ if TYPE_CHECKING:
     from stvm_sdk.methods.base import Method
     from stvm_sdk.methods.registry import method_names, register_method
     from stvm_sdk.models import SegModel, load_model, save_model, save_native
+    from stvm_sdk.stream.online import OnlineAdapter, StreamConfig
+    from stvm_sdk.stream.run import adapt_stream
     from stvm_sdk.supervised import TrainConfig, train_source
 
 

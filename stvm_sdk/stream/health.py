@@ -10,7 +10,8 @@ arrives to notice it, so the signals are the network's own, gathered over a *win
   has drifted to a different picture of the scene.
 - ``class_ratio``: classes the deliverable predicts on at least ``min_share`` of the pixels, over the
   same count for the source model. A collapse shows as classes disappearing.
-- ``confidence``: the deliverable's mean max-softmax (a collapsing network becomes certain);
+- ``confidence``: the deliverable's mean max-softmax (a collapsing network becomes certain
+  everywhere, even on class boundaries: above ``max_confidence`` the window is unhealthy);
   ``reliability``: STvM's mean pixel weight; ``agreement``: teacher-student argmax agreement.
 - ``finite``: every loss and logit of the window was finite.
 
@@ -37,12 +38,15 @@ class HealthRule:
     js_max: float = 0.45  # hist_js above this: unhealthy
     min_class_ratio: float = 0.5  # fewer than this share of the source model's classes: unhealthy
     min_share: float = 0.002  # a class "is predicted" on at least this share of the window's pixels
+    max_confidence: float = 0.995  # mean max-softmax above this: certain everywhere, boundaries included
     patience: int = 2  # unhealthy windows in a row before a restore
     restore: str = "last_healthy"  # last_healthy | source: what a collapse restores
 
     def __post_init__(self) -> None:
         if not (0 < self.js_max <= 1 and 0 <= self.min_class_ratio <= 1 and 0 < self.min_share < 1):
             raise ConfigError("health: js_max in (0,1], min_class_ratio in [0,1], min_share in (0,1)")
+        if not 0 < self.max_confidence <= 1:
+            raise ConfigError(f"health.max_confidence must be in (0,1], got {self.max_confidence}")
         if self.patience < 1:
             raise ConfigError(f"health.patience must be >= 1, got {self.patience}")
         if self.restore not in ("last_healthy", "source"):
@@ -149,6 +153,9 @@ class HealthMonitor:
         reasons = []
         if not w.finite:
             reasons.append("non-finite loss or logits")
+        confidence = w.mean("confidence")
+        if confidence is not None and confidence > rule.max_confidence:
+            reasons.append(f"certain everywhere (mean confidence {confidence:.3f} > {rule.max_confidence})")
         if w.adapted:
             js = js_divergence(w.pred_hist, w.source_hist)
             total_p, total_s = w.pred_hist.sum().clamp_min(1), w.source_hist.sum().clamp_min(1)

@@ -62,6 +62,9 @@ class StreamConfig:
     batch_size: int = 4  # frames per adaptation step: the newest one and recent ones from the buffer
     buffer: int = 16  # ring buffer of recent adapted frames (memory: buffer x 3 x H x W float32)
     bn_momentum: float = 0.1  # BatchNorm statistics follow the stream at this momentum (0: fixed)
+    # How the deliverable normalises when it predicts: "running" statistics (those followed at
+    # bn_momentum; what an exported model uses) or each "frame"'s own (tent's test-time statistics).
+    bn_predict: str = "frame"
     restore_prob: float = 0.01  # share of trained weights set back to the source's per step (0: off)
     window: int = 20  # frames per health window (one metrics.jsonl line each)
     health: HealthRule = field(default_factory=HealthRule)
@@ -74,6 +77,7 @@ class StreamConfig:
             (0 <= self.bn_momentum <= 1, f"bn_momentum must be in [0,1], got {self.bn_momentum}"),
             (0 <= self.restore_prob < 1, f"restore_prob must be in [0,1), got {self.restore_prob}"),
             (self.window >= 1, f"window must be >= 1, got {self.window}"),
+            (self.bn_predict in ("running", "frame"), f"bn_predict must be running|frame: {self.bn_predict}"),
         )
         for ok, line in checks:
             if not ok:
@@ -98,20 +102,36 @@ def online_config(method: str = "stvm", config: AdaptConfig | None = None) -> Ad
     return config if config.method == method else config.with_overrides({"method": method})
 
 
+def _own_statistics(bn: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+    """Normalise by the input's own statistics where it has more than one value per channel; a
+    pooled branch (DeepLabV3's ASPP image pooling: [1,C,1,1] for one frame) keeps running statistics."""
+    x = inputs[0]
+    bn.training = x.numel() > x.shape[1]
+
+
 @contextlib.contextmanager
-def _modes(net: nn.Module, bn_train: bool = False) -> Iterator[None]:
-    """Run ``net`` in eval mode (BatchNorm in train mode when ``bn_train``); modes restored after."""
+def _modes(net: nn.Module, bn_train: bool = False, keep_stats: bool = False) -> Iterator[None]:
+    """Run ``net`` in eval mode (BatchNorm normalising by the input's statistics when ``bn_train``,
+    see :func:`_own_statistics`; with ``keep_stats`` their running statistics do not move); modes
+    restored after."""
     saved = [(m, m.training) for m in net.modules()]
+    bns = [m for m in net.modules() if isinstance(m, BN_TYPES)] if bn_train else []
+    momenta = [bn.momentum for bn in bns]
+    hooks = [bn.register_forward_pre_hook(_own_statistics) for bn in bns]
     net.eval()
-    if bn_train:
-        for m in net.modules():
-            if isinstance(m, BN_TYPES):
-                m.train()
+    for bn in bns:
+        bn.train()
+        if keep_stats:
+            bn.momentum = 0.0
     try:
         yield
     finally:
+        for h in hooks:
+            h.remove()
         for m, training in saved:
             m.training = training
+        for bn, momentum in zip(bns, momenta, strict=True):
+            bn.momentum = momentum
 
 
 class RingBuffer:
@@ -191,6 +211,8 @@ class OnlineAdapter:
         self.seed = seed
         self.device = torch.device(device)
         self.method_cls = get_method(self.cfg.method)
+        if self.method_cls.name == "tent" and self.scfg.batch_size < 2:
+            raise ConfigError("tent normalises by batch statistics when it trains: --batch-size must be >= 2")
         self.source = source.clone()
         self.source.module.to(self.device).eval()
         for p in self.source.module.parameters():
@@ -202,14 +224,15 @@ class OnlineAdapter:
         if self.method.optimizer is None:  # predicts with the student: eval mode (no dropout)
             self.method.student.eval()
         self.role = self.method.deliverable_role
-        self.batch_stats = self.method_cls.name == "tent"  # tent normalises by each input's statistics
-        self.follow_bn = (
-            self.scfg.bn_momentum > 0 and self.method_cls.name != "source_only" and not self.batch_stats
+        # tent normalises by each input's statistics; other methods when asked to (bn_predict="frame")
+        self.batch_stats = self.method_cls.name == "tent" or (
+            self.scfg.bn_predict == "frame" and self.method_cls.name != "source_only"
         )
+        self.follow_bn = self.scfg.bn_momentum > 0 and self.method_cls.name not in ("source_only", "tent")
         self.buffer = RingBuffer(self.scfg.buffer)
         self.monitor = HealthMonitor(source.num_classes, self.scfg.health)
         self.frames = 0  # frames seen (predicted)
-        self.steps = 0  # adaptation steps since the start or the last restore to the source
+        self.steps = 0  # training steps since the start or the last restore to the source
         self.restores: list[dict[str, Any]] = []  # every restore: frame, to what, why
         self.size: tuple[int, int] | None = None
         self._initial = _cpu_copy(self.method.state_dict())  # the method at the start: "source"
@@ -238,7 +261,7 @@ class OnlineAdapter:
     def predict(self, frame: Tensor) -> tuple[Tensor, float]:
         """The deliverable's labels ``[H,W]`` for ``frame [3,H,W]`` in [0,1], and its mean confidence."""
         x = normalize(self._check(frame)[None], self.source.mean, self.source.std)
-        with _modes(self.network, bn_train=self.batch_stats):
+        with _modes(self.network, bn_train=self.batch_stats, keep_stats=True):
             logits = forward_logits(self.network, x).float()
         conf, labels = logits.softmax(1).max(1)
         return labels[0], float(conf.mean())
@@ -274,7 +297,9 @@ class OnlineAdapter:
         if self.follow_bn:
             self._follow_bn(x[None])
         out: dict[str, float] = {}
-        if self.method.optimizer is not None:
+        # Training starts once the buffer holds a whole batch: a batch of one frame would give a
+        # pooled branch's BatchNorm one value per channel (tent's batch statistics cannot be taken).
+        if self.method.optimizer is not None and len(self.buffer) >= self.scfg.batch_size:
             g = step_generator(self.seed, self.frames, stream=BATCH_STREAM)
             batch = self.buffer.batch(self.scfg.batch_size, g)
             logs = self.method.step(batch, self.steps, g, g)
@@ -285,7 +310,7 @@ class OnlineAdapter:
                 self._stochastic_restore(g)
             if self.method.teacher is not None:
                 out["agreement"] = self._agreement(x[None])
-        self.steps += 1
+            self.steps += 1
         return out, source_pred
 
     def close_window(self) -> dict[str, Any]:
@@ -412,7 +437,8 @@ class OnlineAdapter:
         return export_model(self.deliverable(), ExportOptions(out_dir=Path(out_dir), **options))
 
     def memory_bytes(self) -> dict[str, int]:
-        """Bytes held beyond the networks being trained: buffer, source model and anchor, snapshots."""
+        """Bytes held: the buffer, the frozen source model, the anchor (source values of the trained
+        weights), snapshots (the start and the last healthy state), the method's networks, optimiser."""
 
         def size(obj: Any) -> int:
             if isinstance(obj, Tensor):
@@ -421,12 +447,15 @@ class OnlineAdapter:
                 return sum(size(v) for v in obj.values())
             return 0
 
+        opt = self.method.optimizer
+
         return {
             "buffer": self.buffer.nbytes,
             "source_model": sum(size(t) for t in self.source.module.state_dict().values()),
             "anchor": size(self._anchor),
             "snapshots": size(self._initial) + size(self._healthy or {}),
             "method": size(self.method.state_dict()),
+            "optimizer": size(opt.state_dict()["state"]) if opt is not None else 0,
         }
 
 

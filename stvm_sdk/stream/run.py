@@ -107,7 +107,7 @@ def _open_input(path: Path, labels: Path | None, start: int) -> _Input:
     return _Input(path, loaded(), len(folder.frames), folder, fp)
 
 
-def stream(
+def adapt_stream(
     source_model: nn.Module | SegModel | str | os.PathLike[str],
     input_path: str | os.PathLike[str],
     *,
@@ -212,7 +212,7 @@ def stream(
         if res.window is not None:
             record = {"step": adapter.frames, "input_index": i, **res.window, **win.costs()}
             if win.conf.sum() > 0:
-                record["miou_online"] = round(mean_iou(win.conf), 3)
+                record["miou_online"] = round(100 * mean_iou(win.conf), 3)
             record["seconds"] = round(time.perf_counter() - t_start, 1)
             run.log(record)
             if record["restore"]:
@@ -337,7 +337,7 @@ def _summary(
         "model_path": str(run.model_path("model")), "metrics_path": str(run.metrics_path),
     }  # fmt: skip
     if tot.conf.sum() > 0:
-        out["miou_online"] = round(mean_iou(tot.conf), 3)
+        out["miou_online"] = round(100 * mean_iou(tot.conf), 3)
     if inp.folder is not None and inp.folder.skipped:
         out["images_skipped"] = inp.folder.skip_report()
     return out

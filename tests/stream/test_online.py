@@ -16,6 +16,7 @@ from support import TinySegNet
 
 from stvm_sdk.api import as_segmodel
 from stvm_sdk.errors import ConfigError, DataError
+from stvm_sdk.models.contract import normalize
 from stvm_sdk.stream import HealthRule, OnlineAdapter, StreamConfig, online_config
 from stvm_sdk.stream.health import HealthMonitor, js_divergence
 from stvm_sdk.stream.online import RingBuffer
@@ -260,6 +261,75 @@ def test_the_current_teacher_exports_through_the_verified_onnx_path(source, tmp_
     sess = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
     x = _frames(1)[0][None].numpy()
     out = sess.run(None, {sess.get_inputs()[0].name: x})[0]
-    expected, _ = adapter.predict(_frames(1)[0])
+    # The export is the deliverable in eval mode: BatchNorm by the running statistics the stream followed.
+    model = adapter.deliverable()
+    with torch.no_grad():
+        expected = model.module(normalize(torch.from_numpy(x), model.mean, model.std))["out"].argmax(1)[0]
     agree = (torch.from_numpy(out).argmax(1)[0] == expected).float().mean().item()
     assert agree > 0.99
+
+
+def test_frame_statistics_prediction_leaves_running_statistics_alone(source) -> None:
+    adapter = OnlineAdapter(source, "adabn", stream=StreamConfig(bn_predict="frame", bn_momentum=0.0))
+    bn = adapter.network.backbone[1]
+    mean0 = bn.running_mean.clone()
+    frame = _frames(1)[0]
+    labels, _ = adapter.predict(frame)
+    assert torch.equal(bn.running_mean, mean0) and not bn.training
+    with torch.no_grad():  # what "frame" means: BatchNorm normalises by this frame's own statistics
+        net = copy.deepcopy(adapter.network).train()
+        x = (frame[None] - torch.tensor(source.mean).view(1, 3, 1, 1)) / torch.tensor(source.std).view(
+            1, 3, 1, 1
+        )
+        expected = net(x)["out"].argmax(1)[0]
+    assert torch.equal(labels, expected)
+
+
+def test_a_collapse_that_training_itself_causes_fires_the_health_rule(source) -> None:
+    """Self-training with a far too high learning rate and a fast teacher, no anchor: the pseudo-labels
+    feed on themselves until one class is left; the rule must notice it from the histograms alone."""
+    cfg = online_config("mean_teacher").with_overrides(
+        {"optim.lr": 0.5, "optim.ema_max": 0.5, "reliability.normalize": "valid"}
+    )
+    adapter = OnlineAdapter(source, "mean_teacher", config=cfg,
+                            stream=StreamConfig(window=5, batch_size=2, restore_prob=0.0))  # fmt: skip
+    windows = [r.window for f in _frames(30) if (r := adapter.step(f)).window]
+    fired = [w for w in windows if w["restore"]]
+    assert fired, windows
+    first = fired[0]
+    assert not first["healthy"]
+    assert first["classes"] < first["source_classes"] or first["hist_js"] > 0.45
+    assert [r["to"] for r in adapter.restores][:2] == ["last_healthy", "source"]
+
+
+class _PooledBranchNet(TinySegNet):
+    """TinySegNet plus an image-pooling branch with BatchNorm (as DeepLabV3's ASPP has): one frame gives
+    that BatchNorm a single value per channel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pool = torch.nn.Sequential(
+            torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Conv2d(16, 16, 1),
+            torch.nn.BatchNorm2d(16),
+            torch.nn.ReLU(),
+        )
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        f = self.backbone(x)
+        out = self.classifier(f + self.pool(f))
+        return {"out": torch.nn.functional.interpolate(out, size=x.shape[-2:], mode="bilinear")}
+
+
+@pytest.mark.parametrize("method", ["tent", "stvm"])
+def test_frame_statistics_work_on_a_pooled_branch_with_one_value_per_channel(method: str) -> None:
+    src = as_segmodel(_PooledBranchNet(), classifier="classifier")
+    adapter = OnlineAdapter(src, method, config=_quick_cfg(method), stream=StreamConfig(batch_size=2))
+    pooled_bn = adapter.network.pool[2]
+    mean0 = pooled_bn.running_mean.clone()
+    for frame in _frames(3):
+        labels = adapter.step(frame).labels
+    assert labels.shape == (32, 48)
+    if method == "stvm":  # one frame cannot give that layer statistics: it keeps the source's running ones
+        assert torch.equal(pooled_bn.running_mean, mean0)
+        assert not torch.equal(adapter.network.backbone[1].running_mean, src.module.backbone[1].running_mean)
