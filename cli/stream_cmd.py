@@ -7,7 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from stvm_sdk.cli.common import JSON_OUT, TRUST_PICKLE, err_console, print_json, user_errors
+from stvm_sdk.cli.common import (
+    IGNORE_OUT_OF_RANGE,
+    JSON_OUT,
+    TRUST_PICKLE,
+    err_console,
+    print_json,
+    user_errors,
+)
 
 from stvm_sdk.methods import method_names  # names only: no torch
 
@@ -61,6 +68,7 @@ def stream_command(
     ),
     classifier: str | None = typer.Option(None, "--classifier", help="Module path of the classifier head."),
     trust_pickle: bool = TRUST_PICKLE,
+    ignore_out_of_range: bool = IGNORE_OUT_OF_RANGE,
     json_out: bool = JSON_OUT,
 ) -> None:
     """Adapt SOURCE online on a stream: predict each frame first, then learn from it, safely."""
@@ -90,7 +98,7 @@ def stream_command(
             size=parse_hw(size, "--size") if size else None, save_pred=save_pred, resume=resume,
             checkpoint_every=checkpoint_every, max_frames=max_frames, device=device, seed=seed,
             trust_pickle=trust_pickle, num_classes=num_classes, classifier=classifier,
-            on_window=live.update if live else None,
+            on_window=live.update if live else None, ignore_out_of_range=ignore_out_of_range,
         )  # fmt: skip
     finally:
         if live is not None:

@@ -35,6 +35,7 @@ from torch import nn
 
 from stvm_sdk.api import as_segmodel, check_method_fits, resolve_device
 from stvm_sdk.boundary.fingerprint import frames_sha256, module_sha256, sha256
+from stvm_sdk.boundary.labels import check_label_ids
 from stvm_sdk.boundary.outputs import atomic_write, write_json_atomic
 from stvm_sdk.config import AdaptConfig
 from stvm_sdk.data.frames import FrameFolder, image_root, scan_frames
@@ -74,7 +75,7 @@ class _Input:
     fingerprint: dict[str, Any] = field(default_factory=dict)
 
 
-def _open_input(path: Path, labels: Path | None, start: int) -> _Input:
+def _open_input(path: Path, labels: Path | None, start: int, num_classes: int, ignore_oor: bool) -> _Input:
     if path.is_file() and is_video(path):
         if labels is not None:
             raise ConfigError("--labels needs a folder of frames as --input, not a video")
@@ -100,7 +101,13 @@ def _open_input(path: Path, labels: Path | None, start: int) -> _Input:
                 continue
             out = folder.load(frame, None, with_label=frame.label is not None)
             name = frame.rel.with_suffix("").as_posix()
-            yield (i, name, None, None) if out is None else (i, name, out[0], out[1])
+            if out is None:
+                yield i, name, None, None
+                continue
+            label = out[1]
+            if label is not None:
+                label = check_label_ids(label, num_classes, frame.label, ignore_out_of_range=ignore_oor)
+            yield i, name, out[0], label
 
     paths = [f.image for f in folder.frames] + [s.path for s in folder.skipped]
     fp = {"path": str(path), "frames": len(paths), "sha256": frames_sha256(sorted(paths), image_root(path))}
@@ -127,12 +134,14 @@ def adapt_stream(
     num_classes: int | None = None,
     classifier: str | None = None,
     on_window: Callable[[dict[str, Any]], None] | None = None,
+    ignore_out_of_range: bool = False,
 ) -> StreamResult:
     """Adapt ``source_model`` online on the frames of ``input_path`` (a folder, in sorted order, or a video).
 
     Every frame is predicted by the current deliverable before the method adapts on it
     (:class:`~stvm_sdk.stream.online.OnlineAdapter`). ``on_window`` receives each health window's
-    record (the lines of metrics.jsonl). With ``labels_dir``, predictions are also scored (online mIoU).
+    record (the lines of metrics.jsonl). With ``labels_dir``, predictions are also scored (online mIoU;
+    label ids outside the model's classes are an error, or ignored with ``ignore_out_of_range``).
 
     Raises:
         StvmError: a one-line problem the caller can fix; nothing outside the stream folder is written.
@@ -154,7 +163,9 @@ def adapt_stream(
     labels = Path(labels_dir) if labels_dir is not None else None
     if out_dir is None:
         out_dir = Path("runs") / time.strftime(f"stream-{cfg.method}-%Y%m%d-%H%M%S")
-    probe = _open_input(inp, labels, 0)  # scans the folder (errors before the run folder is claimed)
+    probe = _open_input(
+        inp, labels, 0, source.num_classes, ignore_out_of_range
+    )  # scans the folder (errors before the run folder is claimed)
     src_fp = (
         {"path": str(src_path), "sha256": sha256(src_path)}
         if src_path is not None
@@ -183,7 +194,7 @@ def adapt_stream(
         log.info("resumed at input frame %d (%d frames adapted on so far)", start, adapter.frames)
     if size is None and adapter.size is not None:
         size = adapter.size
-    source_in = _open_input(inp, labels, start) if start else probe
+    source_in = _open_input(inp, labels, start, source.num_classes, ignore_out_of_range) if start else probe
     tot = _Totals.from_dict(carried, source.num_classes)
     win = _Totals(source.num_classes)
     pred_dir = run.path / "pred"

@@ -151,3 +151,47 @@ def test_bad_stream_input_is_one_line(
     assert expect in err, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_a_corrupt_frame_in_the_stream_is_skipped_and_counted(
+    lraspp_checkpoint: Path, tmp_path: Path
+) -> None:
+    images, _ = make_frames(tmp_path / "d", n=6, nested=False)
+    good = (images / "f3.png").read_bytes()
+    (images / "f3.png").write_bytes(good[: len(good) // 2])  # a valid header, a truncated body
+    code, stdout, err = _run("stream", "-s", lraspp_checkpoint, "-i", images, "--out", tmp_path / "s",
+                             "--method", "adabn", "--json", *FAST)  # fmt: skip
+    assert code == 0, err
+    summary = json.loads(stdout)
+    assert summary["frames"] == 5  # found by the scan or when decoded: skipped either way, with its reason
+    skipped = summary["images_skipped"]
+    assert skipped["total"] == 1 and skipped["examples"][0]["path"].endswith("f3.png")
+
+
+def test_labels_of_another_label_set_are_one_line_unless_ignored(
+    lraspp_checkpoint: Path, tmp_path: Path
+) -> None:
+    import numpy as np
+    from PIL import Image
+
+    images, labels = make_frames(tmp_path / "d", n=4, nested=False)
+    lab = np.array(Image.open(labels / "f1.png"))
+    lab[0, 0] = 17  # the model has 5 classes
+    Image.fromarray(lab).save(labels / "f1.png")
+    args = [
+        "stream",
+        "-s",
+        lraspp_checkpoint,
+        "-i",
+        images,
+        "--labels",
+        labels,
+        "--method",
+        "adabn",
+        "--json",
+    ]
+    code, _, err = _run(*args, "--out", tmp_path / "a", *FAST)
+    assert code != 0 and "class ids 17" in err and "--ignore-out-of-range" in err and "Traceback" not in err
+    code, stdout, err = _run(*args, "--out", tmp_path / "b", "--ignore-out-of-range", *FAST)
+    assert code == 0, err
+    assert json.loads(stdout)["frames"] == 4
