@@ -195,3 +195,43 @@ def test_labels_of_another_label_set_are_one_line_unless_ignored(
     code, stdout, err = _run(*args, "--out", tmp_path / "b", "--ignore-out-of-range", *FAST)
     assert code == 0, err
     assert json.loads(stdout)["frames"] == 4
+
+
+def test_a_stream_killed_with_sigkill_resumes_bit_identical(lraspp_checkpoint: Path, tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from safetensors.torch import load_file
+
+    images, _ = make_frames(tmp_path / "d", n=24, size=(32, 64), nested=False)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def cmd(out: Path, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "stvm_sdk.cli", "stream", "-s", str(lraspp_checkpoint),
+                "-i", str(images), "--out", str(out), "--method", "mean_teacher", "--json", "--window", "4",
+                "--batch-size", "2", "--buffer", "4", "--checkpoint-every", "4", *extra]  # fmt: skip
+
+    full = subprocess.run(cmd(tmp_path / "full"), env=env, capture_output=True, text=True, timeout=300)
+    assert full.returncode == 0, full.stderr
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(cmd(run), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = run / "checkpoints" / "last.pt"
+    deadline = time.time() + 240
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the stream finished before it could be killed"
+    frames_done = torch.load(ckpt, weights_only=True)["step"]
+    assert 4 <= frames_done < 24
+    resumed = subprocess.run(cmd(run, "--resume"), env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["frames"] == 24
+    a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(run / "model.safetensors")
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key} differs after resume"
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(4, 25, 4))
