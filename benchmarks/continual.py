@@ -152,7 +152,7 @@ def _forget_eval(adapter: OnlineAdapter, roots: dict[str, Path], n: int) -> dict
         for frame in folder.labelled[:n]:
             loaded = folder.load(frame, None, with_label=True)
             assert loaded is not None and loaded[1] is not None
-            conf += confusion_matrix(adapter.predict(loaded[0])[0].cpu(), loaded[1], k)
+            conf += confusion_matrix(adapter.predict(loaded[0]).cpu(), loaded[1], k)
         out[d] = round(100 * mean_iou(conf), 3)
     return out
 

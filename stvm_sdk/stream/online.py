@@ -257,9 +257,14 @@ class OnlineAdapter:
         model.module.cpu().eval()
         return model
 
+    def predict(self, frame: Tensor) -> Tensor:
+        """The current deliverable's labels ``[H,W]`` for ``frame [3,H,W]`` in [0,1]; adapts nothing
+        (:meth:`step` predicts, then adapts)."""
+        return self.predict_with_confidence(frame)[0]
+
     @torch.no_grad()
-    def predict(self, frame: Tensor) -> tuple[Tensor, float]:
-        """The deliverable's labels ``[H,W]`` for ``frame [3,H,W]`` in [0,1], and its mean confidence."""
+    def predict_with_confidence(self, frame: Tensor) -> tuple[Tensor, float]:
+        """:meth:`predict`, and the prediction's mean max-softmax."""
         x = normalize(self._check(frame)[None], self.source.mean, self.source.std)
         with _modes(self.network, bn_train=self.batch_stats, keep_stats=True):
             logits = forward_logits(self.network, x).float()
@@ -271,7 +276,7 @@ class OnlineAdapter:
     def step(self, frame: Tensor) -> FrameResult:
         """Predict ``frame [3,H,W]`` in [0,1] with the current deliverable, then adapt on it."""
         t0 = time.perf_counter()
-        labels, conf = self.predict(frame)
+        labels, conf = self.predict_with_confidence(frame)
         t1 = time.perf_counter()
         adapted = self.frames % self.scfg.every == 0 and self.method_cls.name != "source_only"
         self.frames += 1

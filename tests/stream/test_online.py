@@ -51,7 +51,7 @@ def test_each_frame_is_predicted_before_the_method_adapts_on_it(source, method: 
         source, method, config=_quick_cfg(method), stream=StreamConfig(window=4, batch_size=2)
     )
     for i, frame in enumerate(_frames(8)):
-        expected, _ = adapter.predict(frame)
+        expected = adapter.predict(frame)
         before = copy.deepcopy(adapter.network.state_dict())
         res = adapter.step(frame)
         assert torch.equal(res.labels, expected), f"frame {i}: the prediction saw the frame's own update"
@@ -165,7 +165,7 @@ def test_a_forced_collapse_fires_the_health_rule_and_restores_healthy_weights(so
     assert all(r["healthy"] for r in records), records
     healthy = copy.deepcopy(adapter._healthy)
     _collapse(adapter)
-    collapsed, _ = adapter.predict(frames[8])
+    collapsed = adapter.predict(frames[8])
     assert (collapsed == 0).all()
     fired = [r.window for f in frames[8:12] if (r := adapter.step(f)).window]
     assert fired and fired[-1]["restore"] and not fired[-1]["healthy"]
@@ -174,7 +174,7 @@ def test_a_forced_collapse_fires_the_health_rule_and_restores_healthy_weights(so
     assert healthy is not None
     for k, v in adapter.method.state_dict().items():  # exactly the snapshot of the last healthy window
         assert torch.equal(v.cpu(), healthy[k]), k
-    after, _ = adapter.predict(frames[12])
+    after = adapter.predict(frames[12])
     assert len(after.unique()) > 1
     # Collapsing again right away: the snapshot was already on the way down, so back to the source.
     _collapse(adapter)
@@ -274,7 +274,7 @@ def test_frame_statistics_prediction_leaves_running_statistics_alone(source) -> 
     bn = adapter.network.backbone[1]
     mean0 = bn.running_mean.clone()
     frame = _frames(1)[0]
-    labels, _ = adapter.predict(frame)
+    labels = adapter.predict(frame)
     assert torch.equal(bn.running_mean, mean0) and not bn.training
     with torch.no_grad():  # what "frame" means: BatchNorm normalises by this frame's own statistics
         net = copy.deepcopy(adapter.network).train()
