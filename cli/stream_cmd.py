@@ -45,7 +45,9 @@ def stream_command(
         0.1, "--bn-momentum", help="Running BatchNorm statistics follow the stream at this momentum."
     ),
     on_collapse: str = typer.Option(
-        "last_healthy", "--on-collapse", help="What a collapse restores: last_healthy | source."
+        "last_healthy",
+        "--on-collapse",
+        help="What a collapse restores: last_healthy | source | off (log the verdict, restore nothing).",
     ),
     size: str | None = typer.Option(
         None, "--size", help="Resize frames to HxW (default: the first frame's)."
@@ -80,7 +82,7 @@ def stream_command(
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     check_choice(method, method_names(), "--method")
-    check_choice(on_collapse, ("last_healthy", "source"), "--on-collapse")
+    check_choice(on_collapse, ("last_healthy", "source", "off"), "--on-collapse")
     check_choice(bn_predict, ("frame", "running"), "--bn-predict")
     if resume and out is None:
         raise typer.BadParameter("--resume needs --out (the stream directory to continue)")
@@ -144,7 +146,7 @@ class _Live:
             table.add_column(name, justify="right")
         for r in self.rows:
             cells = [_fmt(r.get(key)) for _, key in self.COLUMNS if key is not None]
-            if r.get("restore"):
+            if r.get("restored_to"):
                 health = f"[red]restored {r.get('restored_to')}[/red]"
             else:
                 health = "[green]ok[/green]" if r.get("healthy") else "[yellow]unhealthy[/yellow]"

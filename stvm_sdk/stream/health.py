@@ -40,7 +40,7 @@ class HealthRule:
     min_share: float = 0.002  # a class "is predicted" on at least this share of the window's pixels
     max_confidence: float = 0.995  # mean max-softmax above this: certain everywhere, boundaries included
     patience: int = 2  # unhealthy windows in a row before a restore
-    restore: str = "last_healthy"  # last_healthy | source: what a collapse restores
+    restore: str = "last_healthy"  # last_healthy | source | off: what a collapse restores (off: log only)
 
     def __post_init__(self) -> None:
         if not (0 < self.js_max <= 1 and 0 <= self.min_class_ratio <= 1 and 0 < self.min_share < 1):
@@ -49,8 +49,8 @@ class HealthRule:
             raise ConfigError(f"health.max_confidence must be in (0,1], got {self.max_confidence}")
         if self.patience < 1:
             raise ConfigError(f"health.patience must be >= 1, got {self.patience}")
-        if self.restore not in ("last_healthy", "source"):
-            raise ConfigError(f"health.restore must be last_healthy or source, got {self.restore!r}")
+        if self.restore not in ("last_healthy", "source", "off"):
+            raise ConfigError(f"health.restore must be last_healthy, source or off, got {self.restore!r}")
 
 
 def js_divergence(p: Tensor, q: Tensor) -> float:

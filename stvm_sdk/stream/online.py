@@ -322,7 +322,9 @@ class OnlineAdapter:
         """Judge the current window; restore the method when the health rule says so."""
         record = self.monitor.close()
         record["frame"] = self.frames
-        if record["restore"]:
+        if record["restore"] and self.scfg.health.restore == "off":  # monitored, not acted on
+            record["restored_to"] = None
+        elif record["restore"]:
             record["restored_to"] = self.restore(record["reasons"] or ["unhealthy"])
         elif record["healthy"]:
             self._healthy = _cpu_copy(self.method.state_dict())
@@ -332,7 +334,7 @@ class OnlineAdapter:
     def restore(self, reasons: list[str]) -> str:
         """Put back the last healthy weights (or the source's, per the rule, or when there is no
         healthy snapshot or it is the one that just failed); returns which."""
-        rule = self.scfg.health.restore
+        rule = self.scfg.health.restore  # "off": close_window restores nothing (called directly: as default)
         # A second collapse right after a restore to the last healthy snapshot: that snapshot was
         # already on its way down, so go back to the source.
         repeat = (

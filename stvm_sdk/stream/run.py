@@ -227,9 +227,11 @@ def adapt_stream(
             record["seconds"] = round(time.perf_counter() - t_start, 1)
             run.log(record)
             if record["restore"]:
+                done = record.get("restored_to")
                 log.warning(
-                    "frame %d: health rule fired (%s): restored the %s weights",
-                    adapter.frames, "; ".join(record["reasons"]), record.get("restored_to"),
+                    "frame %d: health rule fired (%s): %s",
+                    adapter.frames, "; ".join(record["reasons"]),
+                    f"restored the {done} weights" if done else "--on-collapse off: nothing restored",
                 )  # fmt: skip
             if on_window is not None:
                 on_window(record)

@@ -333,3 +333,16 @@ def test_frame_statistics_work_on_a_pooled_branch_with_one_value_per_channel(met
     if method == "stvm":  # one frame cannot give that layer statistics: it keeps the source's running ones
         assert torch.equal(pooled_bn.running_mean, mean0)
         assert not torch.equal(adapter.network.backbone[1].running_mean, src.module.backbone[1].running_mean)
+
+
+def test_on_collapse_off_logs_the_verdict_and_restores_nothing(source) -> None:
+    rule = HealthRule(patience=1, restore="off")
+    adapter = OnlineAdapter(source, "mean_teacher", config=_quick_cfg("mean_teacher"),
+                            stream=StreamConfig(window=4, batch_size=2, health=rule))  # fmt: skip
+    frames = _frames(12)
+    for f in frames[:8]:
+        adapter.step(f)
+    _collapse(adapter)
+    fired = [r.window for f in frames[8:12] if (r := adapter.step(f)).window]
+    assert fired[-1]["restore"] and fired[-1]["restored_to"] is None and not adapter.restores
+    assert (adapter.predict(frames[0]) == 0).all()  # still collapsed: monitored, not acted on
