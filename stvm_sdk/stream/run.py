@@ -192,6 +192,8 @@ def adapt_stream(
         start, carried = int(ckpt["next_input"]), dict(ckpt.get("totals", {}))
         run.truncate_log(adapter.frames)
         log.info("resumed at input frame %d (%d frames adapted on so far)", start, adapter.frames)
+    elif resume:  # killed before its first checkpoint: start over, without the lines it had logged
+        run.truncate_log(0)
     if size is None and adapter.size is not None:
         size = adapter.size
     source_in = _open_input(inp, labels, start, source.num_classes, ignore_out_of_range) if start else probe
@@ -218,8 +220,8 @@ def adapt_stream(
             c = confusion_matrix(scored, label, source.num_classes)
             tot.conf += c
             win.conf += c
-        if save_pred:
-            _save_pred(pred_dir / f"{name}.png", labels_out)
+        if save_pred:  # at the frame's own size
+            _save_pred(pred_dir / f"{name}.png", _to_label_size(labels_out, image.shape[1:]))
         if res.window is not None:
             record = {"step": adapter.frames, "input_index": i, **res.window, **win.costs()}
             if win.conf.sum() > 0:

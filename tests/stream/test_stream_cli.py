@@ -235,3 +235,17 @@ def test_a_stream_killed_with_sigkill_resumes_bit_identical(lraspp_checkpoint: P
         assert torch.equal(a[key], b[key]), f"{key} differs after resume"
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(4, 25, 4))
+
+
+def test_predictions_are_saved_at_the_frames_own_size(
+    lraspp_checkpoint: Path, stream_frames: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    code, stdout, err = _run("stream", "-s", lraspp_checkpoint, "-i", stream_frames[0],
+                             "--out", tmp_path / "s", "--method", "adabn", "--size", "32x48",
+                             "--max-frames", "2", "--save-pred", "--json")  # fmt: skip
+    assert code == 0, err
+    assert json.loads(stdout)["size"] == [32, 48]
+    preds = sorted((tmp_path / "s" / "pred").glob("*.png"))
+    assert len(preds) == 2 and all(Image.open(p).size == (64, 32) for p in preds)
