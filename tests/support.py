@@ -6,6 +6,9 @@ import contextlib
 import ctypes
 import hashlib
 import os
+import signal
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -164,3 +167,13 @@ class WeakHeadNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(self.body(x))
+
+
+def sigkill_when(proc: subprocess.Popen, path: Path, timeout: float = 240) -> None:
+    """SIGKILL ``proc`` as soon as ``path`` exists (its first checkpoint); the caller checks that it
+    was killed and did not finish first (``proc.returncode == -signal.SIGKILL``)."""
+    deadline = time.time() + timeout
+    while not path.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()

@@ -7,11 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+from support import sigkill_when
 
 ARGS = ["--iters", "8", "--batch-size", "2", "--crop", "32x64", "--seed", "3", "--json"]
 
@@ -68,11 +68,7 @@ def test_resume_after_sigkill_is_bit_identical(
         stderr=subprocess.DEVNULL,
     )
     ckpt = run / "checkpoints" / "last.pt"
-    deadline = time.time() + 240
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    sigkill_when(proc, ckpt)
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert not list(run.glob("model.*"))  # model.safetensors, or model.pt for a pickled module
     step = torch.load(ckpt, weights_only=True)["step"]

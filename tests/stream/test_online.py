@@ -186,16 +186,20 @@ def test_a_forced_collapse_fires_the_health_rule_and_restores_healthy_weights(so
             assert torch.equal(v.cpu(), src[k]), k
 
 
-def test_on_collapse_source_always_restores_the_source(source) -> None:
-    rule = HealthRule(patience=1, restore="source")
+def _collapse_after_two_healthy_windows(source, restore: str) -> tuple[OnlineAdapter, list[dict]]:
+    """A mean teacher (patience 1, ``restore``) collapsed after 8 healthy frames; the next window."""
+    rule = HealthRule(patience=1, restore=restore)
     adapter = OnlineAdapter(source, "mean_teacher", config=_quick_cfg("mean_teacher"),
                             stream=StreamConfig(window=4, batch_size=2, health=rule))  # fmt: skip
     frames = _frames(12)
     for f in frames[:8]:
         adapter.step(f)
     _collapse(adapter)
-    for f in frames[8:12]:
-        adapter.step(f)
+    return adapter, [r.window for f in frames[8:12] if (r := adapter.step(f)).window]
+
+
+def test_on_collapse_source_always_restores_the_source(source) -> None:
+    adapter, _ = _collapse_after_two_healthy_windows(source, "source")
     assert [r["to"] for r in adapter.restores] == ["source"]
 
 
@@ -336,13 +340,6 @@ def test_frame_statistics_work_on_a_pooled_branch_with_one_value_per_channel(met
 
 
 def test_on_collapse_off_logs_the_verdict_and_restores_nothing(source) -> None:
-    rule = HealthRule(patience=1, restore="off")
-    adapter = OnlineAdapter(source, "mean_teacher", config=_quick_cfg("mean_teacher"),
-                            stream=StreamConfig(window=4, batch_size=2, health=rule))  # fmt: skip
-    frames = _frames(12)
-    for f in frames[:8]:
-        adapter.step(f)
-    _collapse(adapter)
-    fired = [r.window for f in frames[8:12] if (r := adapter.step(f)).window]
+    adapter, fired = _collapse_after_two_healthy_windows(source, "off")
     assert fired[-1]["restore"] and fired[-1]["restored_to"] is None and not adapter.restores
-    assert (adapter.predict(frames[0]) == 0).all()  # still collapsed: monitored, not acted on
+    assert (adapter.predict(_frames(1)[0]) == 0).all()  # still collapsed: monitored, not acted on

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from stvm_sdk.cli.app import app
-from support import make_frames
+from support import make_frames, sigkill_when
 from typer.testing import CliRunner
 
 from stvm_sdk.stream.run import adapt_stream
@@ -202,7 +202,6 @@ def test_a_stream_killed_with_sigkill_resumes_bit_identical(lraspp_checkpoint: P
     import signal
     import subprocess
     import sys
-    import time
 
     from safetensors.torch import load_file
 
@@ -219,11 +218,7 @@ def test_a_stream_killed_with_sigkill_resumes_bit_identical(lraspp_checkpoint: P
     run = tmp_path / "killed"
     proc = subprocess.Popen(cmd(run), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt = run / "checkpoints" / "last.pt"
-    deadline = time.time() + 240
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    sigkill_when(proc, ckpt)
     assert proc.returncode == -signal.SIGKILL, "the stream finished before it could be killed"
     frames_done = torch.load(ckpt, weights_only=True)["step"]
     assert 4 <= frames_done < 24
