@@ -18,7 +18,7 @@ from stvm_sdk.cli.common import (
 
 from stvm_sdk.methods import method_names  # names only: no torch
 
-ONLINE_HELP = "source_only | adabn | tent | mean_teacher | stvm (any registered method that trains)"
+ONLINE_HELP = "source_only | adabn | tent | mean_teacher | stvm, or any other registered method"
 
 
 @user_errors
