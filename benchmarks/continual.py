@@ -36,10 +36,11 @@ from accuracy import Plan as AccuracyPlan  # noqa: E402  (the source models are 
 from accuracy import source_model  # noqa: E402
 
 from stvm_sdk import load_model  # noqa: E402
-from stvm_sdk.data.frames import scan_frames  # noqa: E402
+from stvm_sdk.data.frames import FrameFolder, scan_frames  # noqa: E402
 from stvm_sdk.eval.evaluate import evaluate_frames  # noqa: E402
 from stvm_sdk.eval.metrics import confusion_matrix, mean_iou  # noqa: E402
 from stvm_sdk.stream import ONLINE_METHODS, OnlineAdapter, StreamConfig, online_config  # noqa: E402
+from stvm_sdk.stream.run import StreamTotals  # noqa: E402
 from stvm_sdk.synthetic.cache import DomainSpec, ensure_domain  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -143,12 +144,11 @@ def _cell_path(cache: Path, plan: Plan, arch: str, method: str, seed: int) -> Pa
     return cache / "continual" / tag / arch / method / f"seed{seed}.json"
 
 
-def _forget_eval(adapter: OnlineAdapter, roots: dict[str, Path], n: int) -> dict[str, float]:
+def _forget_eval(adapter: OnlineAdapter, folders: dict[str, FrameFolder], n: int) -> dict[str, float]:
     """mIoU (%) of the adapter's predictions (as on the stream: its BatchNorm mode) on held-out frames."""
     out = {}
     k = adapter.source.num_classes
-    for d, root in roots.items():
-        folder = scan_frames(root, root, require_labels=True)
+    for d, folder in folders.items():
         conf = torch.zeros(k, k, dtype=torch.int64)
         for frame in folder.labelled[:n]:
             loaded = folder.load(frame, None, with_label=True)
@@ -158,11 +158,11 @@ def _forget_eval(adapter: OnlineAdapter, roots: dict[str, Path], n: int) -> dict
     return out
 
 
-def _exported_eval(model: Any, roots: dict[str, Path], n: int) -> dict[str, float]:
+def _exported_eval(model: Any, folders: dict[str, FrameFolder], n: int) -> dict[str, float]:
     """mIoU (%) of the deliverable as exported (eval mode: running BatchNorm statistics)."""
     out = {}
-    for d, root in roots.items():
-        res = evaluate_frames(model, scan_frames(root, root, require_labels=True), limit=n)
+    for d, folder in folders.items():
+        res = evaluate_frames(model, folder, limit=n)
         out[d] = round(res.miou, 3)
     return out
 
@@ -181,33 +181,31 @@ def run_cell(plan: Plan, cache: Path, arch: str, method: str, seed: int) -> dict
             pass
     t0 = time.perf_counter()
     source = load_model(source_model(plan.source_plan(), arch, cache))
-    roots, eval_roots = _data(plan, cache), _eval_roots(plan, cache)
+    roots = _data(plan, cache)
+    eval_folders = {d: scan_frames(r, r, require_labels=True) for d, r in _eval_roots(plan, cache).items()}
     folders = {d: scan_frames(r, r, require_labels=True) for d, r in roots.items()}
     k = source.num_classes
     adapter = OnlineAdapter(
         source, method, config=plan.method_cfg(method, seed), stream=plan.stream_cfg(), seed=seed
     )
-    before = _forget_eval(adapter, eval_roots, plan.n_forget)  # the same predictor before the stream
+    before = _forget_eval(adapter, eval_folders, plan.n_forget)  # the same predictor before the stream
     conf = torch.zeros(plan.rounds, len(plan.sequence), k, k, dtype=torch.int64)
-    predict_s, adapt_s, windows = [], [], []
+    totals, windows = StreamTotals(k), []
     for r, s, d, i in stream_order(plan):
         loaded = folders[d].load(folders[d].frames[i], None, with_label=True)
         assert loaded is not None and loaded[1] is not None
         img, label = loaded
         res = adapter.step(img)
         conf[r, s] += confusion_matrix(res.labels.cpu(), label, k)
-        predict_s.append(res.predict_s)
-        if res.adapted:
-            adapt_s.append(res.adapt_s)
+        totals.add(res.predict_s, res.adapt_s if res.adapted else None)
         if res.window is not None:
             windows.append({**res.window, "round": r, "segment": s})
     stream_s = time.perf_counter() - t0
-    after = _forget_eval(adapter, eval_roots, plan.n_forget)
-    exported = _exported_eval(adapter.deliverable(), eval_roots, plan.n_forget)
+    after = _forget_eval(adapter, eval_folders, plan.n_forget)
+    exported = _exported_eval(adapter.deliverable(), eval_folders, plan.n_forget)
     seg = [
         [round(100 * mean_iou(conf[r, s]), 3) for s in range(len(plan.sequence))] for r in range(plan.rounds)
     ]
-    n_frames = len(predict_s)
     cell = {
         "arch": arch, "method": method, "seed": seed, "settings": settings,
         "segment_miou": seg,  # [round][segment]
@@ -224,11 +222,7 @@ def run_cell(plan: Plan, cache: Path, arch: str, method: str, seed: int) -> dict
         "unhealthy_windows": sum(not w["healthy"] for w in windows),
         "windows": windows,
         "cost": {
-            "frames": n_frames, "adapted_frames": len(adapt_s),
-            "predict_ms_p50": _pct(predict_s, 50), "predict_ms_p99": _pct(predict_s, 99),
-            "adapt_ms_p50": _pct(adapt_s, 50), "adapt_ms_p99": _pct(adapt_s, 99),
-            "adapt_ms_per_frame": round(1000 * sum(adapt_s) / max(n_frames, 1), 2),
-            "fps": round(n_frames / max(sum(predict_s) + sum(adapt_s), 1e-9), 2),
+            "frames": totals.frames, "adapted_frames": totals.adapted, **totals.costs(),
             "threads": torch.get_num_threads(),
         },
         "memory_bytes": adapter.memory_bytes(),
@@ -243,13 +237,6 @@ def run_cell(plan: Plan, cache: Path, arch: str, method: str, seed: int) -> dict
 
 def _segments(plan: Plan, domain: str) -> list[int]:
     return [s for s, d in enumerate(plan.sequence) if d == domain]
-
-
-def _pct(values: list[float], q: int) -> float | None:
-    if not values:
-        return None
-    t = torch.tensor(values, dtype=torch.float64)
-    return round(1000 * float(torch.quantile(t, q / 100)), 2)
 
 
 def _prepare(plan: Plan, cache: Path) -> None:

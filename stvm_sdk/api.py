@@ -204,15 +204,21 @@ def check_method_fits(model: SegModel, method: type[Method]) -> None:
 
 def run_inputs(source_path: Path | None, source: SegModel, folder: FrameFolder) -> dict[str, Any]:
     """What the run reads, with content fingerprints (recorded in the run; a resume must match)."""
-    src: dict[str, str | None]
+    return {"source": source_fingerprint(source_path, source), "target": folder_fingerprint(folder)}
+
+
+def source_fingerprint(source_path: Path | None, source: SegModel) -> dict[str, Any]:
+    """The source model's file and SHA-256, or for an in-memory model the SHA-256 of its weights."""
     if source_path is not None:
-        src = {"path": str(source_path), "sha256": sha256(source_path)}
-    else:  # an in-memory model: fingerprint its weights
-        src = {"path": None, "sha256": module_sha256(source.module)}
+        return {"path": str(source_path), "sha256": sha256(source_path)}
+    return {"path": None, "sha256": module_sha256(source.module)}
+
+
+def folder_fingerprint(folder: FrameFolder) -> dict[str, Any]:
+    """A frames folder: its root, file count and a SHA-256 over every file found (usable or not)."""
     paths = [f.image for f in folder.frames] + [s.path for s in folder.skipped]
     base = image_root(folder.root)
-    target = {"path": str(folder.root), "frames": len(paths), "sha256": frames_sha256(sorted(paths), base)}
-    return {"source": src, "target": target}
+    return {"path": str(folder.root), "frames": len(paths), "sha256": frames_sha256(sorted(paths), base)}
 
 
 def _warn_small_frames(folder: FrameFolder, cfg: AdaptConfig) -> None:

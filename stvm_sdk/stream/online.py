@@ -94,12 +94,11 @@ class StreamConfig:
 
 
 def online_config(method: str = "stvm", config: AdaptConfig | None = None) -> AdaptConfig:
-    """The method's config for a stream: a constant learning rate (no end to decay towards) and a
-    short metric warm-up (40 steps, as in the accuracy benchmark), unless ``config`` sets them."""
-    base = AdaptConfig(method=method).with_overrides({"optim.poly_power": 0.0, "metric.warmup": 40})
-    if config is None:
-        return base
-    return config if config.method == method else config.with_overrides({"method": method})
+    """The method's config for a stream: ``config`` (default: a 40-step metric warm-up, as in the
+    accuracy benchmark) with a constant learning rate always: a stream has no ``run.iters`` to decay
+    towards, and poly decay would stop learning for good after that many steps."""
+    cfg = config if config is not None else AdaptConfig().with_overrides({"metric.warmup": 40})
+    return cfg.with_overrides({"method": method, "optim.poly_power": 0.0})
 
 
 def _own_statistics(bn: nn.Module, inputs: tuple[Tensor, ...]) -> None:
@@ -237,7 +236,6 @@ class OnlineAdapter:
         self.size: tuple[int, int] | None = None
         self._initial = _cpu_copy(self.method.state_dict())  # the method at the start: "source"
         self._healthy: dict[str, Any] | None = None  # the last snapshot judged healthy
-        self._healthy_frame = 0
         trained = [n for n, p in self.method.student.named_parameters() if p.requires_grad]
         self._anchor = {
             n: p.detach().clone() for n, p in self.method.student.named_parameters() if n in trained
@@ -328,7 +326,6 @@ class OnlineAdapter:
             record["restored_to"] = self.restore(record["reasons"] or ["unhealthy"])
         elif record["healthy"]:
             self._healthy = _cpu_copy(self.method.state_dict())
-            self._healthy_frame = self.frames
         return record
 
     def restore(self, reasons: list[str]) -> str:
@@ -417,7 +414,6 @@ class OnlineAdapter:
             "frames": self.frames, "steps": self.steps, "size": self.size, "method": self.method.state_dict(),
             "optimizer": opt.state_dict() if opt is not None else None, "buffer": self.buffer.state_dict(),
             "monitor": self.monitor.state_dict(), "healthy": self._healthy,
-            "healthy_frame": self._healthy_frame,
             "restores": copy.deepcopy(self.restores),
         }  # fmt: skip
 
@@ -432,7 +428,7 @@ class OnlineAdapter:
             {"data": None if buf["data"] is None else buf["data"].to(self.device), "count": buf["count"]}
         )
         self.monitor.load_state_dict(state["monitor"])
-        self._healthy, self._healthy_frame = state["healthy"], int(state["healthy_frame"])
+        self._healthy = state["healthy"]
         self.restores = list(state["restores"])
 
     def export(self, out_dir: str | Path, **options: Any) -> Any:

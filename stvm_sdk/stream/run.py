@@ -33,12 +33,18 @@ import torch
 from PIL import Image
 from torch import nn
 
-from stvm_sdk.api import as_segmodel, check_method_fits, resolve_device
-from stvm_sdk.boundary.fingerprint import frames_sha256, module_sha256, sha256
+from stvm_sdk.api import (
+    as_segmodel,
+    check_method_fits,
+    folder_fingerprint,
+    resolve_device,
+    source_fingerprint,
+)
+from stvm_sdk.boundary.fingerprint import sha256
 from stvm_sdk.boundary.labels import check_label_ids
 from stvm_sdk.boundary.outputs import atomic_write, write_json_atomic
 from stvm_sdk.config import AdaptConfig
-from stvm_sdk.data.frames import FrameFolder, image_root, scan_frames
+from stvm_sdk.data.frames import FrameFolder, scan_frames
 from stvm_sdk.data.images import image_tensor
 from stvm_sdk.data.video import VIDEO_EXTENSIONS, is_video, video_frames
 from stvm_sdk.errors import ConfigError, DataError
@@ -64,30 +70,31 @@ class StreamResult:
         return self.adapter.deliverable()
 
 
+Frames = Iterator[tuple[int, str, torch.Tensor | None, torch.Tensor | None]]
+
+
 @dataclass
 class _Input:
-    """Frames in stream order: ``(index, name, image [3,H,W] or None if unreadable, label or None)``."""
+    """A stream's frames: ``frames(start)`` yields ``(index, name, image [3,H,W] or None if unreadable,
+    label or None)`` from input index ``start`` on; opened once, so a resume neither rescans nor reopens."""
 
-    path: Path
-    frames: Iterator[tuple[int, str, torch.Tensor | None, torch.Tensor | None]]
-    total: int | None
+    frames: Callable[[int], Frames]
+    fingerprint: dict[str, Any]
     folder: FrameFolder | None = None
-    fingerprint: dict[str, Any] = field(default_factory=dict)
 
 
-def _open_input(path: Path, labels: Path | None, start: int, num_classes: int, ignore_oor: bool) -> _Input:
+def _open_input(path: Path, labels: Path | None, num_classes: int, ignore_oor: bool) -> _Input:
     if path.is_file() and is_video(path):
         if labels is not None:
             raise ConfigError("--labels needs a folder of frames as --input, not a video")
         _, raw, _, count = video_frames(path)
 
-        def decoded() -> Iterator[tuple[int, str, torch.Tensor | None, torch.Tensor | None]]:
+        def decoded(start: int) -> Frames:
             for i, arr in enumerate(raw):
                 if i >= start:
                     yield i, f"{path.stem}_{i:06d}", image_tensor(arr), None
 
-        fp = {"path": str(path), "sha256": sha256(path), "frames": count}
-        return _Input(path, decoded(), count or None, None, fp)
+        return _Input(decoded, {"path": str(path), "sha256": sha256(path), "frames": count})
     if path.is_file():
         raise DataError(
             f"--input {path} is a file but not a video ({', '.join(VIDEO_EXTENSIONS)}): "
@@ -95,10 +102,8 @@ def _open_input(path: Path, labels: Path | None, start: int, num_classes: int, i
         )
     folder = scan_frames(path, labels)
 
-    def loaded() -> Iterator[tuple[int, str, torch.Tensor | None, torch.Tensor | None]]:
-        for i, frame in enumerate(folder.frames):
-            if i < start:
-                continue
+    def loaded(start: int) -> Frames:
+        for i, frame in enumerate(folder.frames[start:], start):
             out = folder.load(frame, None, with_label=frame.label is not None)
             name = frame.rel.with_suffix("").as_posix()
             if out is None:
@@ -109,9 +114,7 @@ def _open_input(path: Path, labels: Path | None, start: int, num_classes: int, i
                 label = check_label_ids(label, num_classes, frame.label, ignore_out_of_range=ignore_oor)
             yield i, name, out[0], label
 
-    paths = [f.image for f in folder.frames] + [s.path for s in folder.skipped]
-    fp = {"path": str(path), "frames": len(paths), "sha256": frames_sha256(sorted(paths), image_root(path))}
-    return _Input(path, loaded(), len(folder.frames), folder, fp)
+    return _Input(loaded, folder_fingerprint(folder), folder)
 
 
 def adapt_stream(
@@ -163,15 +166,9 @@ def adapt_stream(
     labels = Path(labels_dir) if labels_dir is not None else None
     if out_dir is None:
         out_dir = Path("runs") / time.strftime(f"stream-{cfg.method}-%Y%m%d-%H%M%S")
-    probe = _open_input(
-        inp, labels, 0, source.num_classes, ignore_out_of_range
-    )  # scans the folder (errors before the run folder is claimed)
-    src_fp = (
-        {"path": str(src_path), "sha256": sha256(src_path)}
-        if src_path is not None
-        else {"path": None, "sha256": module_sha256(source.module)}
-    )
-    inputs = {"source": src_fp, "target": probe.fingerprint}
+    # Scanned before the run folder is claimed: an unusable input changes nothing on disk.
+    frames_in = _open_input(inp, labels, source.num_classes, ignore_out_of_range)
+    inputs = {"source": source_fingerprint(src_path, source), "target": frames_in.fingerprint}
     run = RunDir.open(out_dir, cfg, resume, inputs=inputs, input_paths=(src_path, inp, labels))
     settings = {"stream": scfg.to_dict(), "size": list(size) if size else None, "seed": seed}
     stream_json = run.path / "stream.json"
@@ -196,12 +193,11 @@ def adapt_stream(
         run.truncate_log(0)
     if size is None and adapter.size is not None:
         size = adapter.size
-    source_in = _open_input(inp, labels, start, source.num_classes, ignore_out_of_range) if start else probe
-    tot = _Totals.from_dict(carried, source.num_classes)
-    win = _Totals(source.num_classes)
+    tot = StreamTotals.from_dict(carried, source.num_classes)
+    win = StreamTotals(source.num_classes)
     pred_dir = run.path / "pred"
     last_i = start - 1
-    for i, name, image, label in source_in.frames:
+    for i, name, image, label in frames_in.frames(start):
         if max_frames is not None and adapter.frames >= max_frames:
             break
         last_i = i
@@ -237,13 +233,13 @@ def adapt_stream(
                 )  # fmt: skip
             if on_window is not None:
                 on_window(record)
-            win = _Totals(source.num_classes)
+            win = StreamTotals(source.num_classes)
         if adapter.frames % checkpoint_every == 0:
             _checkpoint(run, adapter, i + 1, tot)
     if adapter.frames == 0:
         raise DataError(f"no frame of {inp} could be read ({tot.skipped} unreadable): check the input")
     _checkpoint(run, adapter, last_i + 1, tot)
-    summary = _summary(adapter, run, tot, time.perf_counter() - t_start, source_in)
+    summary = _summary(adapter, run, tot, time.perf_counter() - t_start, frames_in)
     run.write_summary(summary)
     return StreamResult(adapter, run.path, summary)
 
@@ -262,7 +258,7 @@ def _save_pred(path: Path, labels: torch.Tensor) -> None:
     atomic_write(path, lambda fh: img.save(fh, format="PNG"))
 
 
-def _checkpoint(run: RunDir, adapter: OnlineAdapter, next_input: int, tot: _Totals) -> None:
+def _checkpoint(run: RunDir, adapter: OnlineAdapter, next_input: int, tot: StreamTotals) -> None:
     """Adapter state and input position, then the current deliverable (exportable at any time)."""
     run.save_checkpoint(
         {
@@ -280,8 +276,9 @@ LATENCIES_KEPT = 10_000  # p50/p99 are over the most recent frames: memory stays
 
 
 @dataclass
-class _Totals:
-    """Costs and confusion over a window or the whole stream (latencies of the last 10,000 frames)."""
+class StreamTotals:
+    """Costs and confusion over a window or the whole stream (latencies of the last 10,000 frames);
+    benchmarks/continual.py reports its cells with it too."""
 
     num_classes: int
     frames: int = 0
@@ -306,9 +303,10 @@ class _Totals:
             self.adapt_s.append(adapt_s)
 
     def costs(self) -> dict[str, Any]:
+        p, a = self.predict_s, self.adapt_s
         return {
-            "predict_ms_p50": _pct(self.predict_s, 50), "predict_ms_p99": _pct(self.predict_s, 99),
-            "adapt_ms_p50": _pct(self.adapt_s, 50), "adapt_ms_p99": _pct(self.adapt_s, 99),
+            "predict_ms_p50": percentile_ms(p, 50), "predict_ms_p99": percentile_ms(p, 99),
+            "adapt_ms_p50": percentile_ms(a, 50), "adapt_ms_p99": percentile_ms(a, 99),
             "adapt_ms_per_frame": round(1000 * self.adapt_total_s / max(self.frames, 1), 2),
             "fps": round(self.frames / self.busy_s, 2) if self.busy_s > 0 else None,
         }  # fmt: skip
@@ -322,7 +320,7 @@ class _Totals:
         }  # fmt: skip
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], num_classes: int) -> _Totals:
+    def from_dict(cls, data: dict[str, Any], num_classes: int) -> StreamTotals:
         t = cls(num_classes)
         if data:
             t.frames, t.adapted, t.skipped = int(data["frames"]), int(data["adapted"]), int(data["skipped"])
@@ -333,14 +331,15 @@ class _Totals:
         return t
 
 
-def _pct(values: deque[float], q: int) -> float | None:
+def percentile_ms(values: deque[float] | list[float], q: int) -> float | None:
+    """The ``q``-th percentile of durations in seconds, in milliseconds (None for none)."""
     if not values:
         return None
     return round(1000 * float(np.percentile(np.asarray(values), q)), 2)
 
 
 def _summary(
-    adapter: OnlineAdapter, run: RunDir, tot: _Totals, seconds: float, inp: _Input
+    adapter: OnlineAdapter, run: RunDir, tot: StreamTotals, seconds: float, inp: _Input
 ) -> dict[str, Any]:
     mem = adapter.memory_bytes()
     out: dict[str, Any] = {

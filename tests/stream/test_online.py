@@ -343,3 +343,13 @@ def test_on_collapse_off_logs_the_verdict_and_restores_nothing(source) -> None:
     adapter, fired = _collapse_after_two_healthy_windows(source, "off")
     assert fired[-1]["restore"] and fired[-1]["restored_to"] is None and not adapter.restores
     assert (adapter.predict(_frames(1)[0]) == 0).all()  # still collapsed: monitored, not acted on
+
+
+def test_a_users_config_still_learns_at_a_constant_rate_on_a_stream(source) -> None:
+    from stvm_sdk.config import AdaptConfig
+
+    user = AdaptConfig(method="mean_teacher")  # poly decay to 0 over run.iters (2000), as for adapt
+    assert user.optim.poly_power > 0
+    adapter = OnlineAdapter(source, "mean_teacher", config=user)
+    assert adapter.cfg.method == "mean_teacher" and adapter.cfg.optim.poly_power == 0.0
+    assert adapter.method.lr_at(10 * user.run.iters) == user.optim.lr  # past run.iters: still learning
