@@ -10,16 +10,29 @@ from typing import Any
 
 import typer
 from stvm_sdk.cli.common import IGNORE_OUT_OF_RANGE, TRUST_PICKLE, console, print_json, user_errors
+from stvm_sdk.cli.options import ConfigOption, with_config_options
 
-from stvm_sdk.config import AdaptConfig, DataConfig, RunConfig  # class defaults: no torch imported
+from stvm_sdk.config import AdaptConfig  # class defaults: no torch imported
 from stvm_sdk.methods import method_names  # names only: read from the package folder, no torch
 
-
-def _hw(hw: tuple[int, int] | None) -> str:
-    return "none" if hw is None else f"{hw[0]}x{hw[1]}"
+# The flags that set config fields; every other field is KEY=VALUE (cli/options.py).
+ADAPT_OPTIONS = (
+    ConfigOption(
+        "--method", "method", AdaptConfig, f": {' | '.join(method_names())}; `stvm methods` describes them."
+    ),
+    ConfigOption("--iters", "run.iters", AdaptConfig),
+    ConfigOption("--batch-size", "data.batch_size", AdaptConfig),
+    ConfigOption("--crop", "data.crop", AdaptConfig, " (HxW, or none for whole frames)."),
+    ConfigOption(
+        "--resize", "data.resize", AdaptConfig, " (HxW before cropping; none keeps each frame's size)."
+    ),
+    ConfigOption("--device", "run.device", AdaptConfig),
+    ConfigOption("--seed", "run.seed", AdaptConfig),
+)
 
 
 @user_errors
+@with_config_options(*ADAPT_OPTIONS)
 def adapt_command(
     ctx: typer.Context,
     source: Path = typer.Option(
@@ -33,34 +46,10 @@ def adapt_command(
         ..., "--target", "-t", help="Folder of unlabeled target frames (any image tree)."
     ),
     labels: Path | None = typer.Option(
-        None, "--labels", help="Labels mirroring --target: evaluate before/after."
-    ),
-    method: str | None = typer.Option(
-        None,
-        "--method",
-        help=f"Adaptation method: {' | '.join(method_names())}; `stvm methods` describes them.",
-        show_default=AdaptConfig.method,
-    ),
-    iters: int | None = typer.Option(
-        None, "--iters", help="Adaptation steps.", show_default=str(RunConfig.iters)
-    ),
-    batch_size: int | None = typer.Option(
-        None, "--batch-size", help="Frames per step (per process).", show_default=str(DataConfig.batch_size)
-    ),
-    crop: str | None = typer.Option(
-        None, "--crop", help="Random crop HxW, or 'none' (whole frames).", show_default=_hw(DataConfig.crop)
-    ),
-    resize: str | None = typer.Option(
-        None, "--resize", help="Resize frames to HxW before cropping.", show_default="keep each frame's size"
-    ),
-    device: str | None = typer.Option(
-        None,
-        "--device",
-        help="auto (a GPU if there is one), cpu, cuda or cuda:N.",
-        show_default=RunConfig.device,
+        None, "--labels", help="Labels mirroring --target: evaluate before/after (and draw figures)."
     ),
     config: Path | None = typer.Option(
-        None, "--config", help="TOML/YAML/JSON config; options above override it."
+        None, "--config", help="TOML/YAML/JSON config (`stvm config` writes one); options override it."
     ),
     preset: str | None = typer.Option(
         None,
@@ -70,9 +59,6 @@ def adapt_command(
     out: Path | None = typer.Option(None, "--out", help="Run directory (default runs/<method>-<time>)."),
     resume: bool = typer.Option(
         False, "--resume", help="Continue the run in --out from its last checkpoint."
-    ),
-    seed: int | None = typer.Option(
-        None, "--seed", help="Seed of batches, crops and mixing.", show_default=str(RunConfig.seed)
     ),
     num_classes: int | None = typer.Option(
         None, "--num-classes", help="Check the model has this many classes."
@@ -88,27 +74,20 @@ def adapt_command(
         help="Data-parallel processes on this machine (one per GPU); --batch-size is per process. "
         "Several machines: run torchrun (README, 'Scaling out').",
     ),
+    overrides: dict[str, Any] | None = None,
 ) -> None:
     """Adapt SOURCE to the frames in TARGET without source data (STvM by default)."""
     from stvm_sdk import adapt
-    from stvm_sdk.boundary.args import parse_hw
     from stvm_sdk.distributed import LAUNCHED_ENV, PeerLostError, RankZeroError, env_world
     from stvm_sdk.errors import ConfigError
+    from stvm_sdk.methods import resolve
 
     rank, world, _ = env_world()  # set by torchrun (or by --nproc-per-node's launcher) in workers
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s")
     if config is not None and preset is not None:
         raise ConfigError("--config and --preset both give a whole config: pass one of them")
     cfg = AdaptConfig.from_file(config) if config else AdaptConfig.preset(preset) if preset else AdaptConfig()
-    overrides: dict[str, Any] = {
-        "method": method, "run.iters": iters, "data.batch_size": batch_size, "run.device": device,
-        "run.seed": seed, "data.resize": parse_hw(resize, "--resize") if resize else None,
-    }  # fmt: skip
-    if crop is not None:
-        overrides["data.crop"] = parse_hw(crop, "--crop")
-    cfg = cfg.with_overrides(overrides)
-    if crop is not None and cfg.data.crop is None:
-        cfg = cfg.with_overrides({"data.crop": None})
+    cfg, _ = resolve(cfg.with_overrides(overrides or {}, skip_none=False))  # a bad key: one line, now
     if resume and out is None:
         raise typer.BadParameter("--resume needs --out (the run directory to continue)")
     if nproc_per_node > 1 and world == 1:  # this process launches the workers and waits
@@ -128,17 +107,6 @@ def adapt_command(
         raise
     if rank != 0:  # every process returns the same networks; rank 0 reports
         return
-    if labels is not None and "miou_after" in result.metrics:
-        from stvm_sdk.api import as_segmodel
-        from stvm_sdk.data.frames import scan_frames
-        from stvm_sdk.figures import run_figures
-
-        before = as_segmodel(
-            source, trust_pickle=trust_pickle, num_classes=num_classes, classifier=classifier
-        )
-        figures = run_figures(result, before, scan_frames(target, labels))
-        result.metrics["figures_dir"] = str(figures)
-        logging.getLogger("stvm_sdk").info("figures (frame panels, curves): %s", figures)
     if json_out:
         print_json(result.metrics)
     else:
@@ -147,10 +115,15 @@ def adapt_command(
 
 def worker_args(ctx: typer.Context, out: Path) -> list[str]:
     """This command line again for the worker processes, rebuilt from the parsed options."""
+    import click
+
     args = [ctx.info_name or "adapt"]
     for param in ctx.command.params:
         value = out if param.name == "out" else ctx.params.get(param.name or "")
         if param.name == "nproc_per_node" or value is None or value is False:
+            continue
+        if isinstance(param, click.Argument):  # KEY=VALUE overrides
+            args += [str(v) for v in value]
             continue
         args += [param.opts[0]] if value is True else [param.opts[0], str(value)]
     return args

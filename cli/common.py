@@ -55,6 +55,11 @@ def user_errors(func: F) -> F:
 
 
 def print_json(obj: Any) -> None:
-    """Print one JSON object on stdout (the only thing a `--json` command writes there)."""
+    """Print one JSON object on stdout (the only thing a `--json` command writes there), versioned:
+    ``"schema"`` first, old names of renamed keys kept for one version (:mod:`stvm_sdk.schema`)."""
+    from stvm_sdk.schema import with_schema
+
+    if isinstance(obj, dict):
+        obj = with_schema(obj)
     sys.stdout.write(json.dumps(obj, indent=None, sort_keys=False, default=str) + "\n")
     sys.stdout.flush()

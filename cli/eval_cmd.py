@@ -33,8 +33,8 @@ def eval_command(
     ),
 ) -> None:
     """Evaluate MODEL (.pt or exported .onnx) on labelled frames: mIoU and per-class IoU."""
-    from stvm_sdk.api import resolve_device
     from stvm_sdk.boundary.args import parse_hw
+    from stvm_sdk.device import resolve_device
     from stvm_sdk.eval import evaluate, open_model
 
     path = model_argument(model, model_option, "eval")

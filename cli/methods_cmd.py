@@ -18,10 +18,7 @@ def methods_command(
     from stvm_sdk.methods import ladder
 
     methods = ladder()
-    options = {
-        m.name: {f.name: f.default for f in dataclasses.fields(m.Options)} if m.Options else {}
-        for m in methods
-    }
+    options = {m.name: dataclasses.asdict(m.Options()) if m.Options else {} for m in methods}
     if json_out:
         print_json({"methods": [
             {"name": m.name, "summary": m.summary, "updates": m.updates, "torchscript": m.eager_only is None,
@@ -34,7 +31,10 @@ def methods_command(
     for col in ("what it does", "what it changes", "TorchScript", "options [methods.NAME]"):
         table.add_column(col)
     for m in methods:
-        opts = ", ".join(f"{k}={v}" for k, v in options[m.name].items()) or "-"
+        opts = ", ".join(  # a section of options (STvM's metric, mix, ...) as its name
+            f"{k}.*" if isinstance(v, dict) else f"{k}={v}" for k, v in options[m.name].items()
+        )
+        opts = opts or "-"
         table.add_row(m.name, m.summary, m.updates, "yes" if m.eager_only is None else "no", opts)
     console.print(table)
 

@@ -15,13 +15,30 @@ from stvm_sdk.cli.common import (
     print_json,
     user_errors,
 )
+from stvm_sdk.cli.options import ConfigOption, with_config_options
 
+from stvm_sdk.config import AdaptConfig  # class defaults: no torch imported
 from stvm_sdk.methods import method_names  # names only: no torch
+from stvm_sdk.stream.settings import StreamConfig  # torch-free
 
-ONLINE_HELP = "source_only | adabn | tent | mean_teacher | stvm, or any other registered method"
+STREAM_OPTIONS = (
+    ConfigOption("--method", "method", AdaptConfig, f": {' | '.join(method_names())}."),
+    ConfigOption("--every", "every", StreamConfig, prefix="stream."),
+    ConfigOption("--batch-size", "batch_size", StreamConfig, prefix="stream."),
+    ConfigOption("--buffer", "buffer", StreamConfig, prefix="stream."),
+    ConfigOption("--window", "window", StreamConfig, prefix="stream."),
+    ConfigOption("--restore-prob", "restore_prob", StreamConfig, prefix="stream."),
+    ConfigOption("--bn-predict", "bn_predict", StreamConfig, prefix="stream."),
+    ConfigOption("--bn-momentum", "bn_momentum", StreamConfig, prefix="stream."),
+    ConfigOption("--on-collapse", "health.restore", StreamConfig, prefix="stream."),
+    ConfigOption("--lr", "optim.lr", AdaptConfig, " (constant on a stream)."),
+    ConfigOption("--device", "run.device", AdaptConfig),
+    ConfigOption("--seed", "run.seed", AdaptConfig, " (and of the buffer's draws)."),
+)
 
 
 @user_errors
+@with_config_options(*STREAM_OPTIONS)
 def stream_command(
     source: Path = typer.Option(..., "--source", "-s", help="Source model (as for `stvm adapt`)."),
     input: Path = typer.Option(
@@ -29,25 +46,6 @@ def stream_command(
     ),
     out: Path | None = typer.Option(
         None, "--out", help="Stream directory (default runs/stream-<method>-<time>)."
-    ),
-    method: str = typer.Option("stvm", "--method", help=f"Method: {ONLINE_HELP}."),
-    every: int = typer.Option(1, "--every", min=1, help="Adapt on every N-th frame (all are predicted)."),
-    batch_size: int = typer.Option(4, "--batch-size", min=1, help="Frames per adaptation step."),
-    buffer: int = typer.Option(16, "--buffer", min=1, help="Ring buffer of recent frames (batches, MOCM)."),
-    window: int = typer.Option(20, "--window", min=1, help="Frames per health window / metrics line."),
-    restore_prob: float = typer.Option(
-        0.01, "--restore-prob", help="Share of trained weights reset to the source's per step (0: off)."
-    ),
-    bn_predict: str = typer.Option(
-        "frame", "--bn-predict", help="BatchNorm when predicting: frame (its own statistics) | running."
-    ),
-    bn_momentum: float = typer.Option(
-        0.1, "--bn-momentum", help="Running BatchNorm statistics follow the stream at this momentum."
-    ),
-    on_collapse: str = typer.Option(
-        "last_healthy",
-        "--on-collapse",
-        help="What a collapse restores: last_healthy | source | off (log the verdict, restore nothing).",
     ),
     size: str | None = typer.Option(
         None, "--size", help="Resize frames to HxW (default: the first frame's)."
@@ -57,14 +55,11 @@ def stream_command(
     ),
     save_pred: bool = typer.Option(False, "--save-pred", help="Write each prediction as a class-id PNG."),
     config: Path | None = typer.Option(None, "--config", help="Method config (TOML/YAML/JSON)."),
-    lr: float | None = typer.Option(None, "--lr", help="Learning rate (constant on a stream)."),
     checkpoint_every: int = typer.Option(
         200, "--checkpoint-every", min=1, help="Frames between checkpoints (and model.safetensors updates)."
     ),
     max_frames: int | None = typer.Option(None, "--max-frames", help="Stop after this many frames."),
     resume: bool = typer.Option(False, "--resume", help="Continue the stream in --out from its checkpoint."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    seed: int = typer.Option(0, "--seed", help="Seed of buffer draws and augmentation."),
     num_classes: int | None = typer.Option(
         None, "--num-classes", help="Check the model has this many classes."
     ),
@@ -72,34 +67,31 @@ def stream_command(
     trust_pickle: bool = TRUST_PICKLE,
     ignore_out_of_range: bool = IGNORE_OUT_OF_RANGE,
     json_out: bool = JSON_OUT,
+    overrides: dict[str, Any] | None = None,
 ) -> None:
-    """Adapt SOURCE online on a stream: predict each frame first, then learn from it, safely."""
-    from stvm_sdk.boundary.args import check_choice, parse_hw
-    from stvm_sdk.config import AdaptConfig
-    from stvm_sdk.stream import HealthRule, StreamConfig
+    """Adapt SOURCE online on a stream: predict each frame first, then learn from it, safely.
+
+    KEY=VALUE sets any config field (``optim.lr=1e-4``) or stream setting (``stream.window=30``)."""
+    from stvm_sdk.boundary.args import parse_hw
+    from stvm_sdk.config import build_section
     from stvm_sdk.stream.online import online_config
     from stvm_sdk.stream.run import adapt_stream
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    check_choice(method, method_names(), "--method")
-    check_choice(on_collapse, ("last_healthy", "source", "off"), "--on-collapse")
-    check_choice(bn_predict, ("frame", "running"), "--bn-predict")
     if resume and out is None:
         raise typer.BadParameter("--resume needs --out (the stream directory to continue)")
-    cfg = online_config(method, AdaptConfig.from_file(config) if config else None)
-    if lr is not None:
-        cfg = cfg.with_overrides({"optim.lr": lr})
-    scfg = StreamConfig(
-        every=every, batch_size=batch_size, buffer=buffer, window=window, restore_prob=restore_prob,
-        bn_predict=bn_predict, bn_momentum=bn_momentum, health=HealthRule(restore=on_collapse),
-    )  # fmt: skip
+    over = dict(overrides or {})
+    stream_keys = {k[len("stream.") :]: over.pop(k) for k in list(over) if k.startswith("stream.")}
+    cfg = online_config(over.pop("method", None), AdaptConfig.from_file(config) if config else None)
+    cfg = online_config(None, cfg.with_overrides(over, skip_none=False))
+    scfg = build_section(StreamConfig, _nested(stream_keys), "stream.")
     live = None if json_out else _Live()
     try:
         result = adapt_stream(
-            source, input, method=method, config=cfg, stream_config=scfg, out_dir=out, labels_dir=labels,
+            source, input, config=cfg, stream_config=scfg, out_dir=out, labels_dir=labels,
             size=parse_hw(size, "--size") if size else None, save_pred=save_pred, resume=resume,
-            checkpoint_every=checkpoint_every, max_frames=max_frames, device=device, seed=seed,
-            trust_pickle=trust_pickle, num_classes=num_classes, classifier=classifier,
+            checkpoint_every=checkpoint_every, max_frames=max_frames, device=cfg.run.device,
+            seed=cfg.run.seed, trust_pickle=trust_pickle, num_classes=num_classes, classifier=classifier,
             on_window=live.update if live else None, ignore_out_of_range=ignore_out_of_range,
         )  # fmt: skip
     finally:
@@ -109,6 +101,18 @@ def stream_command(
         print_json(result.summary)
     else:
         _print_summary(result.summary)
+
+
+def _nested(flat: dict[str, Any]) -> dict[str, Any]:
+    """``{"health.restore": "off"}`` -> ``{"health": {"restore": "off"}}``."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
 
 
 class _Live:

@@ -10,7 +10,8 @@ validation, checkpoints and ``--resume``, multi-process runs, evaluation, the ru
 A method is a :class:`stvm_sdk.Method` subclass. Self-training methods usually subclass
 :class:`~stvm_sdk.methods.mean_teacher.MeanTeacher` and override ``weigh`` (which pseudo-labels count,
 and how much) or ``mix`` (the student's input); others implement ``loss`` (see ``stvm_sdk/methods/``).
-Its knobs are an ``Options`` dataclass: config section ``[methods.entropy_weighted]``.
+Its knobs are an ``Options`` dataclass, config section ``[methods.entropy_weighted]``: the mean
+teacher's (it subclasses their dataclass) plus its own.
 """
 
 from __future__ import annotations
@@ -24,11 +25,11 @@ import torch
 from torch import Tensor
 
 from stvm_sdk import AdaptConfig, adapt, register_method
-from stvm_sdk.methods.mean_teacher import MeanTeacher
+from stvm_sdk.methods.mean_teacher import MeanTeacher, MeanTeacherOptions
 
 
 @dataclass(frozen=True)
-class EntropyOptions:
+class EntropyOptions(MeanTeacherOptions):
     power: float = 1.0  # weight = certainty ** power
 
 

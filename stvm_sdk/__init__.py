@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "adapt": "stvm_sdk.api",
-    "AdaptResult": "stvm_sdk.api",
+    "AdaptResult": "stvm_sdk.result",
     "AdaptConfig": "stvm_sdk.config",
     "Method": "stvm_sdk.methods.base",
     "register_method": "stvm_sdk.methods.registry",
@@ -34,10 +34,10 @@ _EXPORTS = {
     "export_model": "stvm_sdk.export.pipeline",
     "ExportOptions": "stvm_sdk.export.pipeline",
     "bench_models": "stvm_sdk.bench.run",
-    "load_run": "stvm_sdk.api",
-    "reliability_map": "stvm_sdk.api",
+    "load_run": "stvm_sdk.result",
+    "reliability_map": "stvm_sdk.result",
     "OnlineAdapter": "stvm_sdk.stream.online",
-    "StreamConfig": "stvm_sdk.stream.online",
+    "StreamConfig": "stvm_sdk.stream.settings",
     "adapt_stream": "stvm_sdk.stream.run",
 }
 __all__ = [
@@ -68,7 +68,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from stvm_sdk.api import AdaptResult, adapt, load_run, reliability_map
+    from stvm_sdk.api import adapt
     from stvm_sdk.bench.run import bench_models
     from stvm_sdk.config import AdaptConfig
     from stvm_sdk.errors import StvmError
@@ -77,8 +77,10 @@ if TYPE_CHECKING:
     from stvm_sdk.methods.base import Method
     from stvm_sdk.methods.registry import method_names, register_method
     from stvm_sdk.models import SegModel, load_model, save_model, save_native
-    from stvm_sdk.stream.online import OnlineAdapter, StreamConfig
+    from stvm_sdk.result import AdaptResult, load_run, reliability_map
+    from stvm_sdk.stream.online import OnlineAdapter
     from stvm_sdk.stream.run import adapt_stream
+    from stvm_sdk.stream.settings import StreamConfig
     from stvm_sdk.supervised import TrainConfig, train_source
 
 

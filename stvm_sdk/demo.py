@@ -53,9 +53,9 @@ class DemoSettings:
     def adapt_config(self) -> AdaptConfig:
         h, w = self.size
         return AdaptConfig(method="stvm").with_overrides(
-            {"run.iters": self.adapt_iters, "metric.warmup": self.warmup, "data.crop": (h, w),
+            {"run.iters": self.adapt_iters, "methods.stvm.metric.warmup": self.warmup, "data.crop": (h, w),
              "data.batch_size": 4, "run.seed": self.seed, "run.log_every": 10, "run.checkpoint_every": 50,
-             "mix.patch": max(8, h // 8)}
+             "methods.stvm.mix.patch": max(8, h // 8)}
         )  # fmt: skip
 
     def train_config(self) -> TrainConfig:

@@ -161,8 +161,8 @@ class DistContext:
         """Make ``adapter`` data-parallel: rank 0's state everywhere, DDP wrappers, cross-process ops."""
         if self.world == 1 or adapter.optimizer is None:
             return
-        if cfg.run.sync_bn and cfg.student_bn == "frozen":
-            log.warning("run.sync_bn has no effect with student_bn=frozen (BN uses fixed statistics)")
+        if cfg.run.sync_bn and not adapter.batch_statistics:
+            log.warning("run.sync_bn has no effect: the student's BatchNorm keeps fixed statistics")
         elif cfg.run.sync_bn:
             n = convert_sync_batchnorm(adapter.student, cuda=self.device.type == "cuda")
             log.info("sync_bn: %d BatchNorm layers normalise over the global batch", n)

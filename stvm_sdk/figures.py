@@ -154,19 +154,14 @@ def curves(metrics_jsonl: Path, out: Path) -> Path | None:
 
 def run_figures(result: Any, before: SegModel, folder: FrameFolder, n: int = 4) -> Path:
     """Panels of ``n`` frames and the curves of an adaptation run, in ``<run>/figures/``."""
-    from stvm_sdk.api import reliability_map  # api never imports figures: no cycle
-    from stvm_sdk.methods.parts.metric import MetricHead
     from stvm_sdk.rundir import RunDir
 
     out = Path(result.run_dir) / "figures"
-    teacher = result.teacher
     device = next(iter(result.model.module.parameters()), torch.zeros(())).device
-    has_metric = (
-        isinstance(result.metric, MetricHead) and teacher is not None and teacher.classifier is not None
-    )
+    has_weights = result.has_pixel_weights  # the method's own (STvM: its reliability), else max-softmax
     frame_panels(
         folder, before, result.model, out, n=n, size=result.config.run.eval_size,
-        reliability=(lambda images: reliability_map(result, images.to(device))[1]) if has_metric else None,
+        reliability=(lambda images: result.pixel_weights(images.to(device))[1]) if has_weights else None,
         after_name=f"after ({result.config.method})",
     )  # fmt: skip
     curves(RunDir(result.run_dir).metrics_path, out / "curves.png")

@@ -7,7 +7,8 @@ stage reads) to the three stages here:
    checkpoint when resuming;
 2. :func:`train` - ``run.iters`` steps, a log record every ``run.log_every`` steps, an atomic
    checkpoint every ``run.checkpoint_every`` steps;
-3. :func:`finish` - save the deliverable, teacher and student, score them, write ``summary.json``.
+3. :func:`finish` - save the deliverable, teacher and student, score them, draw the figures (with
+   labels), write ``summary.json``.
 
 The loop never asks which method runs (:class:`~stvm_sdk.methods.base.Method` is the contract).
 """
@@ -35,26 +36,10 @@ from stvm_sdk.methods.base import Method
 from stvm_sdk.methods.parts.norm import reestimate_bn
 from stvm_sdk.models.contract import normalize
 from stvm_sdk.models.io import SegModel, model_suffix, save_model, save_native, save_torchscript
+from stvm_sdk.result import AdaptResult
 from stvm_sdk.rundir import KEEP_LAST, RunDir
 
 log = logging.getLogger("stvm_sdk")
-
-
-@dataclass
-class AdaptResult:
-    """What an adaptation run produced."""
-
-    model: SegModel  # the deliverable (decision 10)
-    teacher: SegModel | None
-    student: SegModel
-    run_dir: Path
-    metrics: dict[str, Any] = field(default_factory=dict)
-    metric: torch.nn.Module | None = None  # STvM's metric network + proxies (for reliability maps)
-    config: AdaptConfig = field(default_factory=AdaptConfig)
-
-    @property
-    def model_path(self) -> Path:
-        return RunDir(self.run_dir).model_path("model")
 
 
 @dataclass
@@ -69,6 +54,7 @@ class Job:
     ddp: distributed.DistContext
     ignore_out_of_range: bool = False
     t_start: float = field(default_factory=time.perf_counter)
+    figures: bool = True  # with labels: frame panels and curves in <run>/figures
 
     @property
     def device(self) -> torch.device:
@@ -123,10 +109,11 @@ def _bn_batches(job: Job, model: SegModel, batch_size: int) -> Iterator[torch.Te
 
 
 def _restore(method: Method, ckpt: dict[str, Any], world: int) -> int:
+    state = ckpt["state"]
     try:
-        method.load_state_dict(ckpt["adapter"])
-        if method.optimizer is not None and ckpt.get("optimizer") is not None:
-            method.optimizer.load_state_dict(ckpt["optimizer"])
+        method.load_state_dict(state["method"])
+        if method.optimizer is not None and state.get("optimizer") is not None:
+            method.optimizer.load_state_dict(state["optimizer"])
     except (RuntimeError, ValueError, KeyError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1].strip()[:160]
         raise DataError(
@@ -141,12 +128,10 @@ def _restore(method: Method, ckpt: dict[str, Any], world: int) -> int:
 
 def _checkpoint(method: Method, run: RunDir, step: int, world: int) -> None:
     state = {
-        "step": step,
-        "world": world,  # processes: resuming with another count changes the global batch
-        "adapter": method.state_dict(),
+        "method": method.state_dict(),
         "optimizer": method.optimizer.state_dict() if method.optimizer is not None else None,
     }
-    run.save_checkpoint(state)
+    run.save_checkpoint(step, state, world=world)  # processes: another count changes the global batch
 
 
 # --- 2. train --------------------------------------------------------------------------------------
@@ -261,7 +246,7 @@ def finish(method: Method, job: Job, steps: int, before: EvalResult | None) -> A
     teacher = replace(job.source, module=method.teacher.eval()) if method.teacher is not None else None
     model = teacher if (teacher is not None and method.deliverable_role == "teacher") else student
     if not ddp.is_main:  # the same networks as rank 0 (checked); rank 0 writes and evaluates
-        return AdaptResult(model, teacher, student, run.path, {"rank": ddp.rank}, method.metric, cfg)
+        return AdaptResult(model, teacher, student, run.path, {"rank": ddp.rank}, method.extras(), cfg)
     ext = model_suffix(model)
     paths = {
         "model_path": save_model(model, run.model_path("model", ext), then=KEEP_LAST),
@@ -280,7 +265,6 @@ def finish(method: Method, job: Job, steps: int, before: EvalResult | None) -> A
         log.warning("TorchScript export skipped: %s", exc)
     _checkpoint(method, run, steps, ddp.world)
     metrics: dict[str, Any] = {
-        "run_dir": str(run.path),
         **{k: str(v) if v else None for k, v in paths.items()},
         "method": cfg.method,
         "deliverable": "teacher" if model is teacher else "student",
@@ -302,5 +286,17 @@ def finish(method: Method, job: Job, steps: int, before: EvalResult | None) -> A
             frames_labelled=len(job.folder.labelled),
             images_evaluated=after.n_images,
         )
-    run.write_summary(metrics)
-    return AdaptResult(model, teacher, student, run.path, metrics, method.metric, cfg)
+    result = AdaptResult(model, teacher, student, run.path, metrics, method.extras(), cfg)
+    if before is not None and job.figures:
+        metrics["figures_dir"] = str(_figures(result, job))
+    result.metrics = run.write_summary(metrics)
+    return result
+
+
+def _figures(result: AdaptResult, job: Job) -> Path:
+    """Frame panels (image, labels, before, after, reliability) and curves in ``<run>/figures``."""
+    from stvm_sdk.figures import run_figures  # matplotlib: only for runs with labels
+
+    figures = run_figures(result, job.source, job.folder)
+    log.info("figures (frame panels, curves): %s", figures)
+    return figures

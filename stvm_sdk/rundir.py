@@ -1,12 +1,14 @@
-"""The run directory: every path of a run, its config and inputs, atomic checkpoints, and resume.
+"""The run directory, one skeleton for offline runs (``adapt``) and streams (``stream``): every path of a
+run, its config, settings and inputs, versioned atomic checkpoints, summaries, and resume.
 
 Layout::
 
     run_dir/.stvm_sdk.json       marker: the SDK made this folder (stvm_sdk.boundary.outputs)
-    run_dir/config.json          the full AdaptConfig (resume refuses a different one)
+    run_dir/run.json             {"schema", "kind": "adapt" | "stream", "settings"} (resume refuses others)
+    run_dir/config.json          the full, resolved AdaptConfig (resume refuses a different one)
     run_dir/inputs.json          source model and target frames, with content fingerprints (idem)
-    run_dir/metrics.jsonl        one JSON object every `run.log_every` steps
-    run_dir/checkpoints/last.pt  networks + optimiser + step, written atomically
+    run_dir/metrics.jsonl        one JSON object per record (every `run.log_every` steps; per window)
+    run_dir/checkpoints/last.pt  {"schema", "kind", "step", "state": {"method", "optimizer", ...}, ...}
     run_dir/model.safetensors, teacher.safetensors, student.safetensors, model.ts, summary.json   at the end
     run_dir/<family>/            the deliverable in its library's own form (hf/, smp/, torchvision/)
 
@@ -15,7 +17,9 @@ a user's own module or a TorchScript model is saved as ``model.pt`` (pickle / To
 and runs written before the switch (``model.pt`` checkpoint dicts) still load and resume.
 
 A run directory is new, empty, or one the SDK made for a run; anything else is refused before a file
-is written (:func:`~stvm_sdk.boundary.outputs.claim_dir`), and no input may lie inside it.
+is written (:func:`~stvm_sdk.boundary.outputs.claim_dir`), and no input may lie inside it. Folders of
+older versions (no ``run.json``, a ``stream.json``, schema-1 checkpoints and configs) still resume and
+load: they are read into today's schema; a folder of another kind, or of a newer schema, is one line.
 """
 
 from __future__ import annotations
@@ -33,8 +37,12 @@ import torch
 from stvm_sdk.boundary.outputs import atomic_write, claim_dir, write_error, write_json_atomic
 from stvm_sdk.config import AdaptConfig
 from stvm_sdk.errors import ConfigError, DataError
+from stvm_sdk.methods.registry import migrate
 from stvm_sdk.models.io import atomic_save
+from stvm_sdk.schema import SCHEMA, with_schema
 
+RUN_SCHEMA = SCHEMA  # run.json, checkpoints and summaries; 1: no run.json, per-kind checkpoint layouts
+KINDS = ("adapt", "stream")
 CHECKPOINT_NAME = "last.pt"
 MODEL_SUFFIXES = (".safetensors", ".pt")  # what a run's models are saved as, newest first
 KEEP_LAST = "the last checkpoint is kept: fix that and rerun with --resume"  # ends a failed write's line
@@ -42,9 +50,10 @@ KEEP_LAST = "the last checkpoint is kept: fix that and rerun with --resume"  # e
 
 @dataclass
 class RunDir:
-    """Paths and persistence of one adaptation run."""
+    """Paths and persistence of one run (``kind`` ``"adapt"`` or ``"stream"``)."""
 
     path: Path
+    kind: str = "adapt"
 
     @classmethod
     def open(
@@ -53,43 +62,97 @@ class RunDir:
         cfg: AdaptConfig,
         resume: bool,
         *,
+        kind: str = "adapt",
+        settings: dict[str, Any] | None = None,
         inputs: dict[str, Any] | None = None,
         input_paths: Iterable[str | os.PathLike[str] | None] = (),
     ) -> RunDir:
-        """Create a new run directory, or reopen one to resume (same config, same inputs).
+        """Create a new run directory, or reopen one to resume (same kind, config, settings, inputs).
 
         Args:
+            cfg: the resolved config (:func:`stvm_sdk.methods.resolve`).
+            kind: ``"adapt"`` (an offline run) or ``"stream"``.
+            settings: what else a resume must match (a stream's settings), as JSON values.
             inputs: ``{"source": {...}, "target": {...}}`` with a ``sha256`` each (recorded; compared
                 on resume).
             input_paths: the files and folders the run reads; none may lie inside the run directory.
         """
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         if out_dir is None:
-            out_dir = Path("runs") / time.strftime(f"{cfg.method}-%Y%m%d-%H%M%S")
-        run = cls(Path(out_dir))
+            prefix = "" if kind == "adapt" else f"{kind}-"
+            out_dir = Path("runs") / time.strftime(f"{prefix}{cfg.method}-%Y%m%d-%H%M%S")
+        run = cls(Path(out_dir), kind)
+        settings = json.loads(json.dumps(settings or {}))
         claim_dir(run.path, "run", inputs=input_paths)
+        held = run._held_kind()
+        if held is not None and held != kind:
+            raise ConfigError(
+                f"{run.path} holds {_a(held)} run, not {_a(kind)} run: choose another --out for this one"
+            )
         if resume and run.config_path.is_file():
-            previous = AdaptConfig.from_dict(json.loads(run.config_path.read_text()))
-            if previous != cfg:
-                diff = _diff(previous.to_dict(), cfg.to_dict())
-                raise ConfigError(
-                    f"cannot resume {run.path}: the config differs ({diff}); resume with the same options"
-                )
-            run._check_inputs(inputs)
+            run._check_same(cfg, settings, inputs)
         elif not resume and run.checkpoint.is_file():
             raise DataError(
                 f"{run.path} already holds a run: pass --resume to continue it, or choose another --out"
             )
+        write_json_atomic({"schema": RUN_SCHEMA, "kind": kind, "settings": settings}, run.run_json_path)
         write_json_atomic(cfg.to_dict(), run.config_path)
         if inputs is not None:
             write_json_atomic(inputs, run.inputs_path)
         return run
+
+    def _held_kind(self) -> str | None:
+        """The kind of run this folder already holds (None: none yet). Folders of schema 1 have no
+        run.json: a stream wrote stream.json, an offline run neither."""
+        record = self._read_json(self.run_json_path)
+        if record is not None:
+            schema = record.get("schema")
+            if not isinstance(schema, int) or schema > RUN_SCHEMA:
+                raise DataError(
+                    f"{self.run_json_path} has schema {schema!r}, newer than this stvm_sdk reads "
+                    f"({RUN_SCHEMA}): upgrade stvm_sdk, or choose another --out"
+                )
+            return str(record.get("kind"))
+        if (self.path / "stream.json").is_file():
+            return "stream"
+        return "adapt" if self.config_path.is_file() else None
+
+    def _check_same(self, cfg: AdaptConfig, settings: dict[str, Any], inputs: dict[str, Any] | None) -> None:
+        raw = self._read_json(self.config_path)
+        try:
+            previous = migrate(raw if isinstance(raw, dict) else {})
+        except ConfigError as exc:
+            raise ConfigError(f"cannot resume {self.path}: its config.json does not read ({exc})") from None
+        if previous != cfg:
+            diff = _diff(previous.to_dict(), cfg.to_dict())
+            raise ConfigError(
+                f"cannot resume {self.path}: the config differs ({diff}); resume with the same options"
+            )
+        record = self._read_json(self.run_json_path)
+        before = record.get("settings") if record is not None else self._read_json(self.path / "stream.json")
+        if before is not None and before != settings:
+            raise ConfigError(
+                f"cannot resume {self.path}: the {self.kind} settings differ ({_diff(before, settings)}); "
+                "resume with the same options"
+            )
+        self._check_inputs(inputs)
+
+    def _read_json(self, path: Path) -> Any:
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise DataError(f"cannot read {path} ({exc}): start a new run with another --out") from None
 
     def _check_inputs(self, inputs: dict[str, Any] | None) -> None:
         try:
             saved = json.loads(self.inputs_path.read_text())
         except (OSError, ValueError):
             return  # a run started before inputs were recorded
-        for key, option in (("source", "--source"), ("target", "--target")):
+        target = "--target" if self.kind == "adapt" else "--input"
+        for key, option in (("source", "--source"), ("target", target)):
             was, now = saved.get(key), (inputs or {}).get(key)
             if was and now and was.get("sha256") != now.get("sha256"):
                 what = (
@@ -105,6 +168,10 @@ class RunDir:
     @property
     def checkpoint(self) -> Path:
         return self.path / "checkpoints" / CHECKPOINT_NAME
+
+    @property
+    def run_json_path(self) -> Path:
+        return self.path / "run.json"
 
     @property
     def config_path(self) -> Path:
@@ -140,20 +207,48 @@ class RunDir:
     def torchscript_path(self) -> Path:
         return self.path / "model.ts"
 
-    def save_checkpoint(self, state: dict[str, Any]) -> Path:
-        return atomic_save(state, self.checkpoint, then=KEEP_LAST)
+    def save_checkpoint(self, step: int, state: dict[str, Any], **extra: Any) -> Path:
+        """Write ``{"schema", "kind", "step", "state", **extra}`` atomically. ``state`` holds at least
+        ``"method"`` (the method's ``state_dict``) and ``"optimizer"`` (its state, or None)."""
+        record = {"schema": RUN_SCHEMA, "kind": self.kind, "step": step, "state": state, **extra}
+        return atomic_save(record, self.checkpoint, then=KEEP_LAST)
 
     def load_checkpoint(self) -> dict[str, Any] | None:
-        """The last checkpoint, or None when the run has none yet."""
+        """The last checkpoint in today's schema (an older one is read into it), or None without one."""
         if not self.checkpoint.is_file():
             return None
         try:
-            return torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+            ckpt = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
             raise DataError(
                 f"cannot read the checkpoint {self.checkpoint} ({first}): start a new run with another --out"
             ) from None
+        return self._current(ckpt)
+
+    def _current(self, ckpt: Any) -> dict[str, Any]:
+        """A checkpoint of any schema in today's; another kind or a newer schema is one line."""
+        if not isinstance(ckpt, dict) or "step" not in ckpt:
+            raise DataError(f"{self.checkpoint} is not a run checkpoint: start a new run with another --out")
+        if "schema" not in ckpt:  # schema 1: a stream's held its adapter and input position
+            if "next_input" in ckpt:
+                ckpt = {"schema": 1, "kind": "stream", "step": ckpt["step"], "state": ckpt["adapter"],
+                        "next_input": ckpt["next_input"], "totals": ckpt.get("totals", {})}  # fmt: skip
+            else:
+                state = {"method": ckpt.get("adapter", {}), "optimizer": ckpt.get("optimizer")}
+                ckpt = {"schema": 1, "kind": "adapt", "step": ckpt["step"], "state": state,
+                        "world": ckpt.get("world", 1)}  # fmt: skip
+        if not isinstance(ckpt["schema"], int) or ckpt["schema"] > RUN_SCHEMA:
+            raise DataError(
+                f"{self.checkpoint} has schema {ckpt['schema']!r}, newer than this stvm_sdk reads "
+                f"({RUN_SCHEMA}): upgrade stvm_sdk, or start a new run with another --out"
+            )
+        if ckpt.get("kind") != self.kind:
+            raise DataError(
+                f"{self.checkpoint} is {_a(str(ckpt.get('kind')))} run's checkpoint, not {_a(self.kind)} "
+                "run's: resume it with the command that made it, or choose another --out"
+            )
+        return dict(ckpt)
 
     def step_of_checkpoint(self) -> int | None:
         """The step of the last checkpoint (read lazily), or None without one."""
@@ -161,8 +256,14 @@ class RunDir:
             return None
         return int(torch.load(self.checkpoint, map_location="cpu", weights_only=True, mmap=True)["step"])
 
-    def write_summary(self, summary: dict[str, Any]) -> Path:
-        return write_json_atomic(summary, self.summary_path)
+    def write_summary(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """Write and return ``summary.json``: ``{"schema", "kind", "run_dir", "model_path",
+        "metrics_path", **summary}``, the same frame for every kind of run."""
+        common = {"kind": self.kind, "run_dir": str(self.path)}
+        paths = {"model_path": str(self.model_path("model")), "metrics_path": str(self.metrics_path)}
+        full = with_schema({**common, **paths, **summary})
+        write_json_atomic(full, self.summary_path)
+        return full
 
     def log(self, record: dict[str, Any]) -> None:
         try:
@@ -177,6 +278,10 @@ class RunDir:
             lines = self.metrics_path.read_text().splitlines()
             keep = [ln for ln in lines if (s := _step(ln)) is not None and s <= step]
             atomic_write(self.metrics_path, lambda fh: fh.write("".join(ln + "\n" for ln in keep).encode()))
+
+
+def _a(kind: str) -> str:
+    return f"an {kind}" if kind[:1] in "aeiou" else f"a {kind}"
 
 
 def _step(line: str) -> int | None:

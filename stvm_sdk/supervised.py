@@ -68,7 +68,7 @@ def train_source(
     progress: bool = True,
 ) -> SegModel:
     """Train ``cfg.arch`` with cross-entropy on labelled frames and save it to ``out_path``."""
-    from stvm_sdk.api import resolve_device
+    from stvm_sdk.device import resolve_device
     from stvm_sdk.progress import progress_bar
 
     labels_dir = labels_dir if labels_dir is not None else images_dir

@@ -29,8 +29,8 @@ def main(source: str, target: str, out: str, dump: str, config: str, plugin: str
         "student": result.student.module.state_dict(),
         "teacher": result.teacher.module.state_dict(),
     }
-    if result.metric is not None:
-        state["metric"] = result.metric.state_dict()  # includes the proxies
+    if "metric" in result.extras:
+        state["metric"] = result.extras["metric"].state_dict()  # includes the proxies
     torch.save(state, Path(dump) / f"rank{os.environ['RANK']}.pt")
 
 

@@ -153,7 +153,7 @@ def torchvision_safetensors(root: Path, arch: str, *, fit_on: Frames | None = No
     besides a pickled checkpoint dict): safetensors with the arch in its JSON metadata."""
     import torchvision
 
-    from stvm_sdk.api import as_segmodel
+    from stvm_sdk.inputs import as_segmodel
     from stvm_sdk.models import save_model
 
     torch.manual_seed(0)

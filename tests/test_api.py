@@ -12,15 +12,16 @@ import torch
 
 from stvm_sdk import AdaptConfig, adapt, load_model
 from stvm_sdk.errors import DataError, DivergedError, ModelLoadError
+from stvm_sdk.methods import resolve
 
 TINY = {
     "run.iters": 4,
-    "metric.warmup": 1,
+    "methods.stvm.metric.warmup": 1,
     "data.batch_size": 2,
     "data.crop": [32, 64],
     "run.log_every": 2,
     "run.checkpoint_every": 2,
-    "mix.patch": 8,
+    "methods.stvm.mix.patch": 8,
 }
 
 
@@ -70,7 +71,9 @@ def test_run_directory_holds_config_metrics_checkpoint_and_models(
         tiny_net, frames[0], labels_dir=frames[1], config=_cfg(), out_dir=tmp_path / "run", progress=False
     )
     run = result.run_dir
-    assert AdaptConfig.from_dict(json.loads((run / "config.json").read_text())) == _cfg()
+    assert (
+        resolve(AdaptConfig.from_dict(json.loads((run / "config.json").read_text())))[0] == resolve(_cfg())[0]
+    )
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [2, 4]
     for key in ("loss", "loss_metric", "mean_weight", "pseudo_hist", "lr", "images_per_s"):
@@ -83,6 +86,13 @@ def test_run_directory_holds_config_metrics_checkpoint_and_models(
     assert m["steps"] == 4 and m["frames_used"] == 6 and m["images_skipped"]["total"] == 0
     assert 0 <= m["miou_before"] <= 100 and 0 <= m["miou_after"] <= 100
     assert set(m["per_class_iou"]) == {"before", "after"}
+    # One versioned frame for every run's summary; a renamed key keeps its old name for one version.
+    summary = json.loads((run / "summary.json").read_text())
+    assert (summary["schema"], summary["kind"], summary["run_dir"]) == (2, "adapt", str(run))
+    assert summary["images_used"] == summary["frames_used"] and "images_used" in summary["deprecated"]
+    assert json.loads((run / "run.json").read_text())["kind"] == "adapt"
+    # A Python caller gets the figures the README promises for a run with labels.
+    assert (Path(m["figures_dir"]) / "curves.png").is_file()
 
 
 @pytest.mark.parametrize("method", ["source_only", "adabn"])
@@ -135,5 +145,5 @@ def test_divergence_stops_with_one_actionable_error_and_saves_nothing(
     assert not (out / "model.pt").exists() and not (out / "student.pt").exists()
     ckpt = out / "checkpoints" / "last.pt"
     if ckpt.exists():  # a checkpoint from before the divergence holds only finite numbers
-        state = torch.load(ckpt, weights_only=True)["adapter"]
+        state = torch.load(ckpt, weights_only=True)["state"]["method"]
         assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())

@@ -39,12 +39,17 @@ CONFIG = {
     # Valid-pixel normalisation: with the class-mean default a 1-pixel class weighs as much as road, so a
     # float-level argmax flip of a few teacher pixels (measured: 4 of 8192 at step 3, after two steps that
     # matched to 7 digits) moves the runs ~1% apart by step 6: chaos, not a difference in the global batch.
-    "reliability": {"normalize": "valid"},
-    "student_bn": "train",  # BN in train mode: batch statistics, sync BN and buffer averaging are exercised
+    "methods": {
+        "stvm": {
+            "normalize": "valid",
+            # BN in train mode: batch statistics, sync BN and buffer averaging are exercised
+            "student_bn": "train",
+            "metric": {"warmup": 1, "pixels_per_class": 8},
+            "mix": {"patch": 8, "class_fraction": 1.0, "tau": 0.0},
+            "aug": {"jitter_prob": 0.0, "blur_prob": 0.0},
+        }
+    },
     "data": {"batch_size": 2, "crop": [32, 64]},
-    "metric": {"warmup": 1, "pixels_per_class": 8},
-    "mix": {"patch": 8, "class_fraction": 1.0, "tau": 0.0},
-    "aug": {"jitter_prob": 0.0, "blur_prob": 0.0},
     "run": {"iters": ITERS, "seed": 3, "log_every": 1, "checkpoint_every": 2, "sync_bn": True},
 }
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # 2 processes on 2 cores
@@ -117,8 +122,8 @@ def test_two_processes_of_batch_b_train_like_one_process_of_batch_2b(
         assert (d_two - d_one).norm() / d_one.norm() < 1e-3, net
         for k in set(mine) - set(params):  # BN statistics
             torch.testing.assert_close(two[net][k], mine[k], rtol=1e-4, atol=1e-5, msg=f"{net}.{k}")
-    assert one.metric is not None
-    for k, v in one.metric.state_dict().items():  # proxies move ~0.1 per step (lr x1000)
+    assert "metric" in one.extras
+    for k, v in one.extras["metric"].state_dict().items():  # proxies move ~0.1 per step (lr x1000)
         torch.testing.assert_close(two["metric"][k], v, rtol=1e-4, atol=1e-5, msg=f"metric.{k}")
     for r1, r2 in zip(_log(one.run_dir), _log(two_procs.run), strict=True):
         for key in ("loss", "loss_metric", "mean_weight"):

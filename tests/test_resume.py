@@ -38,8 +38,9 @@ def _env(tmp: Path) -> dict[str, str]:
     # student_bn = "train": this random-weight lraspp with BN statistics from six 32x64 frames diverges
     # when its student keeps them frozen (the default; fine for trained models, see benchmarks/).
     cfg.write_text(
-        'student_bn = "train"\n'
-        "[run]\ncheckpoint_every = 2\nlog_every = 2\n[metric]\nwarmup = 2\n[mix]\npatch = 8\n"
+        "[run]\ncheckpoint_every = 2\nlog_every = 2\n"
+        '[methods.stvm]\nstudent_bn = "train"\n'
+        "[methods.stvm.metric]\nwarmup = 2\n[methods.stvm.mix]\npatch = 8\n"
     )
     # One thread per process: the comparison is bit-exact either way, and 1 thread is far faster on a
     # loaded 2-core machine (the parent pytest process competes for the cores).

@@ -16,8 +16,8 @@ import torch.nn.functional as nnf
 from torch import Tensor
 
 from stvm_sdk.boundary.frames import FrameRejected
-from stvm_sdk.data.frames import Frame
-from stvm_sdk.data.images import IGNORE_INDEX, load_frame
+from stvm_sdk.data.frames import Frame, load_frame
+from stvm_sdk.data.images import IGNORE_INDEX
 from stvm_sdk.errors import DataError
 
 

@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from torch import Tensor
 
 from stvm_sdk.boundary.frames import REASONS, FrameRejected, Skip, probe_frame
-from stvm_sdk.data.images import load_frame
+from stvm_sdk.data.images import image_tensor, read_image, read_label, resize_image, resize_label
 from stvm_sdk.errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -73,7 +75,7 @@ class FrameFolder:
     def load(
         self, frame: Frame, size: tuple[int, int] | None, with_label: bool = False
     ) -> tuple[Tensor, Tensor | None] | None:
-        """:func:`~stvm_sdk.data.images.load_frame`, or None (recorded in ``skipped``) if it fails."""
+        """:func:`load_frame`, or None (recorded in ``skipped``) if it fails."""
         if frame.image in self._rejected:
             return None
         try:
@@ -194,3 +196,25 @@ def scan_frames(
             f"{looked} (labels mirror the image tree; Cityscapes *_gtFine_labelTrainIds.png work too)"
         )
     return folder
+
+
+def load_frame(
+    frame: Frame, size: tuple[int, int] | None, with_label: bool = False
+) -> tuple[Tensor, Tensor | None]:
+    """Decode and resize one frame (and its label, which must have the frame's size).
+
+    Raises:
+        FrameRejected: the image is not a usable frame. DataError: its label is unusable.
+    """
+    arr = read_image(frame.image)
+    img = resize_image(image_tensor(arr), size)
+    label = None
+    if with_label and frame.label is not None:
+        lab = read_label(frame.label)
+        if lab.shape != arr.shape[:2]:
+            raise DataError(
+                f"label {frame.label} is {lab.shape[1]}x{lab.shape[0]} but its frame {frame.image.name} is "
+                f"{arr.shape[1]}x{arr.shape[0]}: a label must have its frame's size"
+            )
+        label = resize_label(torch.from_numpy(lab.astype(np.int64)), size)
+    return img, label

@@ -11,7 +11,6 @@ oversized image is never decoded). Labels become ``uint8 [H,W]`` trainIds (255 =
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,9 +20,6 @@ from torch import Tensor
 
 from stvm_sdk.boundary.frames import open_frame
 from stvm_sdk.errors import DataError
-
-if TYPE_CHECKING:
-    from stvm_sdk.data.frames import Frame
 
 IGNORE_INDEX = 255
 # Cityscapes labelId -> trainId (everything else -> 255).
@@ -108,25 +104,3 @@ def resize_label(label: Tensor, size: tuple[int, int] | None) -> Tensor:
     if size is None or tuple(label.shape[-2:]) == tuple(size):
         return label
     return nnf.interpolate(label[None, None].float(), size=size, mode="nearest")[0, 0].long()
-
-
-def load_frame(
-    frame: Frame, size: tuple[int, int] | None, with_label: bool = False
-) -> tuple[Tensor, Tensor | None]:
-    """Decode and resize one frame (and its label, which must have the frame's size).
-
-    Raises:
-        FrameRejected: the image is not a usable frame. DataError: its label is unusable.
-    """
-    arr = read_image(frame.image)
-    img = resize_image(image_tensor(arr), size)
-    label = None
-    if with_label and frame.label is not None:
-        lab = read_label(frame.label)
-        if lab.shape != arr.shape[:2]:
-            raise DataError(
-                f"label {frame.label} is {lab.shape[1]}x{lab.shape[0]} but its frame {frame.image.name} is "
-                f"{arr.shape[1]}x{arr.shape[0]}: a label must have its frame's size"
-            )
-        label = resize_label(torch.from_numpy(lab.astype(np.int64)), size)
-    return img, label

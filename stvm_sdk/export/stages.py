@@ -8,17 +8,15 @@ the precision table (and the CLI built from it) imports quickly.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from stvm_sdk.export.frames import VerifyFrame
     from stvm_sdk.export.options import ExportOptions
-    from stvm_sdk.export.precisions import Precision
     from stvm_sdk.export.quantize import Int8Result
-    from stvm_sdk.export.verify import Verification
     from stvm_sdk.models.io import SegModel
 
 
@@ -46,13 +44,34 @@ class ExportJob:
     stage: Path
     verify: list[VerifyFrame]
     calib: list[VerifyFrame]
-    compare: Callable[[Path, Sequence[VerifyFrame], str], Verification]
+    compare: Callable[[Path, Sequence[VerifyFrame], str], Compared]
     say: Callable[[str], None]
     calib_disjoint: bool = True  # False: too few frames to split, calibration reuses verification's
     base: StagedGraph | None = None  # the base row's graph, once written
 
     def path(self, row: Precision) -> Path:
         return self.stage / f"{self.opts.name}{row.suffix}.onnx"
+
+
+class Compared(Protocol):
+    """What an exporter reads of a verification (:class:`stvm_sdk.export.verify.Verification`)."""
+
+    @property
+    def argmax_agreement(self) -> float: ...
+    @property
+    def miou_onnx(self) -> float | None: ...
+
+
+class Precision(Protocol):
+    """What an exporter reads of its row of the precision table (:class:`stvm_sdk.export.precisions.
+    Precision`; a protocol here, so that the table sits above its exporters in the import graph)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def suffix(self) -> str: ...
+    @property
+    def exporter_options(self) -> Mapping[str, Any]: ...
 
 
 def export_float(job: ExportJob, row: Precision) -> StagedGraph:

@@ -12,16 +12,28 @@ from typing import TYPE_CHECKING, Any
 from stvm_sdk.methods.registry import (
     get_method,
     ladder,
+    method_keys,
     method_names,
     reach,
     register_method,
+    resolve,
     unregister_method,
 )
 
 if TYPE_CHECKING:
     from stvm_sdk.methods.base import Method
 
-__all__ = ["Method", "get_method", "ladder", "method_names", "reach", "register_method", "unregister_method"]
+__all__ = [
+    "Method",
+    "get_method",
+    "ladder",
+    "method_keys",
+    "method_names",
+    "reach",
+    "register_method",
+    "resolve",
+    "unregister_method",
+]
 
 
 def __getattr__(name: str) -> Any:

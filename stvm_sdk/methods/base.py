@@ -24,13 +24,39 @@ from torch import Tensor, nn
 
 from stvm_sdk.methods.parts.collective import Collective
 from stvm_sdk.methods.parts.norm import batchnorms, fixed_batchnorms
+from stvm_sdk.methods.parts.options import options_of
 
 if TYPE_CHECKING:
     from stvm_sdk.config import AdaptConfig
-    from stvm_sdk.models.io import SegModel
+    from stvm_sdk.models.segmodel import SegModel
 
 Logs = dict[str, Tensor]
 PHASE_PREFIX = "step."  # names of a step's phases in torch.profiler traces (benchmarks/step_time.py)
+
+
+@dataclass(frozen=True)
+class Online:
+    """What a method needs and does on a stream of frames (:mod:`stvm_sdk.stream` reads only this).
+
+    The stream predicts every frame with the method's deliverable, then adapts on it: BatchNorm
+    running statistics follow the stream when ``follow_bn``, and a training step runs when the method
+    trains (:meth:`Method.trains`) and the buffer holds a batch of at least ``min_batch`` frames.
+    """
+
+    adapts: bool = True  # False: the method only predicts on a stream (nothing about it changes)
+    # How BatchNorm normalises a predicted frame: "stream" (as the stream's settings say), "frame"
+    # (always by the frame's own statistics: the method's test-time rule) or "running" (always by the
+    # running statistics).
+    bn_predict: str = "stream"
+    follow_bn: bool = True  # BatchNorm running statistics follow the stream's frames
+    min_batch: int = 1  # frames a training step needs
+    min_batch_why: str = ""  # why, for the refusal line
+    # The method's own options on a stream, over its offline defaults (keys inside its section).
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.bn_predict not in ("stream", "frame", "running"):
+            raise ValueError(f"Online.bn_predict must be stream|frame|running, got {self.bn_predict!r}")
 
 
 @dataclass
@@ -66,10 +92,12 @@ class Method(nn.Module):
     reestimate_bn: ClassVar[bool] = True  # start from target BatchNorm statistics (decision 0)
     eager_only: ClassVar[str | None] = None  # why a TorchScript model cannot be adapted with it
     Options: ClassVar[type | None] = None  # a dataclass of the method's own knobs, or None
+    online: ClassVar[Online] = Online()  # what it needs and does on a stream
 
     def __init__(self, source: SegModel, cfg: AdaptConfig, generator: torch.Generator) -> None:
         super().__init__()
         self.cfg, self.num_classes, self.classifier = cfg, source.num_classes, source.classifier
+        self.options: Any = options_of(type(self), cfg.methods.get(self.name))  # ``Options`` or None
         self.mean, self.std = source.mean, source.std
         self.student = copy.deepcopy(source.module).train()
         for p in self.student.parameters():
@@ -116,11 +144,6 @@ class Method(nn.Module):
                 line += f" ({fixed} traced BatchNorm layers keep the source statistics)"
         counts = {"parameters": total, "parameters_total": total}
         return Reach(line, fits=total > 0, weak=fixed > 0, counts=counts)
-
-    @property
-    def options(self) -> Any:
-        """This method's ``Options`` from the config (``[methods.<name>]``), or None."""
-        return self.cfg.methods.get(self.name)
 
     # --- what it trains ---------------------------------------------------------------------------
 
@@ -187,10 +210,47 @@ class Method(nn.Module):
         logs["lr"] = torch.tensor(self.optimizer.param_groups[0]["lr"])
         return logs
 
+    def reset(self, state: dict[str, Tensor]) -> None:
+        """Put back ``state`` (this method's ``state_dict``: every network it trains) and start the
+        optimiser afresh, so momentum gathered before a restore does not carry on after it."""
+        self.load_state_dict(state)
+        if self.optimizer is not None:
+            self.optimizer = self.make_optimizer()
+
     def net(self, name: str) -> nn.Module:
         """The network to run forward: its DDP wrapper when there is one, else the network itself."""
         wrapper = self.wrappers.get(name)  # not `or`: an empty nn.Sequential is falsy
         return wrapper if wrapper is not None else getattr(self, name)
+
+    def extras(self) -> dict[str, nn.Module]:
+        """Networks the method trains beside the student and teacher, by name (a run's
+        :attr:`~stvm_sdk.result.AdaptResult.extras`); none by default."""
+        return {}
+
+    @classmethod
+    def load_extras(cls, model: SegModel, cfg: AdaptConfig, state: dict[str, Tensor]) -> dict[str, nn.Module]:
+        """:meth:`extras` rebuilt for ``model`` (the run's teacher) from the method's checkpointed
+        ``state_dict`` (a finished run read back); none by default."""
+        return {}
+
+    @classmethod
+    def has_pixel_weights(cls, extras: dict[str, nn.Module]) -> bool:
+        """Whether :meth:`pixel_weights` can answer with these extras."""
+        return False
+
+    @classmethod
+    def pixel_weights(
+        cls, teacher: SegModel | None, extras: dict[str, nn.Module], cfg: AdaptConfig, images: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """The teacher's pseudo-labels ``[B,H,W]`` and the weight ``[B,H,W]`` in [0,1] the method gives
+        each, for images ``[B,3,H,W]`` in [0,1] (figures, benchmarks); a method without weights to show
+        raises ``ValueError``."""
+        raise ValueError(f"method {cls.name} has no per-pixel reliability to show (a metric network has)")
+
+    @property
+    def batch_statistics(self) -> bool:
+        """Whether the student's BatchNorm normalises by batch statistics when it trains."""
+        return True
 
     # --- what it delivers ---------------------------------------------------------------------------
 

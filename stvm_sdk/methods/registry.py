@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from stvm_sdk.boundary.args import suggest
+from stvm_sdk.config import AdaptConfig, migrate_config
 from stvm_sdk.errors import ConfigError
+from stvm_sdk.methods.parts.options import options_of
 
 if TYPE_CHECKING:
     from stvm_sdk.methods.base import Method, Reach
@@ -67,6 +69,12 @@ def register_method(cls: M | None = None, *, name: str | None = None) -> Any:
             )
         if c.Options is not None and not dataclasses.is_dataclass(c.Options):
             raise TypeError(f"{c.__qualname__}.Options must be a dataclass (the method's config section)")
+        inherited = next((b.Options for b in c.__mro__[1:] if getattr(b, "Options", None) is not None), None)
+        if inherited is not None and not (isinstance(c.Options, type) and issubclass(c.Options, inherited)):
+            raise TypeError(
+                f"{c.__qualname__}.Options must subclass {inherited.__qualname__}: the base method's code "
+                "reads those options"
+            )
         c.name = key
         _registered[key] = c
         return c
@@ -95,6 +103,46 @@ def get_method(name: str) -> type[Method]:
         names = method_names()
         raise ConfigError(f"unknown method '{name}': choose one of {', '.join(names)}{suggest(name, names)}")
     return _registered[name]
+
+
+def resolve(cfg: AdaptConfig) -> tuple[AdaptConfig, type[Method]]:
+    """The method ``cfg`` names, and ``cfg`` with every ``[methods.<name>]`` section validated and the
+    chosen method's filled with its defaults (what a run records, and what a resume compares).
+
+    Raises:
+        ConfigError: an unknown method, or a section with an unknown key or a wrong value.
+    """
+    cls = get_method(cfg.method)
+    sections: dict[str, Any] = {}
+    for name, section in cfg.methods.items():
+        options = options_of(get_method(name), section)
+        sections[name] = dataclasses.asdict(options) if options is not None else {}
+    options = options_of(cls, cfg.methods.get(cls.name))
+    if options is not None:
+        sections[cls.name] = dataclasses.asdict(options)
+    return dataclasses.replace(cfg, methods=sections), cls
+
+
+def method_keys(method: str, own: dict[str, Any]) -> dict[str, Any]:
+    """Keys inside a method's section (``{"metric.warmup": 40}``) as config keys of ``method``
+    (``{"methods.stvm.metric.warmup": 40}``), leaving out those whose option the method does not have:
+    for one plan shared by several methods (a benchmark's, a test's), each method gets what it reads."""
+    options = get_method(method).Options
+    known = {f.name for f in dataclasses.fields(options)} if options is not None else set()
+    return {f"methods.{method}.{k}": v for k, v in own.items() if k.split(".")[0] in known}
+
+
+def migrate(data: dict[str, Any]) -> AdaptConfig:
+    """A run folder's recorded config of any schema as today's :class:`AdaptConfig`: schema-1 keys
+    move into the method's section, and keys the method never read (the mean teacher's ``metric``
+    section of an old run) are dropped, as they were ignored."""
+    data = migrate_config(data)
+    name = str(data.get("method", AdaptConfig.method))
+    options = get_method(name).Options
+    section = data["methods"].get(name, {})
+    known = {f.name for f in dataclasses.fields(options)} if options is not None else set()
+    data["methods"][name] = {k: v for k, v in section.items() if k in known}
+    return resolve(AdaptConfig.from_dict(data))[0]
 
 
 def ladder() -> list[type[Method]]:

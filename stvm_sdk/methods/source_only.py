@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from stvm_sdk.methods.base import Method, Reach
+from stvm_sdk.methods.base import Method, Online, Reach
 from stvm_sdk.methods.registry import register_method
 
 if TYPE_CHECKING:
@@ -20,6 +20,7 @@ class SourceOnly(Method):
     updates = "nothing"
     order = 0
     reestimate_bn = False
+    online = Online(adapts=False, bn_predict="running", follow_bn=False)  # predicts, as it is
 
     @classmethod
     def reach(cls, model: SegModel) -> Reach:

@@ -9,24 +9,41 @@ proxy loss over the global batch (decision 4) and warm up before the student sta
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as nnf
-from torch import Tensor
+from torch import Tensor, nn
 
 from stvm_sdk.errors import ConfigError
-from stvm_sdk.methods.base import Logs, Reach
-from stvm_sdk.methods.mean_teacher import MeanTeacher
+from stvm_sdk.methods.base import Logs, Online, Reach
+from stvm_sdk.methods.mean_teacher import MeanTeacher, MeanTeacherOptions
 from stvm_sdk.methods.parts.metric import MetricHead, balanced_pixel_mask, proxy_anchor_loss, proxy_nca_loss
 from stvm_sdk.methods.parts.mixing import mocm
-from stvm_sdk.methods.parts.pseudo import confident_labels, detach_features, pixel_reliability
+from stvm_sdk.methods.parts.options import MetricConfig, MixConfig, ReliabilityConfig, options_of
+from stvm_sdk.methods.parts.pseudo import (
+    confident_labels,
+    detach_features,
+    pixel_reliability,
+    pseudo_label_reliability,
+)
 from stvm_sdk.methods.registry import register_method
-from stvm_sdk.models.contract import FeatureHook, classifier_problem, get_submodule
+from stvm_sdk.models.contract import FeatureHook, classifier_problem, get_submodule, normalize
 
 if TYPE_CHECKING:
     from stvm_sdk.config import AdaptConfig
-    from stvm_sdk.models.io import SegModel
+    from stvm_sdk.models.segmodel import SegModel
+
+
+@dataclass(frozen=True)
+class StvmOptions(MeanTeacherOptions):
+    """STvM's knobs (section ``[methods.stvm]``): the mean teacher's, the metric network's, the
+    reliability's and MOCM's."""
+
+    metric: MetricConfig = field(default_factory=MetricConfig)  # metric network M and proxies
+    reliability: ReliabilityConfig = field(default_factory=ReliabilityConfig)  # each pixel's weight
+    mix: MixConfig = field(default_factory=MixConfig)  # MOCM
 
 
 @register_method
@@ -38,6 +55,9 @@ class Stvm(MeanTeacher):
     updates = "all student weights, the metric network and proxies; the teacher follows by EMA"
     order = 70
     eager_only = "hooks the classifier"
+    Options = StvmOptions
+    # A stream starts learning sooner: the 40-step metric warm-up the accuracy benchmark uses.
+    online = Online(options={"metric.warmup": 40})
 
     def __init__(self, source: SegModel, cfg: AdaptConfig, generator: torch.Generator) -> None:
         super().__init__(source, cfg, generator)
@@ -48,7 +68,7 @@ class Stvm(MeanTeacher):
             )
         assert self.teacher is not None
         head = get_submodule(self.teacher, self.classifier)
-        self.metric = MetricHead(head, self.num_classes, cfg.metric.embed_dim, generator)
+        self.metric = MetricHead(head, self.num_classes, self.options.metric.embed_dim, generator)
         self._teacher_hook = FeatureHook(self.teacher, self.classifier)
 
     @classmethod
@@ -64,9 +84,43 @@ class Stvm(MeanTeacher):
         line = f"{base.updates}; its metric network is a copy of the classifier '{model.classifier}'"
         return Reach(line, counts={**base.counts, "metric_copies": model.classifier})
 
+    def extras(self) -> dict[str, nn.Module]:
+        assert self.metric is not None
+        return {"metric": self.metric}
+
+    @classmethod
+    def load_extras(cls, model: SegModel, cfg: AdaptConfig, state: dict[str, Tensor]) -> dict[str, nn.Module]:
+        own = {k[len("metric.") :]: v for k, v in state.items() if k.startswith("metric.")}
+        if not own or model.classifier is None:
+            return {}
+        options = options_of(cls, cfg.methods.get(cls.name))
+        head = get_submodule(model.module, model.classifier)
+        metric = MetricHead(head, model.num_classes, options.metric.embed_dim)
+        metric.load_state_dict(own)
+        return {"metric": metric}
+
+    @classmethod
+    def has_pixel_weights(cls, extras: dict[str, nn.Module]) -> bool:
+        return isinstance(extras.get("metric"), MetricHead)
+
+    @classmethod
+    @torch.no_grad()
+    def pixel_weights(
+        cls, teacher: SegModel | None, extras: dict[str, nn.Module], cfg: AdaptConfig, images: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """The teacher's pseudo-labels and the metric network's reliability of each (decision 5)."""
+        metric = extras.get("metric")
+        if not isinstance(metric, MetricHead) or teacher is None or teacher.classifier is None:
+            raise ValueError(f"a reliability map needs the run's teacher and metric network ({cls.name})")
+        options = options_of(cls, cfg.methods.get(cls.name))
+        x = normalize(images, teacher.mean, teacher.std)
+        return pseudo_label_reliability(
+            teacher.module.eval(), teacher.classifier, metric.eval(), x, options.reliability
+        )
+
     @property
     def warmup(self) -> int:
-        return self.cfg.metric.warmup
+        return int(self.options.metric.warmup)
 
     def param_groups(self) -> list[dict[str, Any]]:
         """The student's groups, then M's body and the proxies (decision 3: proxies at x100 M's lr)."""
@@ -75,7 +129,7 @@ class Stvm(MeanTeacher):
         return [
             *super().param_groups(),
             {"params": list(self.metric.body.parameters()), "lr_mult": m_mult},
-            {"params": [self.metric.proxies], "lr_mult": m_mult * self.cfg.metric.proxy_lr_mult},
+            {"params": [self.metric.proxies], "lr_mult": m_mult * self.options.metric.proxy_lr_mult},
         ]
 
     def weigh(
@@ -83,7 +137,7 @@ class Stvm(MeanTeacher):
     ) -> tuple[Tensor, Tensor, Tensor]:
         """The metric loss (M and proxies only) and each pixel's reliability (decisions 4-5)."""
         assert isinstance(self.metric, MetricHead)
-        cfg = self.cfg.metric
+        cfg = self.options.metric
         z = self.net("metric")(detach_features(self._teacher_hook.pop()))
         small = nnf.interpolate(t_logits, size=z.shape[-2:], mode="bilinear", align_corners=False)
         y_feat = small.argmax(1)
@@ -102,7 +156,7 @@ class Stvm(MeanTeacher):
         logs["loss_metric"] = l_metric.detach()
         backend = self.cfg.run.kernel_backend
         weights = pixel_reliability(
-            z, proxies, y_feat, pseudo, conf, self.cfg.reliability, self.num_classes, backend
+            z, proxies, y_feat, pseudo, conf, self.options.reliability, self.num_classes, backend
         )
         return t_logits.new_zeros(()) + cfg.weight * l_metric, weights, pseudo
 
@@ -110,7 +164,7 @@ class Stvm(MeanTeacher):
         self, images: Tensor, labels: Tensor, weights: Tensor, g: torch.Generator, logs: Logs
     ) -> tuple[Tensor, Tensor, Tensor]:
         """MOCM (decision 7): paste reliable patches of chosen classes onto the next sample."""
-        mix = self.cfg.mix
+        mix = self.options.mix
         x, labels, weights, mask = mocm(
             images, labels, weights, self.num_classes, patch=mix.patch, tau=mix.tau,
             fraction=mix.class_fraction, generator=g, backend=self.cfg.run.kernel_backend,

@@ -10,7 +10,7 @@ import torch.nn.functional as nnf
 from torch import Tensor
 
 from stvm_sdk.errors import ConfigError
-from stvm_sdk.methods.base import Logs, Method, Reach, phase
+from stvm_sdk.methods.base import Logs, Method, Online, Reach, phase
 from stvm_sdk.methods.parts.norm import BN_TYPES, configure_tent, norm_counts, other_norms, tent_parameters
 from stvm_sdk.methods.registry import register_method
 from stvm_sdk.models.contract import forward_logits, normalize
@@ -40,6 +40,11 @@ class Tent(Method):
     order = 20
     eager_only = "re-parametrises BatchNorm"
     Options = TentOptions
+    # On a stream as offline: each frame normalised by its own statistics, a batch's by the batch's
+    # (so a training step needs two frames); the running statistics are not used.
+    online = Online(
+        bn_predict="frame", follow_bn=False, min_batch=2, min_batch_why="normalises by batch statistics"
+    )
 
     @classmethod
     def _reach(cls, model: SegModel) -> Reach:

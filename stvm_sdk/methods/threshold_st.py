@@ -9,17 +9,18 @@ from torch import Tensor
 
 from stvm_sdk.errors import ConfigError
 from stvm_sdk.methods.base import Logs
-from stvm_sdk.methods.mean_teacher import IGNORE, MeanTeacher
+from stvm_sdk.methods.mean_teacher import IGNORE, MeanTeacher, MeanTeacherOptions
 from stvm_sdk.methods.registry import register_method
 
 
 @dataclass(frozen=True)
-class ThresholdOptions:
-    """``threshold_st``'s own knobs (config section ``[methods.threshold_st]``)."""
+class ThresholdOptions(MeanTeacherOptions):
+    """``threshold_st``'s knobs (``[methods.threshold_st]``): the mean teacher's, and the share kept."""
 
     keep: float = 0.6  # share of the batch's most confident pixels kept as pseudo-labels
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not 0 < self.keep <= 1:
             raise ConfigError(f"methods.threshold_st.keep must be in (0, 1], got {self.keep}")
 

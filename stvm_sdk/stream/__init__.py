@@ -1,7 +1,29 @@
-"""Continual adaptation on a stream (`stvm stream`): :class:`OnlineAdapter` (pure torch), its health
-rule, and :func:`stvm_sdk.stream.run.adapt_stream`, which reads frames, logs windows and resumes."""
+"""Continual adaptation on a stream (the stream command): :class:`OnlineAdapter` (pure torch), its
+settings and health rule, and :func:`stvm_sdk.stream.run.adapt_stream`, which reads frames, logs windows
+and resumes. Every registered method runs on a stream through its
+:attr:`~stvm_sdk.methods.base.Method.online`. Names load lazily: the settings alone do not import torch.
+"""
 
-from stvm_sdk.stream.health import HealthRule
-from stvm_sdk.stream.online import ONLINE_METHODS, FrameResult, OnlineAdapter, StreamConfig, online_config
+from __future__ import annotations
 
-__all__ = ["ONLINE_METHODS", "FrameResult", "HealthRule", "OnlineAdapter", "StreamConfig", "online_config"]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "FrameResult": "stvm_sdk.stream.online",
+    "OnlineAdapter": "stvm_sdk.stream.online",
+    "online_config": "stvm_sdk.stream.online",
+    "StreamConfig": "stvm_sdk.stream.settings",
+    "HealthRule": "stvm_sdk.stream.settings",
+}
+__all__ = ["FrameResult", "HealthRule", "OnlineAdapter", "StreamConfig", "online_config"]
+
+if TYPE_CHECKING:
+    from stvm_sdk.stream.online import FrameResult, OnlineAdapter, online_config
+    from stvm_sdk.stream.settings import HealthRule, StreamConfig
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'stvm_sdk.stream' has no attribute {name!r}")

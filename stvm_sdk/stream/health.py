@@ -12,7 +12,7 @@ arrives to notice it, so the signals are the network's own, gathered over a *win
   same count for the source model. A collapse shows as classes disappearing.
 - ``confidence``: the deliverable's mean max-softmax (a collapsing network becomes certain
   everywhere, even on class boundaries: above ``max_confidence`` the window is unhealthy);
-  ``reliability``: STvM's mean pixel weight; ``agreement``: teacher-student argmax agreement.
+  ``reliability``: the method's mean pixel weight; ``agreement``: teacher-student argmax agreement.
 - ``finite``: every loss and logit of the window was finite.
 
 :class:`HealthRule` turns a window's signals into healthy / unhealthy with the reasons, and after
@@ -28,29 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from stvm_sdk.errors import ConfigError
-
-
-@dataclass(frozen=True)
-class HealthRule:
-    """When a window is unhealthy, and what happens then (``stvm stream --help`` lists the flags)."""
-
-    js_max: float = 0.45  # hist_js above this: unhealthy
-    min_class_ratio: float = 0.5  # fewer than this share of the source model's classes: unhealthy
-    min_share: float = 0.002  # a class "is predicted" on at least this share of the window's pixels
-    max_confidence: float = 0.995  # mean max-softmax above this: certain everywhere, boundaries included
-    patience: int = 2  # unhealthy windows in a row before a restore
-    restore: str = "last_healthy"  # last_healthy | source | off: what a collapse restores (off: log only)
-
-    def __post_init__(self) -> None:
-        if not (0 < self.js_max <= 1 and 0 <= self.min_class_ratio <= 1 and 0 < self.min_share < 1):
-            raise ConfigError("health: js_max in (0,1], min_class_ratio in [0,1], min_share in (0,1)")
-        if not 0 < self.max_confidence <= 1:
-            raise ConfigError(f"health.max_confidence must be in (0,1], got {self.max_confidence}")
-        if self.patience < 1:
-            raise ConfigError(f"health.patience must be >= 1, got {self.patience}")
-        if self.restore not in ("last_healthy", "source", "off"):
-            raise ConfigError(f"health.restore must be last_healthy, source or off, got {self.restore!r}")
+from stvm_sdk.stream.settings import HealthRule
 
 
 def js_divergence(p: Tensor, q: Tensor) -> float:

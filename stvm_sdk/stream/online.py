@@ -3,7 +3,7 @@
 :class:`OnlineAdapter` wraps any registered :class:`~stvm_sdk.methods.base.Method` for a stream whose
 frames arrive once, in order, from a drifting domain::
 
-    adapter = OnlineAdapter(source, "stvm")
+    adapter = OnlineAdapter(source, method)    # any registered method name
     for frame in camera:                      # [3,H,W] in [0,1]
         labels = adapter.step(frame)          # the current deliverable's prediction, then adaptation
 
@@ -17,9 +17,14 @@ Per frame:
    weights returns to the source model's values (CoTTA's stochastic restore: an anchor that keeps
    the network from wandering far over hours of drift);
 3. **health**: the deliverable's and the frozen source model's class histograms on the adapted frame,
-   confidence, STvM's reliability and teacher-student agreement go into the current window; every
-   ``window`` frames :class:`~stvm_sdk.stream.health.HealthRule` judges it, and a collapse restores the
+   confidence, the method's mean pixel weight (a metric reliability, where the method has a metric
+   network) and teacher-student agreement go into the current window; every
+   ``window`` frames :class:`~stvm_sdk.stream.settings.HealthRule` judges it, and a collapse restores the
    last healthy weights (or the source model's).
+
+What a method needs on a stream (how BatchNorm predicts and follows, the batch a step needs, its
+options on a stream) is its :attr:`~stvm_sdk.methods.base.Method.online`; this module never asks which
+method runs.
 
 Memory is bounded: the buffer (``buffer x 3 x H x W`` floats), the method's networks, the frozen source
 model, the source weights of the trained parameters and one healthy snapshot of the method
@@ -33,7 +38,7 @@ import contextlib
 import copy
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,61 +49,25 @@ from torch import Tensor, nn
 from stvm_sdk.config import AdaptConfig
 from stvm_sdk.distributed import BATCH_STREAM, step_generator
 from stvm_sdk.errors import ConfigError, DataError
-from stvm_sdk.methods import get_method
 from stvm_sdk.methods.base import Method
 from stvm_sdk.methods.parts.norm import BN_TYPES, batchnorms
+from stvm_sdk.methods.registry import get_method, resolve
 from stvm_sdk.models.contract import forward_logits, normalize
 from stvm_sdk.models.segmodel import SegModel
-from stvm_sdk.stream.health import HealthMonitor, HealthRule
-
-ONLINE_METHODS = ("source_only", "adabn", "tent", "mean_teacher", "stvm")  # benchmarked on streams
-
-
-@dataclass(frozen=True)
-class StreamConfig:
-    """How the stream adapts; the method's own decisions stay in :class:`~stvm_sdk.config.AdaptConfig`."""
-
-    every: int = 1  # adapt on every N-th frame (prediction runs on every frame)
-    batch_size: int = 4  # frames per adaptation step: the newest one and recent ones from the buffer
-    buffer: int = 16  # ring buffer of recent adapted frames (memory: buffer x 3 x H x W float32)
-    bn_momentum: float = 0.1  # BatchNorm statistics follow the stream at this momentum (0: fixed)
-    # How the deliverable normalises when it predicts: "running" statistics (those followed at
-    # bn_momentum; what an exported model uses) or each "frame"'s own (tent's test-time statistics).
-    bn_predict: str = "frame"
-    restore_prob: float = 0.01  # share of trained weights set back to the source's per step (0: off)
-    window: int = 20  # frames per health window (one metrics.jsonl line each)
-    health: HealthRule = field(default_factory=HealthRule)
-
-    def __post_init__(self) -> None:
-        checks = (
-            (self.every >= 1, f"every must be >= 1, got {self.every}"),
-            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
-            (self.buffer >= self.batch_size, f"buffer ({self.buffer}) must hold a batch ({self.batch_size})"),
-            (0 <= self.bn_momentum <= 1, f"bn_momentum must be in [0,1], got {self.bn_momentum}"),
-            (0 <= self.restore_prob < 1, f"restore_prob must be in [0,1), got {self.restore_prob}"),
-            (self.window >= 1, f"window must be >= 1, got {self.window}"),
-            (self.bn_predict in ("running", "frame"), f"bn_predict must be running|frame: {self.bn_predict}"),
-        )
-        for ok, line in checks:
-            if not ok:
-                raise ConfigError(f"stream: {line}")
-
-    def to_dict(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> StreamConfig:
-        return cls(**{**data, "health": HealthRule(**data.get("health", {}))})
+from stvm_sdk.stream.health import HealthMonitor
+from stvm_sdk.stream.settings import StreamConfig
 
 
-def online_config(method: str = "stvm", config: AdaptConfig | None = None) -> AdaptConfig:
-    """The method's config for a stream: ``config`` (default: a 40-step metric warm-up, as in the
-    accuracy benchmark) with a constant learning rate always: a stream has no ``run.iters`` to decay
-    towards, and poly decay would stop learning for good after that many steps."""
-    cfg = config if config is not None else AdaptConfig().with_overrides({"metric.warmup": 40})
-    return cfg.with_overrides({"method": method, "optim.poly_power": 0.0})
+def online_config(method: str | None = None, config: AdaptConfig | None = None) -> AdaptConfig:
+    """The config of ``method`` (default: ``config``'s, else the default method) on a stream, resolved:
+    ``config`` as given, or the defaults with the method's stream options (:attr:`Online.options`);
+    always a constant learning rate: a stream has no ``run.iters`` to decay towards, and poly decay
+    would stop learning for good after that many steps."""
+    name = method or (config.method if config is not None else AdaptConfig.method)
+    if config is None:
+        own = get_method(name).online.options
+        config = AdaptConfig(method=name).with_overrides({f"methods.{name}.{k}": v for k, v in own.items()})
+    return resolve(config.with_overrides({"method": name, "optim.poly_power": 0.0}))[0]
 
 
 def _own_statistics(bn: nn.Module, inputs: tuple[Tensor, ...]) -> None:
@@ -186,8 +155,9 @@ class OnlineAdapter:
 
     Args:
         source: the source model (copied; never mutated).
-        method: a registered method; ``source_only`` only predicts, ``adabn`` only follows BatchNorm
-            statistics, ``tent`` and the self-training methods also train.
+        method: a registered method (default: ``config``'s); what it does on a stream is its
+            :attr:`~stvm_sdk.methods.base.Method.online` (a baseline only predicts, a BatchNorm method
+            only follows statistics, a method that trains also takes training steps).
         config: the method's config (default :func:`online_config`).
         stream: how the stream adapts (:class:`StreamConfig`).
         device: where the networks run.
@@ -198,7 +168,7 @@ class OnlineAdapter:
     def __init__(
         self,
         source: SegModel,
-        method: str = "stvm",
+        method: str | None = None,
         *,
         config: AdaptConfig | None = None,
         stream: StreamConfig | None = None,
@@ -210,8 +180,12 @@ class OnlineAdapter:
         self.seed = seed
         self.device = torch.device(device)
         self.method_cls = get_method(self.cfg.method)
-        if self.method_cls.name == "tent" and self.scfg.batch_size < 2:
-            raise ConfigError("tent normalises by batch statistics when it trains: --batch-size must be >= 2")
+        online = self.method_cls.online
+        if self.method_cls.trains() and self.scfg.batch_size < online.min_batch:
+            raise ConfigError(
+                f"{self.method_cls.name} {online.min_batch_why or 'needs larger batches'} when it trains: "
+                f"--batch-size must be >= {online.min_batch}"
+            )
         self.source = source.clone()
         self.source.module.to(self.device).eval()
         for p in self.source.module.parameters():
@@ -223,11 +197,11 @@ class OnlineAdapter:
         if self.method.optimizer is None:  # predicts with the student: eval mode (no dropout)
             self.method.student.eval()
         self.role = self.method.deliverable_role
-        # tent normalises by each input's statistics; other methods when asked to (bn_predict="frame")
-        self.batch_stats = self.method_cls.name == "tent" or (
-            self.scfg.bn_predict == "frame" and self.method_cls.name != "source_only"
-        )
-        self.follow_bn = self.scfg.bn_momentum > 0 and self.method_cls.name not in ("source_only", "tent")
+        # Each predicted frame normalised by its own statistics: the method's rule, or the stream's.
+        rule = self.scfg.bn_predict if online.bn_predict == "stream" else online.bn_predict
+        self.batch_stats = rule == "frame"
+        self.follow_bn = self.scfg.bn_momentum > 0 and online.follow_bn
+        self.adapts = online.adapts
         self.buffer = RingBuffer(self.scfg.buffer)
         self.monitor = HealthMonitor(source.num_classes, self.scfg.health)
         self.frames = 0  # frames seen (predicted)
@@ -276,7 +250,7 @@ class OnlineAdapter:
         t0 = time.perf_counter()
         labels, conf = self.predict_with_confidence(frame)
         t1 = time.perf_counter()
-        adapted = self.frames % self.scfg.every == 0 and self.method_cls.name != "source_only"
+        adapted = self.frames % self.scfg.every == 0 and self.adapts
         self.frames += 1
         logs: dict[str, float] = {}
         source_pred = None
@@ -301,7 +275,7 @@ class OnlineAdapter:
             self._follow_bn(x[None])
         out: dict[str, float] = {}
         # Training starts once the buffer holds a whole batch: a batch of one frame would give a
-        # pooled branch's BatchNorm one value per channel (tent's batch statistics cannot be taken).
+        # pooled branch's BatchNorm one value per channel (batch statistics cannot be taken).
         if self.method.optimizer is not None and len(self.buffer) >= self.scfg.batch_size:
             g = step_generator(self.seed, self.frames, stream=BATCH_STREAM)
             batch = self.buffer.batch(self.scfg.batch_size, g)
@@ -342,9 +316,7 @@ class OnlineAdapter:
         to = "source" if rule == "source" or self._healthy is None or repeat else "last_healthy"
         state = self._initial if to == "source" else self._healthy
         assert state is not None
-        self.method.load_state_dict(state)
-        if self.method.optimizer is not None:  # momentum from the collapse must not carry on
-            self.method.optimizer = self.method.make_optimizer()
+        self.method.reset(state)  # momentum from the collapse does not carry on
         if to == "source":
             self.steps = 0  # the teacher's EMA ramp and STvM's metric warm-up start over
             self._healthy = None
@@ -362,7 +334,7 @@ class OnlineAdapter:
         elif size != self.size:  # the buffer batches frames: one size per stream
             raise DataError(
                 f"frame of {size[1]}x{size[0]} in a stream of {self.size[1]}x{self.size[0]} frames: "
-                "resize frames to one size (stvm stream --size HxW)"
+                "resize frames to one size (the stream command's --size HxW)"
             )
         return frame.to(self.device, torch.float32)
 
@@ -432,7 +404,7 @@ class OnlineAdapter:
         self.restores = list(state["restores"])
 
     def export(self, out_dir: str | Path, **options: Any) -> Any:
-        """Export the current deliverable through the verified ONNX path (``stvm export``'s):
+        """Export the current deliverable through the verified ONNX path (the export command's):
         ``options`` are :class:`~stvm_sdk.export.options.ExportOptions` fields (e.g. ``shape="128x256"``,
         ``precisions=("fp16",)``). Returns the :class:`~stvm_sdk.export.report.ExportReport`."""
         from stvm_sdk.export.pipeline import ExportOptions, export_model

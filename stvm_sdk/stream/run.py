@@ -1,13 +1,14 @@
-"""`stvm stream`: read frames in order from a folder or a video, adapt online, log, checkpoint, resume.
+"""The stream command's job: read frames in order from a folder or a video, adapt online, log,
+checkpoint, resume.
 
-The stream directory (a run directory, :class:`~stvm_sdk.rundir.RunDir`)::
+The stream directory (a run directory of kind ``stream``, :class:`~stvm_sdk.rundir.RunDir`)::
 
+    out/run.json                   kind and the stream's settings (a resume must match them)
     out/config.json, inputs.json   the method's config; source model and input, with fingerprints
-    out/stream.json                the stream's settings (a resume must match them)
     out/metrics.jsonl              one line per health window: signals, verdict, restores, costs
     out/checkpoints/last.pt        adapter state (weights, optimiser, buffer, health) + input position
     out/model.safetensors          the current deliverable, rewritten at every checkpoint: export it at
-                                   any time with `stvm export out/model.safetensors`
+                                   any time with the export command
     out/pred/<frame>.png           class-id predictions (trainIds) with --save-pred
     out/summary.json               at the end: frames, restores, costs (p50/p99), memory, online mIoU
 
@@ -18,7 +19,6 @@ seed and the frame count).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -33,26 +33,22 @@ import torch
 from PIL import Image
 from torch import nn
 
-from stvm_sdk.api import (
-    as_segmodel,
-    check_method_fits,
-    folder_fingerprint,
-    resolve_device,
-    source_fingerprint,
-)
 from stvm_sdk.boundary.fingerprint import sha256
 from stvm_sdk.boundary.labels import check_label_ids
-from stvm_sdk.boundary.outputs import atomic_write, write_json_atomic
+from stvm_sdk.boundary.outputs import atomic_write
 from stvm_sdk.config import AdaptConfig
 from stvm_sdk.data.frames import FrameFolder, scan_frames
 from stvm_sdk.data.images import image_tensor
 from stvm_sdk.data.video import VIDEO_EXTENSIONS, is_video, video_frames
+from stvm_sdk.device import resolve_device
 from stvm_sdk.errors import ConfigError, DataError
 from stvm_sdk.eval.metrics import confusion_matrix, mean_iou
-from stvm_sdk.methods import get_method
+from stvm_sdk.inputs import as_segmodel, check_method_fits, folder_fingerprint, source_fingerprint
+from stvm_sdk.methods.registry import get_method
 from stvm_sdk.models.io import SegModel, model_suffix, require_finite, save_model
 from stvm_sdk.rundir import KEEP_LAST, RunDir
-from stvm_sdk.stream.online import OnlineAdapter, StreamConfig, online_config, resize_frame
+from stvm_sdk.stream.online import OnlineAdapter, online_config, resize_frame
+from stvm_sdk.stream.settings import StreamConfig
 
 log = logging.getLogger("stvm_sdk")
 
@@ -121,7 +117,7 @@ def adapt_stream(
     source_model: nn.Module | SegModel | str | os.PathLike[str],
     input_path: str | os.PathLike[str],
     *,
-    method: str = "stvm",
+    method: str | None = None,
     config: AdaptConfig | None = None,
     stream_config: StreamConfig | None = None,
     out_dir: str | os.PathLike[str] | None = None,
@@ -164,28 +160,25 @@ def adapt_stream(
     if not inp.exists():
         raise DataError(f"--input not found: {inp}: pass a folder of frames or a video file")
     labels = Path(labels_dir) if labels_dir is not None else None
-    if out_dir is None:
-        out_dir = Path("runs") / time.strftime(f"stream-{cfg.method}-%Y%m%d-%H%M%S")
     # Scanned before the run folder is claimed: an unusable input changes nothing on disk.
     frames_in = _open_input(inp, labels, source.num_classes, ignore_out_of_range)
     inputs = {"source": source_fingerprint(src_path, source), "target": frames_in.fingerprint}
-    run = RunDir.open(out_dir, cfg, resume, inputs=inputs, input_paths=(src_path, inp, labels))
     settings = {"stream": scfg.to_dict(), "size": list(size) if size else None, "seed": seed}
-    stream_json = run.path / "stream.json"
-    if resume and stream_json.is_file():
-        before = json.loads(stream_json.read_text())
-        if before != json.loads(json.dumps(settings)):
-            raise ConfigError(
-                f"cannot resume {run.path}: the stream settings differ (was {before}); resume with the same "
-                "options"
-            )
-    write_json_atomic(settings, stream_json)
+    run = RunDir.open(
+        out_dir,
+        cfg,
+        resume,
+        kind="stream",
+        settings=settings,
+        inputs=inputs,
+        input_paths=(src_path, inp, labels),
+    )
     dev = resolve_device(device)
     adapter = OnlineAdapter(source, cfg.method, config=cfg, stream=scfg, device=dev, seed=seed)
     start, carried = 0, {}
     ckpt = run.load_checkpoint() if resume else None
     if ckpt is not None:
-        adapter.load_state_dict(ckpt["adapter"])
+        adapter.load_state_dict(ckpt["state"])
         start, carried = int(ckpt["next_input"]), dict(ckpt.get("totals", {}))
         run.truncate_log(adapter.frames)
         log.info("resumed at input frame %d (%d frames adapted on so far)", start, adapter.frames)
@@ -239,8 +232,7 @@ def adapt_stream(
     if adapter.frames == 0:
         raise DataError(f"no frame of {inp} could be read ({tot.skipped} unreadable): check the input")
     _checkpoint(run, adapter, last_i + 1, tot)
-    summary = _summary(adapter, run, tot, time.perf_counter() - t_start, frames_in)
-    run.write_summary(summary)
+    summary = run.write_summary(_summary(adapter, run, tot, time.perf_counter() - t_start, frames_in))
     return StreamResult(adapter, run.path, summary)
 
 
@@ -260,14 +252,7 @@ def _save_pred(path: Path, labels: torch.Tensor) -> None:
 
 def _checkpoint(run: RunDir, adapter: OnlineAdapter, next_input: int, tot: StreamTotals) -> None:
     """Adapter state and input position, then the current deliverable (exportable at any time)."""
-    run.save_checkpoint(
-        {
-            "step": adapter.frames,
-            "next_input": next_input,
-            "adapter": adapter.state_dict(),
-            "totals": tot.to_dict(),
-        }
-    )
+    run.save_checkpoint(adapter.frames, adapter.state_dict(), next_input=next_input, totals=tot.to_dict())
     model = adapter.deliverable()
     save_model(model, run.model_path("model", model_suffix(model)), then=KEEP_LAST)
 
@@ -347,8 +332,7 @@ def _summary(
         "adapted_frames": tot.adapted, "frames_skipped": tot.skipped, "every": adapter.scfg.every,
         "size": list(adapter.size) if adapter.size else None, **tot.costs(),
         "restores": adapter.restores, "memory_mib": {k: round(v / 2**20, 2) for k, v in mem.items()},
-        "seconds": round(seconds, 1), "run_dir": str(run.path),
-        "model_path": str(run.model_path("model")), "metrics_path": str(run.metrics_path),
+        "seconds": round(seconds, 1),
     }  # fmt: skip
     if tot.conf.sum() > 0:
         out["miou_online"] = round(100 * mean_iou(tot.conf), 3)

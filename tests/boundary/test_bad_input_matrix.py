@@ -550,7 +550,11 @@ def _config(w: Workspace, text: str) -> list[str]:
 
 
 def c_config_unknown_key(w: Workspace) -> Case:
-    return Case(_config(w, "[metric]\nalfa = 3\n"), "error", "unknown config key(s) metric.alfa")
+    return Case(
+        _config(w, "[methods.stvm.metric]\nalfa = 3\n"),
+        "error",
+        "unknown config key(s) methods.stvm.metric.alfa",
+    )
 
 
 def c_config_wrong_type(w: Workspace) -> Case:

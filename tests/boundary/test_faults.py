@@ -23,7 +23,8 @@ from stvm_sdk.errors import ModelLoadError, OutputError
 
 CFG = AdaptConfig().with_overrides(
     {"run.iters": 4, "run.checkpoint_every": 2, "run.log_every": 1, "data.batch_size": 2,
-     "data.crop": (32, 64), "metric.warmup": 1, "mix.patch": 8, "student_bn": "train"}
+     "data.crop": (32, 64), "methods.stvm.metric.warmup": 1, "methods.stvm.mix.patch": 8,
+     "methods.stvm.student_bn": "train"}
 )  # fmt: skip
 
 

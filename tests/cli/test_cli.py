@@ -218,10 +218,10 @@ def test_corrupt_frames_are_skipped_and_counted(
 
 def test_bad_config_file(lraspp_checkpoint: Path, frames: tuple[Path, Path], tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
-    cfg.write_text("[metric]\nalfa = 3\n")
+    cfg.write_text("[methods.stvm.metric]\nalfa = 3\n")
     _expect_user_error(
         ["adapt", "--source", str(lraspp_checkpoint), "--target", str(frames[0]), "--config", str(cfg)],
-        "unknown config key(s) metric.alfa",
+        "unknown config key(s) methods.stvm.metric.alfa",
     )
 
 
@@ -250,7 +250,7 @@ def test_diverging_run_is_one_line_error(
     lraspp_checkpoint: Path, frames: tuple[Path, Path], tmp_path: Path
 ) -> None:
     cfg = tmp_path / "hot.toml"
-    cfg.write_text("[optim]\nlr = 1e12\n[metric]\nwarmup = 0\n[run]\nlog_every = 1\n")
+    cfg.write_text("[optim]\nlr = 1e12\n[methods.stvm.metric]\nwarmup = 0\n[run]\nlog_every = 1\n")
     _expect_user_error(
         ["adapt", "--source", str(lraspp_checkpoint), "--target", str(frames[0]), "--config", str(cfg),
          "--out", str(tmp_path / "run"), "--json", *FAST],  # --json: no progress lines on stderr

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from stvm_sdk.config import AdaptConfig
-from stvm_sdk.methods import get_method, ladder
+from stvm_sdk.methods import get_method, ladder, method_keys
 from stvm_sdk.methods.base import Method
 from stvm_sdk.methods.parts.ema import ema_beta, ema_update
 from stvm_sdk.methods.parts.mixing import mocm
@@ -20,7 +20,9 @@ MEAN, STD = IMAGENET_MEAN, IMAGENET_STD
 
 
 def _adapter(net: torch.nn.Module, method: str = "stvm", warmup: int = 0, **over: object) -> Method:
-    cfg = AdaptConfig(method=method).with_overrides({"metric.warmup": warmup, "run.iters": 20, **over})
+    """The method built on ``net``; ``over`` holds keys of its own section (``mix.tau``)."""
+    own = method_keys(method, {"metric.warmup": warmup, **over})
+    cfg = AdaptConfig(method=method).with_overrides({"run.iters": 20, **own})
     source = SegModel(net, 5, "classifier", MEAN, STD)
     return get_method(method).build(source, cfg, torch.Generator().manual_seed(0))
 
@@ -34,7 +36,7 @@ def test_teacher_is_ema_of_student_including_buffers(tiny_net: torch.nn.Module) 
     a.step(_images(), 0, torch.Generator().manual_seed(0))
     teacher_before = copy.deepcopy(a.teacher.state_dict())
     a.step(_images(), 1, torch.Generator().manual_seed(1))
-    beta = ema_beta(1, a.cfg.optim.ema_max)
+    beta = ema_beta(1, a.options.ema_max)
     student = a.student.state_dict()
     for name, t_now in a.teacher.state_dict().items():
         if t_now.is_floating_point():
@@ -171,7 +173,7 @@ def test_every_training_method_takes_a_finite_step(tiny_net: torch.nn.Module, me
 
 
 def test_threshold_st_ignores_the_least_confident_pixels(tiny_net: torch.nn.Module) -> None:
-    a = _adapter(tiny_net, method="threshold_st", **{"methods.threshold_st.keep": 0.2})
+    a = _adapter(tiny_net, method="threshold_st", keep=0.2)
     assert a.metric is None and a.teacher is not None
     a.step(_images(), 0, torch.Generator().manual_seed(0))  # runs; the kept share is checked below
     from stvm_sdk.models import forward_logits, normalize
@@ -232,7 +234,7 @@ def test_class_sqrt_is_a_config_choice_and_moves_the_student(tiny_net: torch.nn.
     from stvm_sdk.methods.parts.pseudo import CLASS_POWER
 
     assert CLASS_POWER == {"class": 1.0, "class_sqrt": 0.5}
-    a = _adapter(tiny_net, method="stvm", **{"reliability.normalize": "class_sqrt"})
+    a = _adapter(tiny_net, method="stvm", **{"normalize": "class_sqrt"})
     before = copy.deepcopy(a.student.state_dict())
     logs = a.step(_images(), 0, torch.Generator().manual_seed(0))
     assert torch.isfinite(logs["loss_st"])
@@ -241,7 +243,7 @@ def test_class_sqrt_is_a_config_choice_and_moves_the_student(tiny_net: torch.nn.
 
 @pytest.mark.parametrize("method", ["mean_teacher", "stvm"])
 def test_class_normalised_step_moves_the_student(tiny_net: torch.nn.Module, method: str) -> None:
-    a = _adapter(tiny_net, method=method, **{"reliability.normalize": "class"})
+    a = _adapter(tiny_net, method=method, **{"normalize": "class"})
     before = copy.deepcopy(a.student.state_dict())
     logs = a.step(_images(), 0, torch.Generator().manual_seed(0))
     assert torch.isfinite(logs["loss_st"])
@@ -266,7 +268,7 @@ def test_confident_labels_keep_each_classes_most_confident_share() -> None:
 
 
 def test_combined_and_classwise_reliability_stay_in_the_unit_interval_and_rank_within_classes() -> None:
-    from stvm_sdk.config import ReliabilityConfig
+    from stvm_sdk.methods.parts.options import ReliabilityConfig
     from stvm_sdk.methods.parts.pseudo import pixel_reliability
 
     g = torch.Generator().manual_seed(5)

@@ -17,8 +17,8 @@ from torch import nn
 from typer.testing import CliRunner
 
 from stvm_sdk import AdaptConfig, adapt
-from stvm_sdk.api import check_method_fits
 from stvm_sdk.errors import ConfigError
+from stvm_sdk.inputs import check_method_fits
 from stvm_sdk.methods import get_method, reach
 from stvm_sdk.methods.parts.norm import reestimate_bn
 from stvm_sdk.models import from_module, load_model

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from stvm_sdk import AdaptConfig, adapt
 from stvm_sdk.errors import ConfigError
-from stvm_sdk.methods import get_method, ladder, method_names, register_method, unregister_method
+from stvm_sdk.methods import get_method, ladder, method_names, register_method, resolve, unregister_method
 from stvm_sdk.methods.base import Method
 from stvm_sdk.methods.registry import builtin_names
 
@@ -66,26 +66,43 @@ def test_method_names_are_read_without_importing_torch() -> None:
 
 def test_an_unknown_method_is_one_line_naming_the_nearest() -> None:
     with pytest.raises(ConfigError, match=r"unknown method 'stvn': choose one of .*; did you mean 'stvm'\?"):
-        AdaptConfig(method="stvn")
+        resolve(AdaptConfig(method="stvn"))
 
 
 def test_a_methods_options_are_its_own_config_section(tmp_path: Path) -> None:
-    assert AdaptConfig(method="tent").methods["tent"].lr == 1e-4
-    assert AdaptConfig().methods == {}  # stvm's knobs are the metric/reliability/mix sections
+    assert resolve(AdaptConfig(method="tent"))[0].methods["tent"] == {"lr": 1e-4}
+    assert AdaptConfig().methods == {}  # as read: filled with the defaults when resolved
+    assert "mix" in resolve(AdaptConfig())[0].methods["stvm"]  # STvM's metric/reliability/mix are its own
     cfg = AdaptConfig().with_overrides({"method": "threshold_st", "methods.threshold_st.keep": 0.3})
-    assert cfg.methods["threshold_st"].keep == 0.3
+    assert resolve(cfg)[0].methods["threshold_st"]["keep"] == 0.3
     f = tmp_path / "c.toml"
     f.write_text('method = "tent"\n[methods.tent]\nlr = 0.001\n')
-    loaded = AdaptConfig.from_file(f)
-    assert loaded.methods["tent"].lr == 0.001 and AdaptConfig.from_dict(loaded.to_dict()) == loaded
+    loaded = resolve(AdaptConfig.from_file(f))[0]
+    assert (
+        loaded.methods["tent"]["lr"] == 0.001
+        and resolve(AdaptConfig.from_dict(loaded.to_dict()))[0] == loaded
+    )
     with pytest.raises(ConfigError, match="unknown config key.*methods.tent.betas"):
-        AdaptConfig.from_dict({"method": "tent", "methods": {"tent": {"betas": 1}}})
+        resolve(AdaptConfig.from_dict({"method": "tent", "methods": {"tent": {"betas": 1}}}))
     with pytest.raises(ConfigError, match="methods.threshold_st.keep must be in"):
-        AdaptConfig.from_dict({"method": "threshold_st", "methods": {"threshold_st": {"keep": 0}}})
-    with pytest.raises(ConfigError, match="method mean_teacher has no options"):
-        AdaptConfig.from_dict({"methods": {"mean_teacher": {"x": 1}}})
+        resolve(AdaptConfig.from_dict({"method": "threshold_st", "methods": {"threshold_st": {"keep": 0}}}))
+    with pytest.raises(ConfigError, match="method adabn has no options"):
+        resolve(AdaptConfig.from_dict({"methods": {"adabn": {"x": 1}}}))
     with pytest.raises(ConfigError, match="unknown method 'nope'"):
-        AdaptConfig().with_overrides({"methods.nope.x": 1})
+        resolve(AdaptConfig().with_overrides({"methods.nope.x": 1}))
+
+
+def test_a_subclass_options_extend_the_options_its_base_reads() -> None:
+    from dataclasses import dataclass
+
+    from stvm_sdk.methods.mean_teacher import MeanTeacher
+
+    @dataclass(frozen=True)
+    class Loose:
+        power: float = 1.0
+
+    with pytest.raises(TypeError, match="must subclass MeanTeacherOptions"):
+        register_method(type("Bad", (MeanTeacher,), {"Options": Loose}), name="bad_options")
 
 
 def test_register_method_refuses_what_is_not_a_method_or_takes_a_name_twice(custom: ModuleType) -> None:
@@ -104,7 +121,7 @@ def test_stvm_methods_lists_every_method_with_its_options(custom: ModuleType) ->
     rows = {r["name"]: r for r in json.loads(res.stdout)["methods"]}
     assert list(rows) == [*LADDER[:5], "confidence_weighted", "entropy_weighted", *LADDER[6:]]
     assert rows["tent"]["options"] == {"lr": 1e-4} and rows["stvm"]["torchscript"] is False
-    assert rows["entropy_weighted"]["options"] == {"power": 1.0}
+    assert rows["entropy_weighted"]["options"]["power"] == 1.0
 
 
 def test_readme_lists_every_builtin_method_in_table_order() -> None:
@@ -114,7 +131,7 @@ def test_readme_lists_every_builtin_method_in_table_order() -> None:
 
 
 def _state(run: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run / "checkpoints" / "last.pt", weights_only=True)["adapter"]
+    return torch.load(run / "checkpoints" / "last.pt", weights_only=True)["state"]["method"]
 
 
 def test_a_users_method_runs_through_the_loop_resume_evaluation_and_export(
@@ -123,15 +140,15 @@ def test_a_users_method_runs_through_the_loop_resume_evaluation_and_export(
     from stvm_sdk.export.pipeline import ExportOptions, export_model
 
     cfg = AdaptConfig(method="entropy_weighted").with_overrides({
-        "methods.entropy_weighted.power": 2.0, "student_bn": "train", "data.batch_size": 2,
+        "methods.entropy_weighted.power": 2.0, "methods.entropy_weighted.student_bn": "train",
+        "data.batch_size": 2,
         "data.crop": (32, 64), "run.iters": 4, "run.checkpoint_every": 2, "run.log_every": 1,
     })  # fmt: skip
     full = adapt(lraspp_checkpoint, frames[0], config=cfg, labels_dir=frames[1], out_dir=tmp_path / "full")
     assert full.metrics["method"] == "entropy_weighted" and full.metrics["steps"] == 4
     assert "miou_after" in full.metrics and full.metrics["deliverable"] == "teacher"
-    assert json.loads((tmp_path / "full" / "config.json").read_text())["methods"] == {
-        "entropy_weighted": {"power": 2.0}
-    }
+    section = json.loads((tmp_path / "full" / "config.json").read_text())["methods"]["entropy_weighted"]
+    assert (section["power"], section["student_bn"], section["normalize"]) == (2.0, "train", "class_sqrt")
 
     def stop_after_the_first_checkpoint(record: dict) -> None:
         if record["step"] == 3:
@@ -162,7 +179,8 @@ def test_a_users_method_runs_in_two_processes(
     images, _ = make_frames(tmp_path / "data")
     config = tmp_path / "config.json"
     config.write_text(json.dumps({
-        "method": "entropy_weighted", "student_bn": "train", "data": {"batch_size": 2, "crop": [32, 64]},
+        "method": "entropy_weighted", "methods": {"entropy_weighted": {"student_bn": "train"}},
+        "data": {"batch_size": 2, "crop": [32, 64]},
         "run": {"iters": 2, "log_every": 1},
     }))  # fmt: skip
     dump = tmp_path / "dump"

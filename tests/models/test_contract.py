@@ -109,7 +109,7 @@ def test_check_contract_and_forward_logits_read_a_model_output_logits_attribute(
 
 def test_smp_deeplabv3plus_in_train_mode_through_the_python_api() -> None:
     smp = pytest.importorskip("segmentation_models_pytorch")
-    from stvm_sdk.api import as_segmodel
+    from stvm_sdk.inputs import as_segmodel
 
     torch.manual_seed(0)
     net = smp.DeepLabV3Plus("mobilenet_v2", encoder_weights=None, classes=5).train()

@@ -24,12 +24,12 @@ from stvm_sdk.models.io import SegModel
 
 TINY = {
     "run.iters": 2,
-    "metric.warmup": 1,
+    "methods.stvm.metric.warmup": 1,
     "data.batch_size": 2,
     "data.crop": [32, 64],
     "run.log_every": 1,
     "run.checkpoint_every": 2,
-    "mix.patch": 8,
+    "methods.stvm.mix.patch": 8,
 }
 X = torch.rand(2, 3, 64, 128)
 
@@ -304,7 +304,7 @@ def test_an_in_memory_library_model_is_recognised(tmp_path: Path) -> None:
     """adapt(nn.Module) of a library's model keeps its family: safetensors out, no pickle."""
     import torchvision
 
-    from stvm_sdk.api import as_segmodel
+    from stvm_sdk.inputs import as_segmodel
 
     tv = as_segmodel(
         torchvision.models.get_model("fcn_resnet50", num_classes=K, weights=None, weights_backbone=None)

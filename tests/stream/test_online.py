@@ -14,8 +14,9 @@ import pytest
 import torch
 from support import TinySegNet
 
-from stvm_sdk.api import as_segmodel
 from stvm_sdk.errors import ConfigError, DataError
+from stvm_sdk.inputs import as_segmodel
+from stvm_sdk.methods import method_keys
 from stvm_sdk.models.contract import normalize
 from stvm_sdk.stream import HealthRule, OnlineAdapter, StreamConfig, online_config
 from stvm_sdk.stream.health import HealthMonitor, js_divergence
@@ -42,7 +43,8 @@ def source() -> object:
 
 
 def _quick_cfg(method: str) -> object:
-    return online_config(method).with_overrides({"metric.warmup": 2, "mix.patch": 8, "optim.lr": 1e-3})
+    own = method_keys(method, {"metric.warmup": 2, "mix.patch": 8})
+    return online_config(method).with_overrides({**own, "optim.lr": 1e-3})
 
 
 @pytest.mark.parametrize("method", ["source_only", "adabn", "tent", "mean_teacher", "stvm"])
@@ -293,7 +295,7 @@ def test_a_collapse_that_training_itself_causes_fires_the_health_rule(source) ->
     """Self-training with a far too high learning rate and a fast teacher, no anchor: the pseudo-labels
     feed on themselves until one class is left; the rule must notice it from the histograms alone."""
     cfg = online_config("mean_teacher").with_overrides(
-        {"optim.lr": 0.5, "optim.ema_max": 0.5, "reliability.normalize": "valid"}
+        {"optim.lr": 0.5, "methods.mean_teacher.ema_max": 0.5, "methods.mean_teacher.normalize": "valid"}
     )
     adapter = OnlineAdapter(source, "mean_teacher", config=cfg,
                             stream=StreamConfig(window=5, batch_size=2, restore_prob=0.0))  # fmt: skip

@@ -13,7 +13,7 @@ import torch.nn.functional as nnf
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from stvm_sdk.config import AugConfig
+    from stvm_sdk.methods.parts.options import AugConfig
 
 _LUMA = (0.299, 0.587, 0.114)
 

@@ -16,7 +16,7 @@ from stvm_sdk.methods.parts.metric import MetricHead
 from stvm_sdk.models.contract import capture_features, forward_logits
 
 if TYPE_CHECKING:
-    from stvm_sdk.config import ReliabilityConfig
+    from stvm_sdk.methods.parts.options import ReliabilityConfig
 
 IGNORE = 255
 
