@@ -18,34 +18,23 @@ from typing import Any
 
 from stvm_sdk.config import AdaptConfig
 
-# Fields whose dataclass source carries no comment, or one too terse to read alone ("D", "p").
+# Fields whose dataclass source carries no comment of its own.
 _FALLBACK = {
-    "metric.embed_dim": "embedding size D of the metric network",
-    "metric.loss": "metric loss: proxy_anchor | proxy_nca",
-    "reliability.scale": "softmax scale gamma of the reliability",
-    "mix.patch": "MOCM patch size p in pixels",
-    "method": "adaptation method (`stvm methods` lists them)",
-    "data.batch_size": "target frames per step (per process)",
-    "metric.clean_quantile": 'share of each class\'s most confident pixels kept when clean = "confident"',
-    "aug.jitter_prob": "probability of colour jitter on a student image",
-    "aug.brightness": "colour jitter: brightness strength",
-    "aug.contrast": "colour jitter: contrast strength",
-    "aug.saturation": "colour jitter: saturation strength",
-    "aug.blur_prob": "probability of a Gaussian blur on a student image",
-    "aug.blur_sigma": "Gaussian blur sigma range [min, max] in pixels",
-    "optim.lr": "base learning rate",
-    "optim.momentum": "SGD momentum (AdamW beta1)",
-    "optim.weight_decay": "weight decay",
-    "optim.poly_power": "power of the polynomial learning-rate decay",
-    "run.iters": "adaptation steps",
-    "run.seed": "seed of batches, crops and mixing",
-    "run.log_every": "steps between records in metrics.jsonl (and progress lines' losses)",
-    "run.checkpoint_every": "steps between checkpoints (what --resume continues from)",
+    "optim.head_lr_mult": "learning-rate multiplier of the classifier head (and the metric network)",
 }
 
 
 def field_comments(cls: type) -> dict[str, str]:
-    """``{field: comment}`` from the comments beside a dataclass field or in the lines just above it."""
+    """``{field: comment}`` from the comments beside a dataclass field or in the lines just above it,
+    in ``cls`` or the dataclass it extends (an ``Options`` subclass keeps its base's comments)."""
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(klass):
+            out.update(_own_comments(klass))
+    return out
+
+
+def _own_comments(cls: type) -> dict[str, str]:
     try:
         source = textwrap.dedent(inspect.getsource(cls))
     except (OSError, TypeError):
@@ -88,10 +77,15 @@ def _value(v: Any) -> str:
 
 
 def _section(obj: Any, prefix: str, out: list[str]) -> None:
+    """The fields of ``obj`` holding values, one comment each; then its sub-sections as tables."""
     comments = field_comments(type(obj))
+    subsections = []
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value) or f.name == "methods":
+        if f.name == "methods" and not prefix:
+            continue
+        if dataclasses.is_dataclass(value):
+            subsections.append((f.name, value))
             continue
         key = prefix + f.name
         comment = (
@@ -101,21 +95,25 @@ def _section(obj: Any, prefix: str, out: list[str]) -> None:
         out.append(
             f"# {f.name} = ...  (unset by default)" if value is None else f"{f.name} = {_value(value)}"
         )
+    for name, value in subsections:
+        doc = (type(value).__doc__ or "").strip().splitlines()[0]
+        out += ["", f"[{prefix}{name}]  # {doc}"]
+        _section(value, f"{prefix}{name}.", out)
 
 
 def config_to_toml(cfg: AdaptConfig | None = None) -> str:
-    """``cfg`` (default: ``AdaptConfig()``) as TOML with one comment per field; ``AdaptConfig.from_file``
-    reads it back to an equal config."""
-    cfg = cfg or AdaptConfig()
+    """``cfg`` (default: ``AdaptConfig()``) as TOML with one comment per field, its method's section
+    ``[methods.<name>]`` filled in; ``AdaptConfig.from_file`` reads it back to the same resolved config."""
+    from stvm_sdk.methods.parts.options import options_of
+    from stvm_sdk.methods.registry import get_method, resolve
+
+    cfg, _ = resolve(cfg or AdaptConfig())
     out = ["# stvm adapt configuration: every field with its value; pass it with --config FILE.toml.", ""]
     _section(cfg, "", out)
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if dataclasses.is_dataclass(value):
-            doc = (type(value).__doc__ or "").strip().splitlines()[0]
-            out += ["", f"[{f.name}]  # {doc}"]
-            _section(value, f.name + ".", out)
-    for name, options in cfg.methods.items():
+    for name, section in cfg.methods.items():
+        options = options_of(get_method(name), section)
+        if options is None:
+            continue
         doc = (type(options).__doc__ or f"options of method {name}").strip().splitlines()[0]
         out += ["", f"[methods.{name}]  # {doc}"]
         _section(options, f"methods.{name}.", out)

@@ -38,8 +38,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class StvmOptions(MeanTeacherOptions):
-    """STvM's knobs (section ``[methods.stvm]``): the mean teacher's, the metric network's, the
-    reliability's and MOCM's."""
+    """STvM's knobs: the mean teacher's, plus its metric network's, reliability's and MOCM's."""
 
     metric: MetricConfig = field(default_factory=MetricConfig)  # metric network M and proxies
     reliability: ReliabilityConfig = field(default_factory=ReliabilityConfig)  # each pixel's weight

@@ -14,6 +14,7 @@ from stvm_sdk.cli.app import app
 from typer.testing import CliRunner
 
 from stvm_sdk.config import AdaptConfig
+from stvm_sdk.methods import resolve
 
 runner = CliRunner()
 COMMANDS = sorted(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
@@ -62,8 +63,8 @@ def test_config_prints_every_field_commented_and_reads_back(method: str | None, 
     assert res.exit_code == 0, res.output
     path = tmp_path / "cfg.toml"
     path.write_text(res.stdout)
-    expected = AdaptConfig() if method is None else AdaptConfig(method=method)
-    assert AdaptConfig.from_file(path) == expected
+    expected, _ = resolve(AdaptConfig() if method is None else AdaptConfig(method=method))
+    assert resolve(AdaptConfig.from_file(path))[0] == expected
     lines = res.stdout.splitlines()
     keys = [i for i, line in enumerate(lines) if re.match(r"#? ?\w+ = ", line) and not line.startswith("# ")]
     keys += [i for i, line in enumerate(lines) if line.endswith("(unset by default)")]
@@ -72,6 +73,8 @@ def test_config_prints_every_field_commented_and_reads_back(method: str | None, 
         assert lines[i - 1].startswith("# ") and not lines[i - 1].endswith("(unset by default)"), lines[i]
     if method == "tent":
         assert "[methods.tent]" in res.stdout
+    else:  # STvM's knobs are its own: nested tables of its section
+        assert "[methods.stvm.metric]" in res.stdout and "\n[metric]" not in res.stdout
 
 
 def _leaf_fields(obj: object) -> int:
@@ -82,10 +85,14 @@ def _leaf_fields(obj: object) -> int:
     for f in dataclasses.fields(obj):  # type: ignore[arg-type]
         value = getattr(obj, f.name)
         if f.name == "methods":
-            n += sum(_leaf_fields(o) for o in value.values())
+            n += sum(_leaf_values(section) for section in value.values())
         else:
             n += _leaf_fields(value) if dataclasses.is_dataclass(value) else 1
     return n
+
+
+def _leaf_values(section: dict[str, object]) -> int:
+    return sum(_leaf_values(v) if isinstance(v, dict) else 1 for v in section.values())  # type: ignore[arg-type]
 
 
 def test_config_file_from_stvm_config_runs_adapt(
