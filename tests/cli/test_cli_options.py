@@ -64,8 +64,8 @@ def test_key_value_sets_any_config_field(
 ) -> None:
     res = runner.invoke(app, [
         "adapt", "--source", str(lraspp_checkpoint), "--target", str(frames[0]),
-        "--out", str(tmp_path / "run"), "--iters", "1", "--json", "optim.lr=1e-4", "methods.stvm.mix.tau=0.6", "data.crop=[32, 64]",
-        "methods.stvm.metric.warmup=0",
+        "--out", str(tmp_path / "run"), "--iters", "1", "--json",
+        "optim.lr=1e-4", "methods.stvm.mix.tau=0.6", "data.crop=[32, 64]", "methods.stvm.metric.warmup=0",
     ])  # fmt: skip
     assert res.exit_code == 0, res.output
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
