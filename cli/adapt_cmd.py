@@ -115,15 +115,13 @@ def adapt_command(
 
 def worker_args(ctx: typer.Context, out: Path) -> list[str]:
     """This command line again for the worker processes, rebuilt from the parsed options."""
-    import click
-
     args = [ctx.info_name or "adapt"]
     for param in ctx.command.params:
         value = out if param.name == "out" else ctx.params.get(param.name or "")
         if param.name == "nproc_per_node" or value is None or value is False:
             continue
-        if isinstance(param, click.Argument):  # KEY=VALUE overrides
-            args += [str(v) for v in value]
+        if param.param_type_name == "argument":  # KEY=VALUE overrides
+            args += [str(v) for v in ctx.params.get(param.name or "") or ()]
             continue
         args += [param.opts[0]] if value is True else [param.opts[0], str(value)]
     return args

@@ -25,9 +25,8 @@ Say = Callable[[str], None]
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """Sizes of the demo. Measured from a fresh cache on 2 CPU cores with the class_sqrt student loss
-    (decision 6): ``quick`` 65 s wall (mIoU 9.2 -> 13.6), full 283 s wall (mIoU 11.4 -> 16.4 on 60 held-out
-    frames). With the earlier class-mean loss: 62 s (9.5 -> 14.4) and 4.5 min (10.6 -> 16.0)."""
+    """Sizes of the demo: ``quick`` for tests, the full one for ``stvm demo`` (its measured time and
+    mIoU are in the README's first section)."""
 
     arch: str = "lraspp_mobilenet_v3_large"
     domain: str = "target"
@@ -35,7 +34,7 @@ class DemoSettings:
     n_source: int = 400
     n_target: int = 300
     n_val: int = 60
-    source_iters: int = 500  # ~0.5 s/iter on 2 cores at 128x256: the source model is most of the time
+    source_iters: int = 500  # training the source model is most of the demo's time
     # The accuracy benchmark's schedule: on this benchmark longer runs end lower (metric reliability
     # saturates; benchmarks/results/accuracy_tuning.md), so more steps would cost time and accuracy.
     adapt_iters: int = 120

@@ -293,12 +293,16 @@ def _step(line: str) -> int | None:
 
 
 def _diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> str:
+    """``key: was -> now`` for every leaf that differs (or is only on one side)."""
     out = []
-    for k in a:
-        if isinstance(a[k], dict):
-            d = _diff(a[k], b.get(k, {}), f"{prefix}{k}.")
+    for k in [*a, *(k for k in b if k not in a)]:
+        was, now = a.get(k), b.get(k)
+        if isinstance(was, dict) or isinstance(now, dict):
+            d = _diff(
+                was if isinstance(was, dict) else {}, now if isinstance(now, dict) else {}, f"{prefix}{k}."
+            )
             if d:
                 out.append(d)
-        elif a[k] != b.get(k):
-            out.append(f"{prefix}{k}: {a[k]!r} -> {b.get(k)!r}")
+        elif was != now:
+            out.append(f"{prefix}{k}: {was!r} -> {now!r}")
     return ", ".join(out)

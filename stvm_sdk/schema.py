@@ -20,7 +20,7 @@ def with_schema(obj: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"schema": SCHEMA, **{k: v for k, v in obj.items() if k != "schema"}}
     notes = dict(out.get("deprecated") or {})
     for old, (new, since) in RENAMED.items():
-        if new in out and old not in out and SCHEMA <= since:
+        if new in out and old not in out and since >= SCHEMA:
             out[old] = out[new]
             notes[old] = f"renamed '{new}' in schema {since}; the old name goes in schema {since + 1}"
     if notes:

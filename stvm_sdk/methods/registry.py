@@ -69,7 +69,7 @@ def register_method(cls: M | None = None, *, name: str | None = None) -> Any:
             )
         if c.Options is not None and not dataclasses.is_dataclass(c.Options):
             raise TypeError(f"{c.__qualname__}.Options must be a dataclass (the method's config section)")
-        inherited = next((b.Options for b in c.__mro__[1:] if getattr(b, "Options", None) is not None), None)
+        inherited = next((o for b in c.__mro__[1:] if (o := getattr(b, "Options", None)) is not None), None)
         if inherited is not None and not (isinstance(c.Options, type) and issubclass(c.Options, inherited)):
             raise TypeError(
                 f"{c.__qualname__}.Options must subclass {inherited.__qualname__}: the base method's code "
@@ -116,7 +116,8 @@ def resolve(cfg: AdaptConfig) -> tuple[AdaptConfig, type[Method]]:
     sections: dict[str, Any] = {}
     for name, section in cfg.methods.items():
         options = options_of(get_method(name), section)
-        sections[name] = dataclasses.asdict(options) if options is not None else {}
+        if options is not None:  # a method without options has no section
+            sections[name] = dataclasses.asdict(options)
     options = options_of(cls, cfg.methods.get(cls.name))
     if options is not None:
         sections[cls.name] = dataclasses.asdict(options)
@@ -139,9 +140,10 @@ def migrate(data: dict[str, Any]) -> AdaptConfig:
     data = migrate_config(data)
     name = str(data.get("method", AdaptConfig.method))
     options = get_method(name).Options
-    section = data["methods"].get(name, {})
+    section = data["methods"].pop(name, {})
     known = {f.name for f in dataclasses.fields(options)} if options is not None else set()
-    data["methods"][name] = {k: v for k, v in section.items() if k in known}
+    if options is not None:
+        data["methods"][name] = {k: v for k, v in section.items() if k in known}
     return resolve(AdaptConfig.from_dict(data))[0]
 
 

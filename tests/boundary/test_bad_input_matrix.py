@@ -562,7 +562,7 @@ def c_config_wrong_type(w: Workspace) -> Case:
 
 
 def c_config_negative_lr(w: Workspace) -> Case:
-    return Case(_config(w, "[optim]\nlr = -0.1\n"), "error", "optim.lr > 0")
+    return Case(_config(w, "[optim]\nlr = -0.1\n"), "error", "optim.lr must be > 0")
 
 
 def c_config_unparsable(w: Workspace) -> Case:
@@ -753,8 +753,8 @@ def test_bad_input(name: str, tmp_path: Path, lraspp_checkpoint: Path) -> None:
     # A run directory created by an error case holds only the SDK's own marker and config.
     created_run = [p for p in changed if p.startswith("run/") and p not in before]
     assert set(changed) - set(created_run) == set(), changed
-    assert all(p.split("/")[-1] in (".stvm_sdk.json", "config.json", "inputs.json") for p in created_run), (
-        created_run
-    )
+    assert all(
+        p.split("/")[-1] in (".stvm_sdk.json", "config.json", "inputs.json", "run.json") for p in created_run
+    ), created_run
     flag = case.extra.get("flag")
     assert flag is None or not flag.exists(), "the pickle's code ran"

@@ -118,7 +118,7 @@ def test_resume_refuses_other_stream_settings(
         ("missing", "--input not found"),
         ("text_file", "not a video"),
         ("video", "OpenCV"),
-        ("method", "unknown --method"),
+        ("method", "unknown method 'nosuch'"),
     ],
 )
 def test_bad_stream_input_is_one_line(
