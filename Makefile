@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 
 setup: $(STAMP)
 
-# torch/torchvision first, pinned to the wheels on local disk (shared/docs/env.md): asking pip for
+# torch/torchvision first, pinned to the wheels on local disk (docs/environment.md): asking pip for
 # them through the project's ranges alone could pull a multi-GB CUDA build from the registry.
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 
 if not __import__("torch").cuda.is_available():
-    # Read when @triton.jit decorates: must be set before any kernel module is imported (env.md).
+    # Read when @triton.jit decorates: must be set before any kernel module is imported (docs/environment.md).
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from pathlib import Path  # noqa: E402
@@ -73,7 +73,7 @@ CS_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ci
 
 @pytest.fixture(scope="session")
 def cityscapes_sample() -> Path:
-    """The real Cityscapes files in ../shared (read there, never copied into the repo)."""
+    """Real Cityscapes sample files at ``CS_SAMPLE``, beside the checkout (read there, never copied in)."""
     if not CS_SAMPLE.is_dir():
         pytest.skip(f"{CS_SAMPLE} not present")
     return CS_SAMPLE

@@ -105,8 +105,8 @@ class BatchLoader:
         self.rank, self.world = shard
         self.failed: set[int] = set()
         # Decoder threads run small torch ops (to float, resize). Left at the default, each thread
-        # gets its own OpenMP team that competes with the training step's: measured on 2 cores,
-        # every later forward/backward ran ~1.8x slower. One intra-op thread each avoids that.
+        # gets its own OpenMP team that competes with the training step's for the cores, and every
+        # later forward/backward runs markedly slower. One intra-op thread each avoids that.
         self._pool = ThreadPoolExecutor(
             max_workers=max(1, workers), initializer=torch.set_num_threads, initargs=(1,)
         )

@@ -5,13 +5,13 @@ The exported graph wraps the model in :class:`DeployModule`, so what runs in the
 ``[B,K,H,W] float32`` or, with ``argmax=True``, ``classes [B,H,W] uint8`` (K/4 bytes per pixel
 instead of 4K: far less output bandwidth on the vehicle bus and no host-side argmax).
 
-Exporter choice (measured on this project's CPUs, see ``shared/docs/env.md``):
+Exporter choice (what each exporter can do on CPU: docs/environment.md):
 
-* ``legacy`` (TorchScript-based, ``dynamo=False``) is the default: < 1 s per export and it can emit
+* ``legacy`` (TorchScript-based, ``dynamo=False``) is the default: it is fast and it can emit
   **opset 17**, the newest opset TensorRT 8.5/8.6 parse (JetPack 5 and DRIVE OS 6 ship those), so
   one file builds on every car we target. It is deprecated upstream but works in torch <= 2.14.
-* ``dynamo`` (``torch.export``-based) takes 11-14 s and needs opset >= 18 (TensorRT >= 10). It is the
-  future-proof path, used by ``exporter="auto"`` only where the legacy exporter is gone.
+* ``dynamo`` (``torch.export``-based) is an order of magnitude slower and needs opset >= 18 (TensorRT
+  >= 10). It is the future-proof path, used by ``exporter="auto"`` only where the legacy exporter is gone.
 
 The graph is checked with ``onnx.checker`` (full check, with shape inference) before it is renamed
 into place; large models keep their weights in ``<name>.onnx.data`` (protobuf caps a file at 2 GiB).

@@ -1,7 +1,7 @@
 """TensorRT engines from the exported ONNX: the ``--shape`` profile, the trtexec line, the build.
 
 ``tensorrt`` is imported inside functions, and only after a CUDA device was found: creating
-TensorRT objects without a GPU crashes some TensorRT builds (see ``shared/docs/env.md``). Without a
+TensorRT objects without a GPU crashes some TensorRT builds (see docs/environment.md). Without a
 GPU or TensorRT, :func:`trt_unavailable_reason` says what is missing and how to get it; the same
 engine can then be built on the car with the command from :func:`trtexec_command`. Running engines
 (and refusing foreign ones) is :class:`stvm_sdk.runners.trt.TrtRunner`'s job.

@@ -3,7 +3,7 @@
 The kernels address ``[B, C, H, W]`` tensors as ``[B, C, P]`` with ``P = H*W`` and one stride per
 axis. That view exists without a copy for contiguous and channels-last tensors and for batch or
 channel slices of them; only a layout where ``(h, w)`` cannot be flattened pays one ``.contiguous()``
-copy ("contiguity handled once", style.md kernel rule 2).
+copy: contiguity is handled once, here, not in each launcher.
 """
 
 from __future__ import annotations

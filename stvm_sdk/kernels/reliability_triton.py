@@ -5,7 +5,7 @@ it in registers, then walks the K proxies with an online softmax: per pixel only
 sum, label logit and best cosine are kept, so no ``[B,K,h,w]`` similarity tensor is ever written.
 The dot products run on CUDA cores in fp32 rather than ``tl.dot``: with K=19 the op is bound by
 reading the embeddings, and fp32 FMAs keep the argmax identical to the reference (TF32 ``tl.dot``
-would flip near-ties, and bf16 ``tl.dot`` is wrong in the interpreter, env.md).
+would flip near-ties, and bf16 ``tl.dot`` is wrong in the interpreter: docs/environment.md).
 """
 
 from __future__ import annotations

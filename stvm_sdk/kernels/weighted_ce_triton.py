@@ -129,7 +129,7 @@ def _scale_unless_one_kernel(g_ptr, go_ptr, n, BLOCK: tl.constexpr):
 
 
 def _launch_config(k: int, p: int) -> tuple[int, int, int]:
-    """``(BLOCK_K, BLOCK_P, num_warps)``: ~8K-element tiles on a GPU (untuned: no GPU was lent)."""
+    """``(BLOCK_K, BLOCK_P, num_warps)``: ~8K-element tiles on a GPU (untuned: no GPU timings yet)."""
     block_k = triton.next_power_of_2(k) if k <= MAX_SINGLE_CHUNK_K else 64
     if _INTERPRET:
         return block_k, min(triton.next_power_of_2(p), max(16, 65536 // block_k)), 1

@@ -1,7 +1,7 @@
 """TensorRT engines at run time: optimisation profiles, compatibility checks and the ``.engine`` runner.
 
 ``tensorrt`` is imported inside functions, and only after a CUDA device was found: creating
-TensorRT objects without a GPU crashes some TensorRT builds (see ``shared/docs/env.md``).
+TensorRT objects without a GPU crashes some TensorRT builds (see docs/environment.md).
 
 An engine only runs with the TensorRT version and GPU (compute capability) it was built for, so its
 sidecar records both and :meth:`TrtRunner.check_compatible` refuses a mismatch before deserialising.

@@ -31,7 +31,8 @@ def test_batches_are_reproducible_and_labels_follow_crops(frames: tuple[Path, Pa
 
 def test_decoder_threads_use_one_intra_op_thread(frames: tuple[Path, Path]) -> None:
     """Torch ops in the decoder threads must not get OpenMP teams of their own: on a 2-core machine
-    that made every training step after the first batch ~1.8x slower. The caller's setting stays."""
+    they compete with the training step for the cores and slow every step after the first batch. The
+    caller's setting stays."""
     folder = scan_frames(*frames)
     before = torch.get_num_threads()
     loader = BatchLoader(folder.frames, batch_size=2, crop=(16, 16), resize=None, seed=0, workers=2)

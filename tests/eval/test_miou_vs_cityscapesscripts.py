@@ -33,7 +33,7 @@ def test_miou_matches_cityscapesscripts(tmp_path: Path) -> None:
         preds.append(str(path))
         conf += confusion_matrix(torch.from_numpy(pred), torch.from_numpy(train.astype(np.int64)), 19)
     args = cs_eval.args
-    args.evalInstLevelScore = False  # crashes on NumPy 2 (env.md) and is not what we compare
+    args.evalInstLevelScore = False  # crashes on NumPy 2 (docs/environment.md) and is not what we compare
     args.quiet = True
     args.JSONOutput = False
     args.exportFile = str(tmp_path / "result.json")

@@ -107,7 +107,7 @@ def test_dynamo_exporter_needs_opset_18(seg_model, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_dynamo_export_matches_eager(seg_model, tmp_path: Path) -> None:
-    # The one dynamo export of the session (11-40 s): dynamic shapes and opset 18.
+    # The one dynamo export of the session (the slow exporter): dynamic shapes and opset 18.
     res = export_onnx(seg_model, tmp_path / "m.onnx", exporter="dynamo", opset=18)
     x = np.random.default_rng(4).random((2, 3, 96, 160), dtype=np.float32)
     np.testing.assert_allclose(_ort(res.path, x), _eager(seg_model, x).numpy(), atol=1e-4, rtol=1e-4)

@@ -117,7 +117,7 @@ def test_shape_outside_the_profile_is_refused_before_touching_tensorrt(tmp_path:
 def _trt_ready() -> bool:
     import torch
 
-    if not torch.cuda.is_available():  # never import TensorRT without a GPU (env.md)
+    if not torch.cuda.is_available():  # never import TensorRT without a GPU (docs/environment.md)
         return False
     try:
         import tensorrt  # noqa: F401

@@ -1,9 +1,10 @@
 """Fixtures for the kernel tests.
 
-``TRITON_INTERPRET=1`` must be in the environment before any ``@triton.jit`` decorates (env.md), so it
-is set here, first. The ``stvm_sdk.kernels.*_triton`` modules are imported only on the first Triton
-dispatch, so this works even when another test folder imported ``stvm_sdk.kernels`` earlier. On a
-machine with CUDA the interpreter stays off and the same tests run the compiled kernels on the GPU.
+``TRITON_INTERPRET=1`` must be in the environment before any ``@triton.jit`` decorates
+(docs/environment.md), so it is set here, first. The ``stvm_sdk.kernels.*_triton`` modules are
+imported only on the first Triton dispatch, so this works even when another test folder imported
+``stvm_sdk.kernels`` earlier. On a machine with CUDA the interpreter stays off and the same tests run
+the compiled kernels on the GPU.
 """
 
 from __future__ import annotations

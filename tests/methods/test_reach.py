@@ -164,7 +164,7 @@ def test_info_shows_what_each_method_updates_and_a_weak_head(tmp_path: Path) -> 
 
 
 def test_stvm_with_a_classifier_it_cannot_copy_is_one_line(frames: tuple[Path, Path], tmp_path: Path) -> None:
-    # The smp case: the head named as its parameter-free activation (what the old probe chose).
+    # The smp case: the head named as its parameter-free activation (what the old probe chose).
     path = tmp_path / "net.pt"
     torch.save(HeadProbeNet(), path)
     res = RUNNER.invoke(

@@ -34,7 +34,7 @@ ENV_MD_TABLE = {
     31: 16,
     32: 17,
     33: 18,
-}  # labelId -> trainId, copied from shared/docs/env.md
+}  # labelId -> trainId: the official Cityscapes table, written out here, not read from the SDK
 
 
 def render(domain: str, index: int = 0, seed: int = 0, size: tuple[int, int] = SIZE):

@@ -32,7 +32,7 @@ ARCHS = {
     "BeitForSemanticSegmentation": "decode_head.classifier",
     "MobileViTV2ForSemanticSegmentation": "segmentation_head.classifier",  # ConvLayer around a conv
 }
-# What the ONNX export of each class needs (measured with torch 2.14, transformers 5.24): pyramid pooling
+# What the ONNX export of each class needs (checked with torch 2.14, transformers 5.24): pyramid pooling
 # (UperNet, BEiT: adaptive_avg_pool2d to fixed bins) cannot be exported on symbolic sizes, and the legacy
 # exporter refuses it even at a fixed size unless every bin count divides the feature map (UperNet's
 # default scales 1, 2, 3, 6 do not divide 512x1024 / 32); BEiT's size-dependent position bias and

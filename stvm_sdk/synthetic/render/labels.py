@@ -2,7 +2,7 @@
 
 Scenes are painted with Cityscapes *labelIds* (so ignored categories such as the ego vehicle or
 static clutter keep their own id in ``*_gtFine_labelIds.png``); trainIds are derived with
-:data:`LABEL_TO_TRAIN`, the table in ``shared/docs/env.md``.
+:data:`LABEL_TO_TRAIN`, the official Cityscapes table (kept once, in :mod:`stvm_sdk.data.images`).
 """
 
 from __future__ import annotations
