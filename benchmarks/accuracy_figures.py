@@ -11,13 +11,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from stvm_sdk.api import AdaptResult, load_run, reliability_map
 from stvm_sdk.data import scan_frames
 from stvm_sdk.data.batches import load_frame
 from stvm_sdk.eval import predict
 from stvm_sdk.eval.error_detection import error_detection
 from stvm_sdk.export.palette import colorize, palette_for
 from stvm_sdk.models import load_model, normalize
+from stvm_sdk.result import AdaptResult, load_run, reliability_map
 from stvm_sdk.synthetic.cache import ensure_domain
 
 
@@ -160,7 +160,7 @@ def qualitative(run_dir: Path, source_path: Path, eval_root: Path, path: Path, n
         x = img[None]
         src = predict(source, x)[0].numpy()
         ada = predict(result.model, x)[0].numpy()
-        if result.metric is not None:
+        if result.extras.get("metric") is not None:
             _, rel = reliability_map(result, x)
             extra, titles[4] = rel[0].numpy(), "reliability r"
         else:

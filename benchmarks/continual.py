@@ -33,17 +33,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy import Plan as AccuracyPlan  # noqa: E402  (the source models are the accuracy benchmark's)
-from accuracy import source_model  # noqa: E402
+from accuracy import current_config, method_over, source_model  # noqa: E402
 
 from stvm_sdk import load_model  # noqa: E402
 from stvm_sdk.data.frames import FrameFolder, scan_frames  # noqa: E402
 from stvm_sdk.eval.evaluate import evaluate_frames  # noqa: E402
 from stvm_sdk.eval.metrics import confusion_matrix, mean_iou  # noqa: E402
-from stvm_sdk.stream import ONLINE_METHODS, OnlineAdapter, StreamConfig, online_config  # noqa: E402
+from stvm_sdk.methods import resolve  # noqa: E402
+from stvm_sdk.stream import OnlineAdapter, StreamConfig, online_config  # noqa: E402
 from stvm_sdk.stream.run import StreamTotals  # noqa: E402
 from stvm_sdk.synthetic.cache import DomainSpec, ensure_domain  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
+ONLINE_METHODS = ("source_only", "adabn", "tent", "mean_teacher", "stvm")  # the methods this table runs
 ARCH_COST = {"lraspp_mobilenet_v3_large": 1.0, "deeplabv3_mobilenet_v3_large": 1.8}
 METHOD_COST = {"source_only": 0.05, "adabn": 0.15, "tent": 0.4, "mean_teacher": 1.0, "stvm": 1.1}
 SHORT = {"lraspp_mobilenet_v3_large": "lraspp", "deeplabv3_mobilenet_v3_large": "deeplabv3"}
@@ -65,7 +67,9 @@ class Plan:
     n_forget: int = 60  # held-out frames of `target` and `source` for forgetting
     warmup: int = 40  # STvM's metric warm-up in adaptation steps (the accuracy benchmark's)
     stream_over: tuple[tuple[str, Any], ...] = ()  # StreamConfig fields changed (tuning variants)
-    method_over: tuple[tuple[str, Any], ...] = ()  # AdaptConfig keys changed (tuning variants)
+    # Config keys changed (tuning variants): `optim.lr`, or keys inside a method's section (`mix.tau`)
+    # for every method that has that option (accuracy.method_over).
+    method_over: tuple[tuple[str, Any], ...] = ()
     tag: str = ""  # results/continual{_tag}.md; tuning runs use their own
     quick: bool = False
 
@@ -96,9 +100,9 @@ class Plan:
 
     def method_cfg(self, method: str, seed: int) -> Any:
         h, _ = self.size
-        over = {"run.seed": seed, "mix.patch": max(8, h // 8), "metric.warmup": self.warmup}
-        over.update(dict(self.method_over))
-        return online_config(method).with_overrides(over)
+        own = {"mix.patch": max(8, h // 8), "metric.warmup": self.warmup}  # STvM's, where a method has them
+        over = {"run.seed": seed, **method_over(method, {**own, **dict(self.method_over)})}
+        return resolve(online_config(method).with_overrides(over))[0]
 
 
 def stream_order(plan: Plan) -> list[tuple[int, int, str, int]]:
@@ -175,7 +179,10 @@ def run_cell(plan: Plan, cache: Path, arch: str, method: str, seed: int) -> dict
     if path.is_file():
         try:
             cached = json.loads(path.read_text())
-            if cached.get("settings") == settings:
+            recorded = cached.get("settings") or {}
+            if isinstance(recorded, dict) and "method" in recorded:  # in the config layout of its day
+                recorded = {**recorded, "method": current_config(recorded["method"])}
+            if recorded == settings:
                 return dict(cached)
         except ValueError:
             pass
@@ -389,7 +396,8 @@ def tuning_table(cache: Path) -> str:
             default = StreamConfig().to_dict()
             changed = {k: v for k, v in s["stream"].items() if k != "every" and v != default.get(k)}
             base = online_config("stvm").to_dict()["optim"]
-            changed.update({f"optim.{k}": v for k, v in s["method"]["optim"].items() if v != base.get(k)})
+            optim = (current_config(s["method"]) or {}).get("optim", {})
+            changed.update({f"optim.{k}": v for k, v in optim.items() if v != base.get(k)})
             plan = s["plan"]
             row = [vdir.name[len("tune_") :], SHORT.get(arch_dir.name, arch_dir.name),
                    f"{plan['rounds']} x {plan['frames']}, seed {plan['data_seed']}",
@@ -424,7 +432,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--data-seed", type=int, default=None, help="another stream (tuning: 20; the table: 10)")
     ap.add_argument("--set", action="append", default=[], help="StreamConfig field=value (a tuning variant)")
-    ap.add_argument("--method-set", action="append", default=[], help="AdaptConfig key=value (a variant)")
+    ap.add_argument(
+        "--method-set",
+        action="append",
+        default=[],
+        help="config key=value (a variant): optim.lr=..., or mix.tau=... for each method that has it",
+    )
     ap.add_argument("--tag", type=str, default="", help="name of this variant's cache and results files")
     ap.add_argument("--tuning-table", action="store_true", help="write continual_tuning.md from the cache")
     args = ap.parse_args(argv)

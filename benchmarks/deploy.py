@@ -1,4 +1,4 @@
-"""Deployment targets of issue 5, measured side by side on this machine's CPU.
+"""Deployment targets, measured side by side on this machine's CPU.
 
 For the demo model (lraspp_mobilenet_v3_large, 19 classes, trained on labelled synthetic *target*
 frames so the accuracy figures mean something) at 512x1024, batch 1:
@@ -11,7 +11,7 @@ frames so the accuracy figures mean something) at 512x1024, batch 1:
 Everything goes through the SDK (``export_model``, ``bench.measure``), i.e. what `stvm export` and
 `stvm bench` do. Writes ``benchmarks/results/deploy.{md,json}``.
 
-    python benchmarks/deploy.py              # ~35 min the first time (data + training), then ~10 min
+    python benchmarks/deploy.py              # slow the first time (data + training), then only measures
     python benchmarks/deploy.py --quick      # smoke run: tiny data, 30 training steps
 
 Data and the trained model are cached under ``benchmarks/cache/deploy`` (git-ignored), keyed by
@@ -168,7 +168,7 @@ def measure(a: argparse.Namespace, model_path: Path, val: Path, train: Path) -> 
 
 
 def targets(r: dict) -> list[tuple[str, str, str, bool]]:
-    """(target, measured, threshold, met) for each CPU target of issue 5."""
+    """(target, measured, threshold, met) for each CPU deployment target."""
     rows = {(x["model"], x["backend"], x["precision"]): x for x in r["bench"]["rows"]}
     torch_ms = next(x["mean_ms"] for k, x in rows.items() if k[1] == "torch")
     ort32 = next(x["mean_ms"] for k, x in rows.items() if k[0].endswith(".onnx") and k[2] == "fp32")
@@ -199,7 +199,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 def _header(a: argparse.Namespace, r: dict) -> list[str]:
     m = r["bench"]["machine"]
     return [
-        "# Deployment benchmark (issue 5)",
+        "# Deployment benchmark",
         "",
         f"Machine: {m['cpu']} ({m.get('cores')} cores), {m['threads']} thread(s) for torch and ONNX Runtime, "
         f"GPU: {m['gpu'] or 'none'}; torch {m['torch']}, onnxruntime {m['onnxruntime']}, "
@@ -298,8 +298,8 @@ def write(a: argparse.Namespace, r: dict) -> None:
     )
     lines += [
         "",
-        "TensorRT fp16 >= 3x eager torch fp32 on a GPU: **not measured** (no GPU was lent to this "
-        "task, and TensorRT cannot be installed on these machines).",
+        "TensorRT fp16 >= 3x eager torch fp32 on a GPU: **not measured** (this benchmark runs on the CPU; "
+        "TensorRT needs an NVIDIA GPU and does not install on a CPU-only machine: docs/environment.md).",
         "",
     ]
     lines += _sections(r)

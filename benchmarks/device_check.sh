@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Device check for the fused kernels (issue 4): the kernel tests (gpu-marked full shapes included)
+# Device check for the fused kernels: the kernel tests (gpu-marked full shapes included)
 # and benchmarks/kernels.py, with every table and log written under $OUT.
 #
 #   OUT=/some/dir bash benchmarks/device_check.sh
 #
 # On a CUDA machine it runs the compiled Triton kernels (TRITON_INTERPRET is unset) and times them;
 # without a GPU it runs the same tests through the Triton interpreter and the benchmark's
-# correctness-only mode, so it can be checked anywhere. Targets the lent GPU's stack too
-# (Python 3.12, torch 2.11, Triton 3.6): nothing here needs the project to be pip-installed.
+# correctness-only mode, so it can be checked anywhere. Also runs on an older GPU stack (Python 3.12,
+# torch 2.11, Triton 3.6; docs/environment.md): nothing here needs the project to be pip-installed.
 # Knobs: PYTHON (interpreter), BENCH_ARGS (default "--step"), TEST_TIMEOUT / BENCH_TIMEOUT (seconds).
 set -uo pipefail
 

@@ -1,13 +1,14 @@
-"""Is the synthetic shift large, and more than BatchNorm statistics? (issue 3's generator requirement)
+"""Is the synthetic shift large, and more than BatchNorm statistics? (the generator's requirement)
 
 For every architecture and target domain of the accuracy benchmark: the source model, the source model
 after AdaBN (BN statistics re-estimated on the domain's unlabelled training frames) and the oracle
-trained on that domain's labels, all scored on the held-out `test` frames. Issue 3 asks for
-oracle - source >= 20 mIoU on `target`, with AdaBN closing less than half of that gap.
+trained on that domain's labels, all scored on the held-out `test` frames. The generator is required
+to give oracle - source >= 20 mIoU on `target`, with AdaBN closing less than half of that gap.
 
 Plan, data, models and scores are the accuracy benchmark's (`benchmarks/accuracy.py`: same sizes,
 same cache, same cells), so the two reports cannot disagree. On a cache the full accuracy run filled
-this reads its cells in seconds; otherwise it trains what is missing (up to ~1.5 h on 2 cores).
+this reads its cells in seconds; otherwise it trains what is missing (hours on a small CPU: README.md,
+Benchmarks, gives the accuracy run's wall times).
 
     python benchmarks/domain_gap.py --cache .stvm_cache/fresh
     python benchmarks/domain_gap.py --cache .stvm_cache/fresh --domains target fog night
@@ -57,7 +58,7 @@ def measure(plan: Plan, cache: Path, domains: list[str]) -> dict[str, dict[str, 
 
 
 def verdict(scores: dict[str, dict[str, Any]]) -> tuple[float, float, bool]:
-    """(gap, share of it AdaBN closes, whether issue 3's requirement holds)."""
+    """(gap, share of it AdaBN closes, whether the generator's requirement holds)."""
     src, bn, orc = (scores[m]["miou"] for m in ROWS)
     gap = orc - src
     closed = (bn - src) / gap if gap > 0 else float("nan")
@@ -78,7 +79,7 @@ def report(plan: Plan, res: dict[str, dict[str, dict[str, Any]]], command: str, 
         "",
         SHIFT,
         "",
-        "Issue 3 asks, on `target`: oracle - source_only >= 20 mIoU, and AdaBN closing < 50% of that gap.",
+        "Requirement on `target`: oracle - source_only >= 20 mIoU, and AdaBN closing < 50% of that gap.",
         "",
         "| arch | domain | source_only | adabn | oracle | gap | AdaBN closes | requirement |",
         "|---|---|---|---|---|---|---|---|",

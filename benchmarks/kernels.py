@@ -1,8 +1,8 @@
 """Kernel benchmark: Triton vs eager PyTorch reference vs torch.compile of the reference, side by side.
 
 On a CUDA GPU: forward / backward / forward+backward median times from CUDA events, achieved bytes/s
-against a measured device-to-device copy, peak extra memory, the issue-4 targets, and (``--step``)
-one STvM adaptation step with and without the fused kernels, fp32 and bf16 autocast.
+against a measured device-to-device copy, peak extra memory, the kernel targets (``TARGETS``), and
+(``--step``) one STvM adaptation step with and without the fused kernels, fp32 and bf16 autocast.
 Without a GPU: a tiny-shape correctness-only run of the Triton kernels under ``TRITON_INTERPRET=1``;
 timings stay empty and the report says why.
 
@@ -275,7 +275,7 @@ def step_rows(reps: int, dev: str, shape: tuple[int, int, int, int]) -> list[Row
         for amp in (False, True) if HAS_CUDA else (False,):
             net = deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=19).to(dev)
             cfg = AdaptConfig().with_overrides(
-                {"run.kernel_backend": backend, "run.amp": amp, "metric.warmup": 0}
+                {"run.kernel_backend": backend, "run.amp": amp, "methods.stvm.metric.warmup": 0}
             )
             g = torch.Generator().manual_seed(0)
             adapter = get_method("stvm").build(SegModel(net, 19, "classifier"), cfg, g).to(dev)
@@ -309,7 +309,7 @@ TARGETS = [  # (target, op, phase, Row attribute, goal); worst case over shapes 
 
 
 def targets(rows: list[Row]) -> list[tuple[str, str, str]]:
-    """Issue-4 targets: (target, worst value reached, ratio to the target; > 1 means met)."""
+    """Kernel targets: (target, worst value reached, ratio to the target; > 1 means met)."""
     out = []
     for name, op, phase, attr, goal in TARGETS:
         vals = [getattr(r, attr) for r in rows if (r.op, r.phase, r.impl) == (op, phase, "triton")]
@@ -347,7 +347,7 @@ def write_report(
         "|" + "---|" * len(names),
         *["| " + " | ".join(_fmt(v) for v in asdict(r).values()) + " |" for r in rows],
         "",
-        "## Issue 4 targets (Triton, worst case over shapes and dtypes)",
+        "## Kernel targets (Triton, worst case over shapes and dtypes)",
         "",
         "| target | reached | ratio to target |",
         "|---|---|---|",

@@ -34,7 +34,7 @@ from torch import Tensor
 from stvm_sdk import AdaptConfig, load_model
 from stvm_sdk.data import scan_frames
 from stvm_sdk.data.batches import BatchLoader, step_generator
-from stvm_sdk.methods import get_method, ladder
+from stvm_sdk.methods import get_method, ladder, resolve
 from stvm_sdk.methods.base import PHASE_PREFIX, Method, phase
 from stvm_sdk.methods.parts.norm import reestimate_bn
 from stvm_sdk.models import SegModel, forward_logits, normalize
@@ -46,7 +46,7 @@ Step = Callable[[int], None]
 
 def build(name: str, source: SegModel, target: list[Tensor], plan: Plan, arch: str) -> Method:
     """``name``'s method as ``adapt()`` builds it: target BN statistics, then the networks."""
-    cfg = plan.adapt_cfg(arch, name, 0, **{"metric.warmup": 0, "run.iters": 10_000})
+    cfg = resolve(plan.adapt_cfg(arch, name, 0, **{"metric.warmup": 0, "run.iters": 10_000}))[0]
     work = source.clone()
     if get_method(name).reestimate_bn:
         reestimate_bn(work.module, (normalize(x, work.mean, work.std) for x in target))

@@ -1,13 +1,13 @@
 """STvM variants compared on the tuning split (`val`) only: mIoU and how well each reliability finds
 wrong pseudo-labels. The held-out table (accuracy.py) is never used to choose a variant.
 
-    python benchmarks/tuning.py                                   # round 3 (issue 14), lraspp/target, seed 0
+    python benchmarks/tuning.py                                   # round 3, lraspp/target, seed 0
     python benchmarks/tuning.py --arch deeplabv3_mobilenet_v3_large --domain fog \\
         --seeds 0 1 2 --only stvm stvm@clean
 
 Cells are the accuracy benchmark's (same plan, same cache, same cell files under `cells/.../val/`),
 run in --jobs processes. Writes benchmarks/results/tuning_<arch>_<domain>.md. Rounds 1 and 2 (the
-plan before issue 14: 800-iteration source models, 30 `val` frames) are recorded in
+old plan: 800-iteration source models, 30 `val` frames; docs/method.md) are recorded in
 accuracy_tuning*.md; their variant lists are in git history (commit 9a0239c, benchmarks/accuracy.py).
 """
 
@@ -33,16 +33,19 @@ from accuracy import (  # benchmarks/ is on sys.path
 
 from stvm_sdk.synthetic.cache import ensure_domain
 
+# A variant's keys are the row's method's own (inside `[methods.<method>]`: `metric.clean`, `normalize`,
+# `ema_max`), or config keys under a root section (`optim.lr`, `run.iters`): Plan.adapt_cfg maps them
+# (accuracy.method_over), leaving out those the method has no option for (adabn and tent's `normalize`).
 _CLEAN = {"metric.clean": "confident"}
 _COMBINED = {"reliability.mode": "combined"}
 # The paper preset's two choices every self-training method shares (the others are STvM's own).
-_SHARED_PAPER = {"student_bn": "train", "reliability.normalize": "valid"}
-_VALID = {"reliability.normalize": "valid"}
+_SHARED_PAPER = {"student_bn": "train", "normalize": "valid"}
+_VALID = {"normalize": "valid"}
 # Rounds 3 and 3b ran while decision 6's default was the class-mean loss; they pin it, so their recorded
 # cells stay valid after the default changed to "class_sqrt" (rounds 3c-3e, docs/method.md decision 6).
-_CLASS = {"reliability.normalize": "class"}
-# Round 3 (issue 14). Every self-training baseline and STvM's default, then one change at a time, then
-# the combinations. Leads from the literature (the issue): a metric network fitted to *all* of the
+_CLASS = {"normalize": "class"}
+# Round 3 (the current plan, docs/method.md). Every self-training baseline and STvM's default, then one
+# change at a time, then the combinations. Leads from the literature: a metric network fitted to *all* of the
 # teacher's labels learns its systematic errors; train it on clean pixels (CBST-style per-class
 # confidence quantile); combine metric similarity with confidence; class-wise normalisation (DT-ST);
 # rare-class sampling in MOCM (DAFormer); saturation of the reliability softmax (gamma).
@@ -82,7 +85,7 @@ ROUND_3: list[tuple[str, dict[str, Any]]] = [
     ("stvm@paper_combined_a0.25", {**PAPER, **_COMBINED, "reliability.confidence_power": 0.25}),
     ("stvm@paper_classwise", {**PAPER, "reliability.classwise": True}),
     ("stvm@paper_rare1", {**PAPER, "mix.rare_power": 1.0}),
-    ("stvm@paper_weights", {**PAPER, "reliability.normalize": "weights"}),
+    ("stvm@paper_weights", {**PAPER, "normalize": "weights"}),
     ("stvm@paper_gamma32", {**PAPER, "reliability.scale": 32.0}),
     ("stvm@paper_clean_combined", {**PAPER, **_CLEAN, **_COMBINED}),
     # Round 3c. Of the two, decision 6's class-mean loss is what hurts now (stvm@valid 16.04 is the best
@@ -100,21 +103,21 @@ ROUND_3: list[tuple[str, dict[str, Any]]] = [
     # Round 3d. The schedule: with fewer than 1000 student steps the EMA's beta_t = 1 - 1/(t+1) makes the
     # teacher the plain average of every student iterate (decision 8), so it lags far behind; and the
     # step size. Shared settings are tried on mean_teacher too.
-    ("stvm@valid_ema0.99", {**_VALID, "optim.ema_max": 0.99}),
-    ("stvm@valid_ema0.97", {**_VALID, "optim.ema_max": 0.97}),
-    ("mean_teacher@valid_ema0.99", {**_VALID, "optim.ema_max": 0.99}),
+    ("stvm@valid_ema0.99", {**_VALID, "ema_max": 0.99}),
+    ("stvm@valid_ema0.97", {**_VALID, "ema_max": 0.97}),
+    ("mean_teacher@valid_ema0.99", {**_VALID, "ema_max": 0.99}),
     ("stvm@valid_lr5e-4", {**_VALID, "optim.lr": 5e-4}),
     ("stvm@valid_400it", {**_VALID, "run.iters": 400}),
     # Round 3e. deeplabv3/target (seed 0) disagrees with lraspp: the class-mean loss is ahead there (15.71 vs
     # valid 15.02) while it is far behind on lraspp. Half way between the two (class weight n_k^-1/2).
-    ("stvm@class_sqrt", {"reliability.normalize": "class_sqrt"}),
-    ("mean_teacher@class_sqrt", {"reliability.normalize": "class_sqrt"}),
-    ("stvm_no_mocm@class_sqrt", {"reliability.normalize": "class_sqrt"}),
+    ("stvm@class_sqrt", {"normalize": "class_sqrt"}),
+    ("mean_teacher@class_sqrt", {"normalize": "class_sqrt"}),
+    ("stvm_no_mocm@class_sqrt", {"normalize": "class_sqrt"}),
     # Over the four blocks at seed 0 the paper preset (student BN in train mode, valid loss) has the best
     # mean (11.86 vs 11.36 class-mean default, 11.42 valid): train-mode BN with each loss.
     ("stvm@paper_class", {**PAPER, **_CLASS}),
-    ("stvm@paper_class_sqrt", {**PAPER, "reliability.normalize": "class_sqrt"}),
-    ("mean_teacher@paper_class_sqrt", {**_SHARED_PAPER, "reliability.normalize": "class_sqrt"}),
+    ("stvm@paper_class_sqrt", {**PAPER, "normalize": "class_sqrt"}),
+    ("mean_teacher@paper_class_sqrt", {**_SHARED_PAPER, "normalize": "class_sqrt"}),
 ]
 
 

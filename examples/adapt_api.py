@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     config = AdaptConfig(method="stvm").with_overrides(
         {
             "run.iters": args.iters,
-            "metric.warmup": min(5, args.iters),
+            "methods.stvm.metric.warmup": min(5, args.iters),
             "data.batch_size": 2,
             "data.crop": (128, 256),
         }

@@ -1,6 +1,6 @@
 """Add your own adaptation method: one class, registered from Python, run by the SDK's own loop.
 
-    python examples/custom_method.py [OUT_DIR]   # a short run on the synthetic benchmark (~1 min on CPU)
+    python examples/custom_method.py [OUT_DIR]   # a short run on the synthetic benchmark (small sizes, CPU)
 
 The method here, ``entropy_weighted``, is a mean teacher whose pixel weights are the teacher's
 certainty, 1 - H(p)/log K, raised to a power: a baseline between ``mean_teacher`` (weight 1) and

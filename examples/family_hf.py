@@ -43,10 +43,10 @@ def main(argv: list[str] | None = None) -> None:
     cfg = AdaptConfig(method="stvm").with_overrides(
         {
             "run.iters": args.iters,
-            "metric.warmup": 1,
+            "methods.stvm.metric.warmup": 1,
             "data.batch_size": 2,
             "data.crop": SIZE,
-            "mix.patch": 16,
+            "methods.stvm.mix.patch": 16,
         }
     )
     result = adapt(

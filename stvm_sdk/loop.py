@@ -167,7 +167,7 @@ def train(
                 record = None
                 if done % cfg.run.log_every == 0 or done == iters:
                     record = meter.record(done, ddp.average_logs)  # every process takes part
-                    _check_finite(record.get("loss"), done, run)
+                    _check_finite(record.get("loss"), done, run, cfg.method)
                     if ddp.is_main:
                         run.log(record)
                         if on_log is not None:
@@ -175,7 +175,9 @@ def train(
                 bar.update(done, record)
                 if done % cfg.run.checkpoint_every == 0 and done < iters:
                     if "loss" in logs:  # never save a diverged state; averaged so every process agrees
-                        _check_finite(float(ddp.average_logs({"loss": logs["loss"]})["loss"]), done, run)
+                        _check_finite(
+                            float(ddp.average_logs({"loss": logs["loss"]})["loss"]), done, run, cfg.method
+                        )
                     ddp.check_replicas(method)  # never save a state the other processes do not hold
                     if ddp.is_main:
                         _checkpoint(method, run, done, ddp.world)
@@ -225,12 +227,13 @@ def _save_native(model: SegModel, run: RunDir) -> Path | None:
         return None
 
 
-def _check_finite(loss: float | None, step: int, run: RunDir) -> None:
+def _check_finite(loss: float | None, step: int, run: RunDir, method: str) -> None:
     """Stop with one actionable line when the loss is NaN/inf (every process sees the same value)."""
     if loss is not None and not math.isfinite(loss):
         raise DivergedError(
             f"adaptation diverged at step {step} (loss {loss}); nothing after the last checkpoint in "
-            f'{run.path} was saved. Lower optim.lr, or set student_bn = "train" if the source model\'s '
+            f"{run.path} was saved. Lower optim.lr (or the method's own learning rate), or for a "
+            f'mean-teacher method set methods.{method}.student_bn = "train" if the source model\'s '
             "BatchNorm statistics do not suit these frames, and start a new run"
         )
 

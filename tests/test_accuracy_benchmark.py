@@ -131,7 +131,7 @@ def test_cells_run_in_two_processes_are_cached_and_a_spent_budget_runs_none(acc,
     assert acc.build_table(other, tmp_path) == {}
 
 
-def test_domain_gap_reports_the_accuracy_cells_and_the_issue_3_verdict(acc, tmp_path: Path) -> None:
+def test_domain_gap_reports_the_accuracy_cells_and_the_gap_verdict(acc, tmp_path: Path) -> None:
     """benchmarks/domain_gap.py reads the accuracy benchmark's cells: its figures are the table's."""
     gap_mod = importlib.import_module("domain_gap")
     plan = acc.Plan()
