@@ -177,3 +177,20 @@ def sigkill_when(proc: subprocess.Popen, path: Path, timeout: float = 240) -> No
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@contextlib.contextmanager
+def benchmark_module(name: str) -> Iterator[object]:
+    """The script ``benchmarks/<name>.py`` imported as a module (benchmarks/ on the path meanwhile,
+    as when it runs as a script, so its sibling imports resolve)."""
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        yield importlib.import_module(name)
+    finally:
+        sys.path.remove(str(BENCHMARKS))

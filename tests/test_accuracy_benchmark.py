@@ -8,21 +8,16 @@ from __future__ import annotations
 
 import importlib
 import json
-import sys
 from pathlib import Path
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+from support import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def acc():
-    sys.path.insert(0, str(BENCH))
-    try:
-        yield importlib.import_module("accuracy")
-    finally:
-        sys.path.remove(str(BENCH))
+    with benchmark_module("accuracy") as module:
+        yield module
 
 
 def _write_cell(

@@ -6,24 +6,18 @@ continual.md/json sees is checked without running a stream.
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+from support import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def cont():
-    sys.path.insert(0, str(BENCH))
-    try:
-        yield importlib.import_module("continual")
-    finally:
-        sys.path.remove(str(BENCH))
+    with benchmark_module("continual") as module:
+        yield module
 
 
 def test_every_frame_of_the_stream_is_seen_once_in_sequence_order(cont) -> None:

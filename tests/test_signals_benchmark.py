@@ -2,28 +2,21 @@
 
 from __future__ import annotations
 
-import importlib
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from support import TinySegNet
+from support import TinySegNet, benchmark_module
 
 from stvm_sdk import AdaptConfig, adapt
 from stvm_sdk.data import scan_frames
 from stvm_sdk.inputs import as_segmodel
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
 
 @pytest.fixture(scope="module")
 def signals():
-    sys.path.insert(0, str(BENCH))
-    try:
-        yield importlib.import_module("signals")
-    finally:
-        sys.path.remove(str(BENCH))
+    with benchmark_module("signals") as module:
+        yield module
 
 
 def test_signal_table_scores_every_rule_and_signal_and_fits_the_combination_on_val(
