@@ -85,13 +85,14 @@ class RunDir:
         run = cls(Path(out_dir), kind)
         settings = json.loads(json.dumps(settings or {}))
         claim_dir(run.path, "run", inputs=input_paths)
-        held = run._held_kind()
+        record = run._read_json(run.run_json_path)
+        held = run._held_kind(record)
         if held is not None and held != kind:
             raise ConfigError(
                 f"{run.path} holds {_a(held)} run, not {_a(kind)} run: choose another --out for this one"
             )
         if resume and run.config_path.is_file():
-            run._check_same(cfg, settings, inputs)
+            run._check_same(cfg, settings, inputs, record)
         elif not resume and run.checkpoint.is_file():
             raise DataError(
                 f"{run.path} already holds a run: pass --resume to continue it, or choose another --out"
@@ -102,10 +103,9 @@ class RunDir:
             write_json_atomic(inputs, run.inputs_path)
         return run
 
-    def _held_kind(self) -> str | None:
-        """The kind of run this folder already holds (None: none yet). Folders of schema 1 have no
-        run.json: a stream wrote stream.json, an offline run neither."""
-        record = self._read_json(self.run_json_path)
+    def _held_kind(self, record: Any) -> str | None:
+        """The kind of run this folder already holds (None: none yet), from its ``run.json`` record.
+        Folders of schema 1 have no run.json: a stream wrote stream.json, an offline run neither."""
         if record is not None:
             schema = record.get("schema")
             if not isinstance(schema, int) or schema > RUN_SCHEMA:
@@ -118,7 +118,9 @@ class RunDir:
             return "stream"
         return "adapt" if self.config_path.is_file() else None
 
-    def _check_same(self, cfg: AdaptConfig, settings: dict[str, Any], inputs: dict[str, Any] | None) -> None:
+    def _check_same(
+        self, cfg: AdaptConfig, settings: dict[str, Any], inputs: dict[str, Any] | None, record: Any
+    ) -> None:
         raw = self._read_json(self.config_path)
         try:
             previous = migrate(raw if isinstance(raw, dict) else {})
@@ -129,7 +131,6 @@ class RunDir:
             raise ConfigError(
                 f"cannot resume {self.path}: the config differs ({diff}); resume with the same options"
             )
-        record = self._read_json(self.run_json_path)
         before = record.get("settings") if record is not None else self._read_json(self.path / "stream.json")
         if before is not None and before != settings:
             raise ConfigError(

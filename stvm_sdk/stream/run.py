@@ -232,7 +232,7 @@ def adapt_stream(
     if adapter.frames == 0:
         raise DataError(f"no frame of {inp} could be read ({tot.skipped} unreadable): check the input")
     _checkpoint(run, adapter, last_i + 1, tot)
-    summary = run.write_summary(_summary(adapter, run, tot, time.perf_counter() - t_start, frames_in))
+    summary = run.write_summary(_summary(adapter, tot, time.perf_counter() - t_start, frames_in))
     return StreamResult(adapter, run.path, summary)
 
 
@@ -323,9 +323,7 @@ def percentile_ms(values: deque[float] | list[float], q: int) -> float | None:
     return round(1000 * float(np.percentile(np.asarray(values), q)), 2)
 
 
-def _summary(
-    adapter: OnlineAdapter, run: RunDir, tot: StreamTotals, seconds: float, inp: _Input
-) -> dict[str, Any]:
+def _summary(adapter: OnlineAdapter, tot: StreamTotals, seconds: float, inp: _Input) -> dict[str, Any]:
     mem = adapter.memory_bytes()
     out: dict[str, Any] = {
         "method": adapter.cfg.method, "deliverable": adapter.role, "frames": adapter.frames,
