@@ -28,11 +28,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from stvm_sdk import AdaptConfig, adapt, evaluate, load_model
 from stvm_sdk.config import MOVED, PRESETS
 from stvm_sdk.errors import ConfigError
+from stvm_sdk.eval.metrics import paired_bootstrap_diff
 from stvm_sdk.methods import ladder, method_keys, resolve
 from stvm_sdk.methods.registry import migrate
 from stvm_sdk.supervised import TrainConfig
@@ -74,32 +76,34 @@ class Plan:
     """What the benchmark runs; every number is stated in the table header."""
 
     archs: tuple[str, ...] = ("lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large")
-    domains: tuple[str, ...] = ("target", "fog")
+    domains: tuple[str, ...] = ("mild", "moderate", "target", "fog")  # the severity ladder
     seeds: tuple[int, ...] = (0, 1, 2)
     size: tuple[int, int] = (128, 256)
     n_source: int = 400
     n_target: int = 200  # unlabeled adaptation frames (also the oracle's labelled training set)
     n_tune: int = 60  # labelled tuning split (`val`)
-    n_test: int = 120  # labelled held-out split (`test`): the table
+    n_test: int = 1000  # labelled held-out split (`test`): the table
     source_iters: int = 1500  # from scratch on the source frames
     oracle_iters: int = 300  # the oracle: the source model fine-tuned on the domain's labelled frames
     adapt_iters: dict[str, int] = field(
         default_factory=lambda: {"lraspp_mobilenet_v3_large": 200, "deeplabv3_mobilenet_v3_large": 140}
     )
     warmup: int = 40
-    sweep_arch: str = "lraspp_mobilenet_v3_large"
+    sweep_arch: str = "lraspp_mobilenet_v3_large"  # the threshold sweep's figure
+    sweep: bool = True  # the threshold sweep (the paper's top-p % experiment) on every block
 
     @classmethod
     def quick(cls) -> Plan:
         return cls(
             archs=("lraspp_mobilenet_v3_large",),
-            domains=("target",),
+            domains=("moderate",),
             seeds=(0,),
-            n_test=60,
-            source_iters=500,
-            oracle_iters=200,
+            n_test=500,
+            source_iters=300,
+            oracle_iters=150,
             adapt_iters={"lraspp_mobilenet_v3_large": 80},
             warmup=20,
+            sweep=False,
         )
 
     def spec(self, domain: str, split: str) -> DomainSpec:
@@ -176,6 +180,32 @@ def oracle_model(plan: Plan, arch: str, domain: str, cache: Path) -> Path:
 
 def _cell_path(cache: Path, arch: str, domain: str, split: str, name: str, seed: int) -> Path:
     return cache / "cells" / arch / domain / split / name / f"seed{seed}.json"
+
+
+def _frames_path(cell_path: Path) -> Path:
+    """The cell's per-frame confusions of its deliverable (``[N,K,K]``), beside its JSON."""
+    return cell_path.with_name(cell_path.stem + ".frames.npz")
+
+
+def load_frames(
+    cache: Path, plan: Plan, arch: str, domain: str, name: str, seed: int, over: dict[str, Any]
+) -> torch.Tensor | None:
+    """A finished cell's per-frame confusions on the `test` frames (None if it has none)."""
+    if _cached_cell(cache, plan, arch, domain, name, seed, "test", over) is None:
+        return None
+    path = _frames_path(_cell_path(cache, arch, domain, "test", name, seed))
+    try:
+        with np.load(path) as data:
+            return torch.from_numpy(data["per_frame"].astype(np.int64))
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _save_frames(per_frame: torch.Tensor, cell_path: Path) -> None:
+    path = _frames_path(cell_path)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+    np.savez_compressed(tmp, per_frame=per_frame.numpy().astype(np.uint32))
+    tmp.replace(path)
 
 
 def _settings(
@@ -259,9 +289,12 @@ def cell(
 
             out["error_detection"] = pseudo_label_scores(result, evaluation)
     out["miou_eval_std"] = res.bootstrap_std()  # how much the figure owes to which frames were drawn
+    out["pixel_accuracy"] = 100.0 * float(res.confusion.diag().sum() / res.confusion.sum().clamp(min=1))
     out["settings"] = _settings(plan, arch, name, seed, split, over)
     out["seconds"] = round(time.perf_counter() - t0, 1)
     path.parent.mkdir(parents=True, exist_ok=True)
+    assert res.per_frame is not None
+    _save_frames(res.per_frame, path)  # before the JSON: a cell is finished when its JSON is there
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(out))
     tmp.replace(path)  # atomic: a run killed mid-write leaves no half-written cell
@@ -327,12 +360,14 @@ def schedule(plan: Plan) -> list[tuple[str, str, str, int, dict[str, Any]]]:
                     cells.append((arch, domain, "oracle", seed, {}))
             if i == 0:  # the source model on its own domain's held-out frames (the table header)
                 cells.append((arch, "source", "source_only", seed, {}))
-        if i == 0:
+        if i == 0 and plan.sweep:  # the threshold sweep on every block, after the table's cells
             done = {c[:4] for c in cells}  # the default-threshold cell is already a table cell
             cells += [
-                (plan.sweep_arch, plan.domains[0], n, seed, o)
+                (arch, domain, n, seed, o)
+                for arch in plan.archs
+                for domain in plan.domains
                 for n, o in sweep_cells(plan)
-                if (plan.sweep_arch, plan.domains[0], n, seed) not in done
+                if (arch, domain, n, seed) not in done
             ]
     return cells
 
@@ -407,18 +442,53 @@ def _cached(
 
 
 def build_table(plan: Plan, cache: Path) -> dict[str, Any]:
-    """{arch: {domain: {method: summary}}} from the finished cells (rows without any are left out)."""
+    """{arch: {domain: {method: summary}}} from the finished cells (rows without any are left out).
+    Each method's summary also holds ``diff`` and ``diff_ci``: (STvM - method) in mIoU and its paired
+    bootstrap 95 % interval over the test frames (every seed of both rows scored on the same resampled
+    frames), and ``verdict``: STvM ``better`` / ``level`` / ``worse`` than it."""
     table: dict[str, Any] = {}
     for arch in plan.archs:
         for domain in plan.domains:
             block: dict[str, Any] = {}
+            frames: dict[str, torch.Tensor] = {}
             for name, over in [*methods(plan), ("oracle", {})]:
                 cells = _cached(cache, plan, arch, domain, name, over, plan.seeds)
                 if cells:
                     block[name] = _summary(cells)
+                    runs = [load_frames(cache, plan, arch, domain, name, s, over) for s in plan.seeds]
+                    if any(r is not None for r in runs):
+                        frames[name] = torch.stack([r for r in runs if r is not None])
+            for name, summary in block.items():
+                if name != "stvm" and "stvm" in frames and name in frames:
+                    summary.update(stvm_versus(frames["stvm"], frames[name]))
             if block:
                 table.setdefault(arch, {})[domain] = block
     return table
+
+
+def stvm_versus(stvm: torch.Tensor, other: torch.Tensor, resamples: int = 1000) -> dict[str, Any]:
+    """(STvM - other) on the same frames: mIoU difference, paired-bootstrap 95 % interval, verdict."""
+    diff, lo, hi = paired_bootstrap_diff(stvm, other, resamples=resamples)
+    verdict = "better" if lo > 0 else "worse" if hi < 0 else "level"
+    return {"diff": 100 * diff, "diff_ci": [100 * lo, 100 * hi], "verdict": verdict}
+
+
+def block_meta(plan: Plan, cache: Path, table: dict[str, Any]) -> dict[str, Any]:
+    """{arch: {domain: {...}}}: how severe each block is. ``ratio``: source-only / oracle mIoU;
+    ``pseudo_label_accuracy``: pixel accuracy (%) of the pseudo-labels every self-training method
+    starts from (the source model after target BN re-estimation, i.e. the adabn row's predictions)."""
+    out: dict[str, Any] = {}
+    for arch, by_domain in table.items():
+        for domain, block in by_domain.items():
+            meta: dict[str, Any] = {}
+            if "source_only" in block and "oracle" in block:
+                src, orc = block["source_only"]["miou_mean"], block["oracle"]["miou_mean"]
+                meta |= {"ratio": src / orc if orc > 0 else None, "source_only": src, "oracle": orc}
+            adabn = _cached(cache, plan, arch, domain, "adabn", {}, plan.seeds[:1])
+            if adabn and "pixel_accuracy" in adabn[0]:
+                meta["pseudo_label_accuracy"] = adabn[0]["pixel_accuracy"]
+            out.setdefault(arch, {})[domain] = meta
+    return out
 
 
 def build_reliability(plan: Plan, cache: Path, name: str = "stvm") -> dict[str, Any]:
@@ -443,12 +513,45 @@ def build_reliability(plan: Plan, cache: Path, name: str = "stvm") -> dict[str, 
     return out
 
 
-def build_sweep(plan: Plan, cache: Path) -> dict[str, float]:
+def build_sweep(
+    plan: Plan, cache: Path, arch: str | None = None, domain: str | None = None
+) -> dict[str, float]:
+    """{kept share: mIoU} of threshold_st at seed 0 on one block (default: the figure's)."""
+    arch, domain = arch or plan.sweep_arch, domain or plan.domains[0]
     out = {}
     for keep, (name, over) in zip(SWEEP, sweep_cells(plan), strict=True):
-        cells = _cached(cache, plan, plan.sweep_arch, plan.domains[0], name, over, plan.seeds[:1])
+        cells = _cached(cache, plan, arch, domain, name, over, plan.seeds[:1])
         if cells:
             out[f"{keep:.1f}"] = cells[0]["miou"]
+    return out
+
+
+def build_sweeps(plan: Plan, cache: Path) -> dict[str, Any]:
+    """The paper's motivating experiment on every block: {arch: {domain: {"miou": {kept: mIoU},
+    "best": kept share, "all_vs_best": (all labels - best threshold) with its paired interval,
+    "noise_limits": whether using every pseudo-label is significantly below the best threshold}}}.
+    Where it is not, label noise is not what limits the block, and no per-pixel weighting can win."""
+    out: dict[str, Any] = {}
+    cells = dict(sweep_cells(plan))
+    names = {f"{keep:.1f}": name for keep, name in zip(SWEEP, cells, strict=True)}
+    for arch in plan.archs:
+        for domain in plan.domains:
+            sweep = build_sweep(plan, cache, arch, domain)
+            if not sweep:
+                continue
+            entry: dict[str, Any] = {"miou": sweep}
+            best = max(sweep, key=lambda k: sweep[k])
+            entry["best"] = best
+            frames = {
+                k: load_frames(cache, plan, arch, domain, names[k], plan.seeds[0], cells[names[k]])
+                for k in sweep
+            }
+            everything, top = frames.get(f"{SWEEP[-1]:.1f}"), frames.get(best)
+            if everything is not None and top is not None:
+                diff, lo, hi = paired_bootstrap_diff(everything, top, resamples=1000)
+                entry["all_vs_best"] = {"diff": 100 * diff, "diff_ci": [100 * lo, 100 * hi]}
+                entry["noise_limits"] = hi < 0
+            out.setdefault(arch, {})[domain] = entry
     return out
 
 
@@ -464,6 +567,51 @@ def _gap_line(block: dict[str, Any]) -> str:
         f"STvM closes **{closed:.0f}%** of the source-only → oracle gap ({src:.1f} → {orc:.1f}); "
         f"it is {verdict} the best other method ({best}, {block[best]['miou_mean']:.2f})."
     )
+
+
+def _diff_cell(summary: dict[str, Any]) -> str:
+    if "diff_ci" not in summary:
+        return "-"
+    lo, hi = summary["diff_ci"]
+    return f"{summary['diff']:+.2f} [{lo:+.2f}, {hi:+.2f}] {summary['verdict']}"
+
+
+def ladder_lines(table: dict[str, Any], blocks: dict[str, Any], sweeps: dict[str, Any]) -> list[str]:
+    """The severity ladder at a glance: each block's severity, STvM against each method (better /
+    level / worse by the paired interval) and what the threshold sweep says about label noise."""
+    if not table:
+        return []
+    names = [n for n in next(iter(next(iter(table.values())).values())) if n not in ("stvm", "oracle")]
+    lines = [
+        "## The ladder: severity of each block and STvM against every method",
+        "",
+        "ratio = source-only / oracle mIoU; PL acc. = pixel accuracy of the step-0 pseudo-labels; each "
+        "method column: STvM − method, paired-bootstrap 95 % interval over the test frames; all labels vs "
+        "best threshold: threshold_st keeping every pseudo-label minus its best kept share (seed 0).",
+        "",
+        "| block | ratio | PL acc. | STvM | " + " | ".join(names) + " | all labels vs best threshold |",
+        "|---|---|---|---|" + "---|" * len(names) + "---|",
+    ]
+    for arch, by_domain in table.items():
+        for domain, block in by_domain.items():
+            meta = blocks.get(arch, {}).get(domain, {})
+            ratio = f"{meta['ratio']:.2f}" if meta.get("ratio") is not None else "-"
+            pla = f"{meta['pseudo_label_accuracy']:.1f}" if "pseudo_label_accuracy" in meta else "-"
+            stvm = f"{block['stvm']['miou_mean']:.2f}" if "stvm" in block else "-"
+            cols = [_diff_cell(block[n]) if n in block else "-" for n in names]
+            sweep = sweeps.get(arch, {}).get(domain, {})
+            if "all_vs_best" in sweep:
+                lo, hi = sweep["all_vs_best"]["diff_ci"]
+                limit = "noise limits" if sweep["noise_limits"] else "not noise-limited"
+                diff = sweep["all_vs_best"]["diff"]
+                tail = f"{diff:+.2f} [{lo:+.2f}, {hi:+.2f}] (best {sweep['best']}): {limit}"
+            else:
+                tail = "-"
+            short = arch.split("_")[0]
+            lines.append(
+                f"| {short} / {domain} | {ratio} | {pla} | {stvm} | " + " | ".join(cols) + f" | {tail} |"
+            )
+    return [*lines, ""]
 
 
 def scale_notes(plan: Plan, cache: Path, table: dict[str, Any]) -> list[str]:
@@ -505,6 +653,8 @@ def write_markdown(
     jobs: int = 1,
     command: tuple[str, ...] = (),
     notes: list[str] | None = None,
+    blocks: dict[str, Any] | None = None,
+    sweeps: dict[str, Any] | None = None,
 ) -> None:
     lines = [
         "# Accuracy on the synthetic domain-shift benchmark",
@@ -541,13 +691,15 @@ def write_markdown(
             "finished per row." + (f" Blocks with no cell: {'; '.join(missing)}." if missing else ""),
             "",
         ]
+    lines += ladder_lines(table, blocks or {}, sweeps or {})
     for arch, domains in table.items():
         for domain, block in domains.items():
             lines += [
                 f"## {arch} — {domain}",
                 "",
-                "| method | mIoU mean ± std | seeds | per seed | teacher | student |",
-                "|---|---|---|---|---|---|",
+                "| method | mIoU mean ± std | seeds | per seed | teacher | student "
+                "| STvM − method [95 % CI] |",
+                "|---|---|---|---|---|---|---|",
             ]
             for name, s in block.items():
                 seeds = ", ".join(f"{m:.1f}" for m in s["miou_per_seed"])
@@ -555,7 +707,7 @@ def write_markdown(
                 st = f"{s['miou_student_mean']:.2f}" if s["miou_student_mean"] is not None else "-"
                 lines.append(
                     f"| {name} | {s['miou_mean']:.2f} ± {s['miou_std']:.2f} | {len(s['miou_per_seed'])} "
-                    f"| {seeds} | {t} | {st} |"
+                    f"| {seeds} | {t} | {st} | {_diff_cell(s)} |"
                 )
             lines += ["", _gap_line(block), ""]
             names = list(next(iter(block.values()))["per_class_iou"])
@@ -605,6 +757,7 @@ def main(argv: list[str] | None = None) -> int:
     budget = None if args.budget_min is None else args.budget_min * 60
     skipped = run_cells(plan, args.cache, budget, max(1, args.jobs))
     table, sweep = build_table(plan, args.cache), build_sweep(plan, args.cache)
+    blocks, sweeps = block_meta(plan, args.cache, table), build_sweeps(plan, args.cache)
     suffix = "_quick" if args.quick else ""
     # accuracy.json is exactly {arch: {domain: {method: {...}}}}; the rest goes to a sidecar.
     (RESULTS / f"accuracy{suffix}.json").write_text(json.dumps(table, indent=1))
@@ -614,7 +767,13 @@ def main(argv: list[str] | None = None) -> int:
     four = {a: {d: {k: f[k] for k in keys} for d, f in by_d.items()} for a, by_d in reliability.items()}
     (RESULTS / f"reliability{suffix}.json").write_text(json.dumps(four, indent=1))
     (RESULTS / f"reliability{suffix}_meta.json").write_text(json.dumps(reliability, indent=1))
-    extra: dict[str, Any] = {"plan": asdict(plan), "threshold_sweep": sweep, "cells_not_run": skipped}
+    extra: dict[str, Any] = {
+        "plan": asdict(plan),
+        "blocks": blocks,
+        "threshold_sweep": sweep,
+        "threshold_sweeps": sweeps,
+        "cells_not_run": skipped,
+    }
     if not args.no_figures:
         from accuracy_figures import write_figures  # type: ignore[import-not-found]
 
@@ -637,6 +796,8 @@ def main(argv: list[str] | None = None) -> int:
         args.jobs,
         tuple(sys.argv[1:] if argv is None else argv),
         scale_notes(plan, args.cache, table),
+        blocks,
+        sweeps,
     )
     return 0
 

@@ -17,7 +17,9 @@ method starts, "step 0"), or with ``--run`` a finished run's deliverable teacher
   ``neg_entropy``, ``flip_agreement``, ``centroid`` (posterior of the pseudo-class from the distance of
   the logit conv's input feature to soft-label-weighted class centroids of the split; softmax of
   -(d - d_min)), ``confidence_x_centroid``, ``source_agreement`` (the un-adapted source model predicts
-  the same class) and, for an STvM run, ``reliability`` (its metric network's);
+  the same class) and, for an STvM run, ``reliability`` (its metric network's), its product with
+  confidence, and ``metric_centroid``: the posterior of the pseudo-class against soft-label-weighted
+  class centroids of the metric network's embeddings instead of its learned proxies (and x confidence);
 - ``logistic``: a logistic combination of every signal, fitted on ``val`` and scored on ``test``.
 
 Writes benchmarks/results/signals_<arch>_<domain>_<model>.{md,json}.
@@ -43,7 +45,9 @@ from stvm_sdk.data import scan_frames
 from stvm_sdk.data.frames import FrameFolder
 from stvm_sdk.eval.error_detection import aupr_errors, auroc
 from stvm_sdk.methods.parts.norm import reestimate_bn
+from stvm_sdk.methods.parts.pseudo import detach_features
 from stvm_sdk.models import SegModel, forward_logits, normalize
+from stvm_sdk.models.contract import capture_features
 from stvm_sdk.synthetic.cache import ensure_domain
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -101,9 +105,50 @@ def class_centroids(model: SegModel, images: Tensor, batch: int = 8) -> Tensor:
     return sums / weights.clamp_min(1e-6)[:, None]
 
 
+def _metric_head(result: Any) -> Any:
+    """The run's metric network (STvM), or None."""
+    return None if result is None else result.extras.get("metric")
+
+
+@torch.no_grad()
+def _embed(model: SegModel, metric: Any, x: Tensor) -> tuple[Tensor, Tensor]:
+    """Logits ``[B,K,H,W]`` and the metric network's unit embeddings ``[B,D,h,w]`` of images in [0,1]."""
+    assert model.classifier is not None
+    with capture_features(model.module, model.classifier) as hook:
+        logits = forward_logits(model.module, normalize(x, model.mean, model.std)).float()
+        z = metric.eval()(detach_features(hook.pop())).float()
+    return logits, z
+
+
+@torch.no_grad()
+def metric_centroids(model: SegModel, metric: Any, images: Tensor, batch: int = 8) -> Tensor:
+    """``[K,D]`` unit vectors: soft-label-weighted means of the metric network's embeddings over
+    ``images`` (what EMA class centroids as proxies would converge to on these frames)."""
+    sums = None
+    for i in range(0, len(images), batch):
+        logits, z = _embed(model, metric, images[i : i + batch])
+        p = nnf.interpolate(logits, size=z.shape[-2:], mode="bilinear", align_corners=False).softmax(1)
+        s = torch.einsum("bkhw,bdhw->kd", p, z)
+        sums = s if sums is None else sums + s
+    assert sums is not None
+    return nnf.normalize(sums, dim=1)
+
+
+def _proxy_posterior(z: Tensor, proxies: Tensor, labels: Tensor, scale: float, size: Any) -> Tensor:
+    """Softmax over scaled cosine similarities to ``proxies``, of ``labels``' class, at ``size``."""
+    post = (scale * torch.einsum("bdhw,kd->bkhw", z, proxies)).softmax(1)
+    post = nnf.interpolate(post, size=size, mode="bilinear", align_corners=False)
+    return post.gather(1, labels[:, None])[:, 0]
+
+
 @torch.no_grad()
 def pixel_signals(
-    model: SegModel, source: SegModel, images: Tensor, centroids: Tensor, result: Any = None
+    model: SegModel,
+    source: SegModel,
+    images: Tensor,
+    centroids: Tensor,
+    result: Any = None,
+    z_centroids: Tensor | None = None,
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """(labelling rules ``{name: [B,H,W]}``, signals ``{name: [B,H,W]}``) for one batch of images."""
     logits, feats = _forward(model, images)
@@ -131,7 +176,17 @@ def pixel_signals(
         "source_agreement": (src == pseudo).float() + 0.5 * conf,
     }
     if result is not None and result.has_pixel_weights:
-        signals["reliability"] = result.pixel_weights(images)[1]
+        rel = result.pixel_weights(images)[1]
+        signals["reliability"] = rel
+        signals["confidence_x_reliability"] = conf * rel
+    metric = _metric_head(result)
+    if metric is not None and z_centroids is not None:
+        _, z = _embed(model, metric, images)
+        own = result.config.methods.get(result.config.method, {})
+        scale = float(own.get("reliability", {}).get("scale", 16.0))
+        m_post = _proxy_posterior(z, z_centroids, pseudo, scale, logits.shape[-2:])
+        signals["metric_centroid"] = m_post
+        signals["confidence_x_metric_centroid"] = conf * m_post
     return rules, signals
 
 
@@ -140,13 +195,15 @@ def measure(
 ) -> tuple[dict[str, float], dict[str, Tensor], Tensor]:
     """Pseudo-label accuracy (%) per rule, and the sampled signals and correctness of the argmax labels."""
     centroids = class_centroids(model, images, batch)
+    metric = _metric_head(result)
+    z_centroids = metric_centroids(model, metric, images, batch) if metric is not None else None
     right: dict[str, int] = {}
     total = 0
     sig: dict[str, list[Tensor]] = {}
     ok: list[Tensor] = []
     for i in range(0, len(images), batch):
         x, y = images[i : i + batch], labels[i : i + batch]
-        rules, signals = pixel_signals(model, source, x, centroids, result)
+        rules, signals = pixel_signals(model, source, x, centroids, result, z_centroids)
         valid = y != IGNORE
         total += int(valid.sum())
         for name, lab in rules.items():

@@ -82,8 +82,16 @@ class RunConfig:
     # batch (all processes), so N processes with batch B train like one process with batch N*B.
     # Off: each process normalises by its own B images (plain DDP); see stvm_sdk/distributed.py.
     sync_bn: bool = False
+    # Steps at which the deliverable is also saved to <out>/snapshots/step_<N> (a run's curve, or
+    # checkpoints to choose from); steps at or beyond run.iters are the run's own model.
+    snapshots: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        _check(
+            all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in self.snapshots)
+            and list(self.snapshots) == sorted(set(self.snapshots)),
+            f"run.snapshots must be increasing steps >= 1, got {list(self.snapshots)}",
+        )
         _check(
             self.iters >= 1, f"run.iters must be >= 1, got {self.iters} (source_only and adabn train nothing)"
         )
@@ -316,6 +324,10 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             return None
         tp = next(a for a in args if a is not type(None))
         origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:  # a list of any length
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
+        return tuple(_coerce(args[0], v, key) for v in value)
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"config key '{key}' must be a list of {len(args)} numbers, got {value!r}")

@@ -181,10 +181,26 @@ def train(
                     ddp.check_replicas(method)  # never save a state the other processes do not hold
                     if ddp.is_main:
                         _checkpoint(method, run, done, ddp.world)
+                if done in cfg.run.snapshots and done < iters and ddp.is_main:
+                    _snapshot(method, job, done)
     finally:
         loader.close()
     ddp.release(method)
     return iters
+
+
+def _deliverable(method: Method, source: SegModel) -> SegModel:
+    """The network the run delivers (decision 10), as a model like the source."""
+    net = method.teacher if method.teacher is not None and method.deliverable_role == "teacher" else None
+    return replace(source, module=net if net is not None else method.student)
+
+
+def _snapshot(method: Method, job: Job, step: int) -> Path:
+    """Save the deliverable as it is after ``step`` steps (``run.snapshots``)."""
+    model = _deliverable(method, job.source)
+    path = job.run.snapshot_path(step, model_suffix(model))
+    path.parent.mkdir(exist_ok=True)
+    return save_model(model, path, then=KEEP_LAST)
 
 
 _Sums = dict[str, torch.Tensor]
@@ -267,6 +283,11 @@ def finish(method: Method, job: Job, steps: int, before: EvalResult | None) -> A
     except Exception as exc:  # not every user model scripts or traces; the checkpoint is the deliverable
         log.warning("TorchScript export skipped: %s", exc)
     _checkpoint(method, run, steps, ddp.world)
+    snapshots = [
+        {"step": s, "path": str(run.snapshot_path(s, ext))}
+        for s in cfg.run.snapshots
+        if s < steps and run.snapshot_path(s, ext).is_file()
+    ]
     metrics: dict[str, Any] = {
         **{k: str(v) if v else None for k, v in paths.items()},
         "method": cfg.method,
@@ -279,6 +300,8 @@ def finish(method: Method, job: Job, steps: int, before: EvalResult | None) -> A
         "images_seen": steps * cfg.data.batch_size * ddp.world,
         "seconds": round(time.perf_counter() - job.t_start, 2),
     }
+    if snapshots:
+        metrics["snapshots"] = snapshots
     if before is not None:
         after = job.evaluate(model)
         assert after is not None  # labelled frames exist: `before` was scored on them

@@ -200,6 +200,10 @@ class RunDir:
                 return self.path / f"{role}{ext}"
         return self.path / f"{role}{MODEL_SUFFIXES[0]}"
 
+    def snapshot_path(self, step: int, suffix: str) -> Path:
+        """Where the deliverable as it was after ``step`` steps is kept (``run.snapshots``)."""
+        return self.path / "snapshots" / f"step_{step:06d}{suffix}"
+
     def native_path(self, family: str) -> Path:
         """The folder of the deliverable in its family's own form (``hf/``, ``smp/``, ``torchvision/``)."""
         return self.path / family

@@ -47,9 +47,14 @@ def test_schedule_is_seed_major_over_all_archs_and_runs_deterministic_methods_on
             for name in ("source_only", "adabn", "oracle"):
                 assert sum(1 for a, d, n, _ in names if (a, d, n) == (arch, domain, name)) == 1
             assert sum(1 for a, d, n, _ in names if (a, d, n) == (arch, domain, "stvm")) == len(plan.seeds)
-    # the sweep reuses the default threshold_st cell instead of running it twice
+    # the sweep reuses the default threshold_st cell instead of running it twice, on every block
     sweep = [name for name, _ in acc.sweep_cells(plan)]
     assert "threshold_st" in sweep and len(sweep) == len(acc.SWEEP)
+    for arch in plan.archs:
+        for domain in plan.domains:
+            swept = {n for a, d, n, s in names if (a, d) == (arch, domain) and n.startswith("threshold_st")}
+            assert swept == set(sweep)
+    assert plan.domains == ("mild", "moderate", "target", "fog") and plan.n_test >= 1000
 
 
 def test_table_json_shape_and_partial_markdown(acc, tmp_path: Path) -> None:
@@ -192,3 +197,53 @@ def test_reliability_figures_are_the_seed_means_of_stvms_cells(acc, tmp_path: Pa
     assert f["auroc_reliability"] == pytest.approx(0.71) and f["auroc_confidence"] == pytest.approx(0.72)
     assert f["aupr_errors_reliability"] == 0.5 and f["risk_coverage_reliability"] == pytest.approx([0.1, 0.4])
     assert f["seeds"] == len(plan.seeds)
+
+
+def _write_frames(acc, cache: Path, arch: str, domain: str, name: str, seed: int, wrong: float) -> None:
+    """Per-frame confusions of a labelling with the share ``wrong`` of its pixels moved off the
+    diagonal, on 50 frames shared by every method (the same seeds: paired)."""
+    import numpy as np
+    import torch
+
+    g = torch.Generator().manual_seed(7)
+    right = torch.randint(50, 100, (50, 3), generator=g).double()
+    per_frame = torch.diag_embed(right * (1 - wrong))
+    per_frame[:, 0, 1] += right[:, 0] * wrong
+    per_frame[:, 1, 2] += right[:, 1] * wrong
+    per_frame[:, 2, 0] += right[:, 2] * wrong
+    path = acc._frames_path(acc._cell_path(cache, arch, domain, "test", name, seed))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, per_frame=per_frame.round().numpy().astype(np.uint32))
+
+
+def test_paired_intervals_severity_and_the_ladder_summary(acc, tmp_path: Path) -> None:
+    """diff_ci of (STvM - method) from the cells' per-frame confusions; the block's ratio and
+    pseudo-label accuracy in the meta; the ladder lines name each verdict."""
+    plan = acc.Plan(archs=("lraspp_mobilenet_v3_large",), domains=("moderate",), seeds=(0, 1))
+    arch, domain = plan.archs[0], plan.domains[0]
+    wrong = {"source_only": 0.5, "adabn": 0.4, "mean_teacher": 0.2, "oracle": 0.05}
+    for name, w in wrong.items():
+        _write_cell(acc, tmp_path, arch, domain, name, 0, 100 * (1 - w), plan)
+        _write_frames(acc, tmp_path, arch, domain, name, 0, w)
+    for seed in plan.seeds:
+        _write_cell(acc, tmp_path, arch, domain, "stvm", seed, 75.0, plan)
+        _write_frames(acc, tmp_path, arch, domain, "stvm", seed, 0.25)
+        _write_cell(acc, tmp_path, arch, domain, "confidence_weighted", seed, 75.0, plan)
+        _write_frames(acc, tmp_path, arch, domain, "confidence_weighted", seed, 0.25)
+    adabn = acc._cell_path(tmp_path, arch, domain, "test", "adabn", 0)
+    adabn.write_text(json.dumps({**json.loads(adabn.read_text()), "pixel_accuracy": 61.0}))
+
+    table = acc.build_table(plan, tmp_path)
+    block = table[arch][domain]
+    assert "diff_ci" not in block["stvm"]
+    assert block["adabn"]["verdict"] == "better" and block["adabn"]["diff_ci"][0] > 0
+    assert block["mean_teacher"]["verdict"] == "worse" and block["mean_teacher"]["diff_ci"][1] < 0
+    same = block["confidence_weighted"]
+    assert same["verdict"] == "level" and same["diff"] == 0.0 and same["diff_ci"] == [0.0, 0.0]
+    lo, hi = block["adabn"]["diff_ci"]
+    assert lo <= block["adabn"]["diff"] <= hi
+    meta = acc.block_meta(plan, tmp_path, table)[arch][domain]
+    assert meta["ratio"] == pytest.approx(50.0 / 95.0) and meta["pseudo_label_accuracy"] == 61.0
+    lines = "\n".join(acc.ladder_lines(table, {arch: {domain: meta}}, {}))
+    assert "| lraspp / moderate | 0.53 | 61.0 | 75.00 |" in lines
+    assert "better" in lines and "worse" in lines and "level" in lines

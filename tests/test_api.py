@@ -147,3 +147,24 @@ def test_divergence_stops_with_one_actionable_error_and_saves_nothing(
     if ckpt.exists():  # a checkpoint from before the divergence holds only finite numbers
         state = torch.load(ckpt, weights_only=True)["state"]["method"]
         assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())
+
+
+def test_snapshots_keep_the_deliverable_at_the_steps_asked_for(
+    lraspp_checkpoint: Path, frames: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """``run.snapshots``: the deliverable after step 1 and 2 of 4 is saved and listed; a snapshot at
+    the last step is the run's model itself; the step-2 snapshot differs from the final model."""
+    cfg = _cfg(**{"method": "mean_teacher", "run.snapshots": [1, 2, 4]})
+    result = adapt(lraspp_checkpoint, frames[0], config=cfg, out_dir=tmp_path / "run", progress=False)
+    listed = result.metrics["snapshots"]
+    assert [s["step"] for s in listed] == [1, 2]
+    assert sorted(p.name for p in (tmp_path / "run" / "snapshots").iterdir()) == [
+        "step_000001.safetensors",
+        "step_000002.safetensors",
+    ]
+    two = load_model(listed[1]["path"]).module.state_dict()
+    final = result.model.module.state_dict()
+    assert two.keys() == final.keys()
+    assert any(not torch.equal(two[k], final[k]) for k in final if final[k].is_floating_point())
+    with pytest.raises(Exception, match="run.snapshots must be increasing"):
+        _cfg(**{"run.snapshots": [2, 1]})

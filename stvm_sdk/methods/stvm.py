@@ -67,7 +67,9 @@ class Stvm(MeanTeacher):
             )
         assert self.teacher is not None
         head = get_submodule(self.teacher, self.classifier)
-        self.metric = MetricHead(head, self.num_classes, self.options.metric.embed_dim, generator)
+        metric = self.options.metric
+        centroid = metric.proxies == "centroid"
+        self.metric = MetricHead(head, self.num_classes, metric.embed_dim, generator, centroid=centroid)
         self._teacher_hook = FeatureHook(self.teacher, self.classifier)
 
     @classmethod
@@ -94,7 +96,8 @@ class Stvm(MeanTeacher):
             return {}
         options = options_of(cls, cfg.methods.get(cls.name))
         head = get_submodule(model.module, model.classifier)
-        metric = MetricHead(head, model.num_classes, options.metric.embed_dim)
+        centroid = options.metric.proxies == "centroid"
+        metric = MetricHead(head, model.num_classes, options.metric.embed_dim, centroid=centroid)
         metric.load_state_dict(own)
         return {"metric": metric}
 
@@ -122,14 +125,15 @@ class Stvm(MeanTeacher):
         return int(self.options.metric.warmup)
 
     def param_groups(self) -> list[dict[str, Any]]:
-        """The student's groups, then M's body and the proxies (decision 3: proxies at x100 M's lr)."""
+        """The student's groups, then M's body and the learned proxies (decision 3: at x100 M's lr)."""
         assert isinstance(self.metric, MetricHead)
         m_mult = self.cfg.optim.head_lr_mult
-        return [
-            *super().param_groups(),
-            {"params": list(self.metric.body.parameters()), "lr_mult": m_mult},
-            {"params": [self.metric.proxies], "lr_mult": m_mult * self.options.metric.proxy_lr_mult},
-        ]
+        groups = [*super().param_groups(), {"params": list(self.metric.body.parameters()), "lr_mult": m_mult}]
+        if not self.metric.centroid:  # centroid proxies follow the embeddings, they are not learned
+            groups.append(
+                {"params": [self.metric.proxies], "lr_mult": m_mult * self.options.metric.proxy_lr_mult}
+            )
+        return groups
 
     def weigh(
         self, t_logits: Tensor, conf: Tensor, pseudo: Tensor, g_batch: torch.Generator, logs: Logs
@@ -143,8 +147,11 @@ class Stvm(MeanTeacher):
         # The metric loss is a set function of the batch (per-class caps, per-proxy sums): take it
         # over the global batch, identical on every process (identity in one process).
         z_all, y_all = self.comm.gather(z), self.comm.gather(y_feat)
-        if cfg.clean == "confident":  # M learns from each class's most confident pixels only
+        if cfg.clean == "confident" or cfg.proxies == "centroid":
             c_all = self.comm.gather(small.softmax(1).amax(1))
+        if cfg.proxies == "centroid":  # the proxies follow the classes' confidence-weighted centroids
+            self.metric.update_centroids(z_all, y_all, c_all, cfg.centroid_momentum)
+        if cfg.clean == "confident":  # M learns from each class's most confident pixels only
             y_all = confident_labels(y_all, c_all, self.num_classes, cfg.clean_quantile)
         mask = balanced_pixel_mask(y_all, self.num_classes, cfg.pixels_per_class, g_batch)
         proxies = self.metric.unit_proxies()

@@ -8,8 +8,9 @@ What an entry is keyed by (its ``meta.json``):
 
 - its settings: the :class:`DomainSpec` fields, and for a model also the training settings
   (the ``TrainConfig`` fields);
-- ``generator``: :func:`generator_fingerprint`, a hash of a few tiny frames and labels the generator
-  writes with fixed seeds, plus ``GENERATOR_VERSION`` (bumped by hand for a change that those frames
+- ``generator``: :func:`generator_fingerprint` of the entry's domain, a hash of a few tiny frames and
+  labels the generator writes for that domain with fixed seeds (so adding or changing another domain
+  keeps the entry), plus ``GENERATOR_VERSION`` (bumped by hand for a change that those frames
   might not show);
 - ``trainer`` (models only): :func:`trainer_fingerprint`, a hash of the weights a two-step training
   run of the same architecture produces on a tiny fixed data set.
@@ -84,22 +85,22 @@ def _hash_frames(root: Path, digest: Any) -> None:
 
 
 @functools.cache
-def generator_fingerprint() -> str:
-    """A hash of what the generator writes: cached data is regenerated whenever that changes.
+def generator_fingerprint(domain: str) -> str:
+    """A hash of what the generator writes for ``domain``: its cached data (and the models trained on
+    it) are regenerated whenever that changes.
 
-    Renders ``_PROBE_FRAMES`` frames of every domain and of each of ``_PROBE_SPLITS`` at
-    ``_PROBE_SIZE`` with seed 0, written by :func:`~stvm_sdk.synthetic.dataset.generate` exactly as a
-    cached data set is, and hashes the decoded images and label maps with their file names. The
-    generator's source files are never read. Computed once per process (``cache_clear()`` recomputes).
+    Renders ``_PROBE_FRAMES`` frames of ``domain`` for each of ``_PROBE_SPLITS`` at ``_PROBE_SIZE``
+    with seed 0, written by :func:`~stvm_sdk.synthetic.dataset.generate` exactly as a cached data set
+    is, and hashes the decoded images and label maps with their file names. The generator's source
+    files are never read. Computed once per process and domain (``cache_clear()`` recomputes).
     """
-    from stvm_sdk.synthetic.dataset import DOMAINS, generate
+    from stvm_sdk.synthetic.dataset import generate
 
     digest = hashlib.sha256()
     with tempfile.TemporaryDirectory(prefix="stvm_fingerprint_") as tmp:
         root = Path(tmp) / "data"
-        for domain in DOMAINS:
-            for split in _PROBE_SPLITS:
-                generate(root, domain, _PROBE_FRAMES, seed=0, size=_PROBE_SIZE, split=split, workers=1)
+        for split in _PROBE_SPLITS:
+            generate(root, domain, _PROBE_FRAMES, seed=0, size=_PROBE_SIZE, split=split, workers=1)
         _hash_frames(root, digest)
     return digest.hexdigest()[:16]
 
@@ -190,15 +191,15 @@ def _discard(path: Path, kind: str) -> None:
     shutil.rmtree(path)
 
 
-def _generator_key() -> dict[str, str]:
+def _generator_key(domain: str) -> dict[str, str]:
     from stvm_sdk.synthetic.dataset import GENERATOR_VERSION
 
-    return {"generator": generator_fingerprint(), "generator_version": GENERATOR_VERSION}
+    return {"generator": generator_fingerprint(domain), "generator_version": GENERATOR_VERSION}
 
 
 def domain_meta(spec: DomainSpec) -> dict[str, Any]:
     """The ``meta.json`` a generated domain is cached under: its settings and the generator's key."""
-    return {"kind": "synthetic", **asdict(spec), **_generator_key()}
+    return {"kind": "synthetic", **asdict(spec), **_generator_key(spec.domain)}
 
 
 def trained_meta(data: DomainSpec, cfg: TrainConfig) -> dict[str, Any]:
@@ -208,7 +209,7 @@ def trained_meta(data: DomainSpec, cfg: TrainConfig) -> dict[str, Any]:
         "kind": "supervised",
         "data": asdict(data),
         "train": asdict(cfg),
-        **_generator_key(),
+        **_generator_key(data.domain),
         "trainer": trainer,
     }
 

@@ -41,7 +41,7 @@ from stvm_sdk.synthetic.render.labels import (
 )
 from stvm_sdk.synthetic.render.scene import build_scene
 from stvm_sdk.synthetic.render.shading import shade
-from stvm_sdk.synthetic.render.styles import STYLES
+from stvm_sdk.synthetic.render.styles import STYLES, Style
 
 __all__ = [
     "DOMAINS", "GENERATOR_VERSION", "SPLITS", "IGNORE", "LABEL_TO_TRAIN", "TRAIN_CLASSES", "TRAIN_TO_LABEL",
@@ -79,10 +79,17 @@ def frame_stem(domain: str, index: int) -> str:
     return f"{city_name(domain)}_{index // 1000:06d}_{index % 1000:06d}"
 
 
-def render_frame(domain: str, rng: np.random.Generator, size: tuple[int, int] = (256, 512)):
-    """Render one frame: image ``[H, W, 3]`` uint8 and Cityscapes labelIds ``[H, W]`` uint8."""
-    _check(domain, size)
-    style = STYLES[domain]
+def render_frame(domain: str | Style, rng: np.random.Generator, size: tuple[int, int] = (256, 512)):
+    """Render one frame: image ``[H, W, 3]`` uint8 and Cityscapes labelIds ``[H, W]`` uint8.
+
+    ``domain`` names a domain, or is a :class:`Style` of one's own (e.g. a point of
+    :func:`~stvm_sdk.synthetic.render.styles.blend_styles` between two domains)."""
+    if isinstance(domain, Style):
+        _check("source", size)
+        style = domain
+    else:
+        _check(domain, size)
+        style = STYLES[domain]
     canvas, cam = build_scene(style, rng, size)
     index, table = canvas.index_map(), canvas.table()
     rgb, depth, emit = shade(index, table, cam, canvas.shadow_map(), rng, style.sensor.shadows)
@@ -94,7 +101,7 @@ def render_frame(domain: str, rng: np.random.Generator, size: tuple[int, int] = 
 
 
 def render_scene(
-    domain: str, rng: np.random.Generator, size: tuple[int, int] = (256, 512)
+    domain: str | Style, rng: np.random.Generator, size: tuple[int, int] = (256, 512)
 ) -> tuple[np.ndarray, np.ndarray]:
     """Render one frame: image ``[H, W, 3]`` uint8 and trainIds ``[H, W]`` uint8 (0..18, 255 = ignore)."""
     image, label_ids = render_frame(domain, rng, size)

@@ -323,6 +323,8 @@ def test_rare_power_pastes_rare_classes_more_often() -> None:
         {"reliability.mode": "combined"},
         {"reliability.classwise": True},
         {"mix.rare_power": 1.0},
+        {"metric.proxies": "centroid"},
+        {"metric.proxies": "centroid", "reliability.mode": "combined"},
     ],
 )
 def test_stvm_options_take_a_finite_step(tiny_net: torch.nn.Module, over: dict[str, object]) -> None:
@@ -330,3 +332,32 @@ def test_stvm_options_take_a_finite_step(tiny_net: torch.nn.Module, over: dict[s
     logs = a.step(_images(), 0, torch.Generator().manual_seed(0))
     assert torch.isfinite(logs["loss"]) and torch.isfinite(logs["loss_metric"])
     assert 0.0 <= float(logs["mean_weight"]) <= 1.0
+
+
+def test_centroid_proxies_follow_the_classes_and_are_not_learned(tiny_net: torch.nn.Module) -> None:
+    """``metric.proxies = "centroid"``: proxies are unit EMA centroids of M's embeddings, updated by
+    each step's pixels (a class's first sighting takes its mean), absent classes keep theirs, and no
+    optimiser group holds them."""
+    a = _adapter(tiny_net, **{"metric.proxies": "centroid", "metric.centroid_momentum": 0.9})
+    metric = a.metric
+    start = metric.unit_proxies().clone()
+    assert not metric.proxies.requires_grad
+    assert all(metric.proxies is not p for g in a.optimizer.param_groups for p in g["params"])
+    a.step(_images(), 0, torch.Generator().manual_seed(0))
+    after = metric.unit_proxies()
+    assert torch.allclose(after.norm(dim=1), torch.ones(len(after)), atol=1e-5)
+    moved = ~torch.isclose(after, start).all(1)
+    assert torch.equal(moved, metric.seen)  # exactly the classes the teacher predicted moved
+    # a direct update: first sighting = the class's weighted mean; then an EMA step towards it
+    z = torch.nn.functional.normalize(torch.randn(1, after.shape[1], 2, 2), dim=1)
+    labels = torch.tensor([[[0, 0], [255, 1]]])
+    metric.seen.zero_()
+    metric.update_centroids(z, labels, torch.ones(1, 2, 2), momentum=0.9)
+    mean0 = torch.nn.functional.normalize(z[0, :, 0, :].sum(1), dim=0)
+    assert torch.allclose(metric.centroids[0], mean0, atol=1e-5)
+    assert torch.allclose(metric.centroids[1], z[0, :, 1, 1], atol=1e-5)
+    before = metric.centroids.clone()
+    metric.update_centroids(z.flip(-1), labels, torch.ones(1, 2, 2), momentum=0.9)
+    want = torch.nn.functional.normalize(0.9 * before[1] + 0.1 * z[0, :, 1, 0], dim=0)
+    assert torch.allclose(metric.centroids[1], want, atol=1e-5)
+    assert torch.equal(metric.centroids[2:], before[2:])  # absent classes untouched

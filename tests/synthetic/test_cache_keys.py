@@ -42,7 +42,7 @@ def _fresh_fingerprints():
 
 def _recompute_generator() -> str:
     cache.generator_fingerprint.cache_clear()
-    return cache.generator_fingerprint()
+    return cache.generator_fingerprint("target")
 
 
 def _recompute_trainer() -> str:
@@ -51,10 +51,11 @@ def _recompute_trainer() -> str:
 
 
 def test_fingerprints_are_deterministic_and_cached_per_process() -> None:
-    gen, trainer = cache.generator_fingerprint(), cache.trainer_fingerprint(ARCH)
+    gen, trainer = cache.generator_fingerprint("target"), cache.trainer_fingerprint(ARCH)
     assert len(gen) == len(trainer) == 16 and gen != trainer
     assert cache.generator_fingerprint.cache_info().hits == 0
-    assert cache.generator_fingerprint() == gen and cache.generator_fingerprint.cache_info().hits == 1
+    assert cache.generator_fingerprint("target") == gen and cache.generator_fingerprint.cache_info().hits == 1
+    assert cache.generator_fingerprint("fog") != gen  # one key per domain
     assert _recompute_generator() == gen
     assert _recompute_trainer() == trainer
     assert cache.trainer_fingerprint(ARCH, 19, False) != trainer  # full frames: another code path
@@ -72,7 +73,7 @@ def test_a_moved_and_reformatted_copy_of_the_package_gives_the_same_keys(tmp_pat
     script = (
         "import json, stvm_sdk\n"
         "from stvm_sdk.synthetic import cache\n"
-        "print(json.dumps([stvm_sdk.__file__, cache.generator_fingerprint(), "
+        "print(json.dumps([stvm_sdk.__file__, cache.generator_fingerprint('target'), "
         f"cache.trainer_fingerprint({ARCH!r})]))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(copy), "PYTHONDONTWRITEBYTECODE": "1"}
@@ -82,14 +83,14 @@ def test_a_moved_and_reformatted_copy_of_the_package_gives_the_same_keys(tmp_pat
     assert out.returncode == 0, out.stderr
     where, gen, trainer = json.loads(out.stdout.strip().splitlines()[-1])
     assert Path(where).is_relative_to(copy)  # the copy was imported, not the repository
-    assert gen == cache.generator_fingerprint()
+    assert gen == cache.generator_fingerprint("target")
     assert trainer == cache.trainer_fingerprint(ARCH)
 
 
 def test_generator_fingerprint_follows_the_rendered_pixels_and_labels(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    base = cache.generator_fingerprint()
+    base = cache.generator_fingerprint("target")
     render = synthetic.render_frame
 
     def brighter(*args, **kwargs):
@@ -140,12 +141,12 @@ def test_ensure_domain_is_keyed_by_settings_and_generator_output(
     root = cache.ensure_domain(TINY, tmp_path)
     meta = json.loads((root / "meta.json").read_text())
     assert meta == json.loads(json.dumps(cache.domain_meta(TINY)))
-    assert meta["generator"] == cache.generator_fingerprint()
+    assert meta["generator"] == cache.generator_fingerprint("target")
     assert meta["generator_version"] == synthetic.GENERATOR_VERSION
     stamp = (root / "meta.json").stat().st_mtime_ns
     assert cache.ensure_domain(TINY, tmp_path) == root and (root / "meta.json").stat().st_mtime_ns == stamp
 
-    monkeypatch.setattr(cache, "generator_fingerprint", lambda: "another-output")
+    monkeypatch.setattr(cache, "generator_fingerprint", lambda _domain: "another-output")
     assert cache.ensure_domain(TINY, tmp_path) == root
     assert json.loads((root / "meta.json").read_text())["generator"] == "another-output"  # regenerated
 
@@ -166,7 +167,7 @@ def test_ensure_trained_is_keyed_by_settings_and_both_fingerprints(
     model = cache.ensure_trained(TINY, cfg, tmp_path, progress=False)
     meta = json.loads((model.parent / "meta.json").read_text())
     assert meta["trainer"] == cache.trainer_fingerprint(ARCH, 19, False)
-    assert meta["generator"] == cache.generator_fingerprint()
+    assert meta["generator"] == cache.generator_fingerprint("target")
     assert meta["train"]["iters"] == 1 and meta["data"]["domain"] == "target"
     stamp = model.stat().st_mtime_ns
     assert cache.ensure_trained(TINY, cfg, tmp_path, progress=False) == model

@@ -42,7 +42,13 @@ def _replace_logit_convs(head: nn.Module, num_classes: int, dim: int) -> int:
 
 
 class MetricHead(nn.Module):
-    """M with its proxies: ``forward(features) -> z [B,D,h,w]`` (unit vectors along D)."""
+    """M with its proxies: ``forward(features) -> z [B,D,h,w]`` (unit vectors along D).
+
+    With ``centroid=True`` the proxies are EMA class centroids of the embeddings (buffers, updated by
+    :meth:`update_centroids`), not learned parameters."""
+
+    centroids: Tensor
+    seen: Tensor
 
     def __init__(
         self,
@@ -50,6 +56,7 @@ class MetricHead(nn.Module):
         num_classes: int,
         dim: int = 128,
         generator: torch.Generator | None = None,
+        centroid: bool = False,
     ) -> None:
         super().__init__()
         self.body = copy.deepcopy(classifier)
@@ -71,6 +78,11 @@ class MetricHead(nn.Module):
                     if m.bias is not None:
                         m.bias.zero_()
         self.proxies = nn.Parameter(torch.randn(num_classes, dim, generator=generator))
+        self.centroid = centroid
+        if centroid:  # start from the random proxies; a class's first sighting replaces its start
+            self.proxies.requires_grad_(False)
+            self.register_buffer("centroids", nnf.normalize(self.proxies.detach().clone(), dim=1))
+            self.register_buffer("seen", torch.zeros(num_classes, dtype=torch.bool))
 
     def forward(self, features: Any) -> Tensor:
         out = self.body(features)
@@ -79,8 +91,31 @@ class MetricHead(nn.Module):
         return nnf.normalize(out, dim=1)
 
     def unit_proxies(self) -> Tensor:
-        """Proxies ``[K,D]`` projected to the unit sphere."""
+        """Proxies ``[K,D]`` projected to the unit sphere (the centroids, with ``centroid=True``)."""
+        if self.centroid:
+            return self.centroids
         return nnf.normalize(self.proxies, dim=1)
+
+    @torch.no_grad()
+    def update_centroids(
+        self, z: Tensor, labels: Tensor, weight: Tensor, momentum: float, ignore_index: int = 255
+    ) -> None:
+        """One EMA step of the centroid proxies from embeddings ``z [B,D,h,w]``, labels ``[B,h,w]``
+        and per-pixel weights ``[B,h,w]``: ``c_k <- normalise(m c_k + (1 - m) mean_k)`` for each class
+        present, where ``mean_k`` is the weighted unit mean of its pixels' embeddings; a class seen for
+        the first time takes its mean. No host syncs."""
+        k, d = self.centroids.shape
+        valid = labels != ignore_index
+        idx = torch.where(valid, labels, torch.zeros_like(labels)).reshape(-1).long()
+        w = (weight.float() * valid).reshape(-1)
+        zf = z.detach().float().permute(0, 2, 3, 1).reshape(-1, d)
+        sums = torch.zeros(k, d, device=z.device).index_add_(0, idx, zf * w[:, None])
+        mass = torch.zeros(k, device=z.device).index_add_(0, idx, w)
+        present = mass > 0
+        m = torch.where(self.seen, torch.full_like(mass, momentum), torch.zeros_like(mass))[:, None]
+        new = nnf.normalize(m * self.centroids + (1 - m) * nnf.normalize(sums, dim=1), dim=1)
+        self.centroids.copy_(torch.where(present[:, None], new, self.centroids))
+        self.seen.logical_or_(present)
 
 
 def balanced_pixel_mask(

@@ -48,6 +48,11 @@ class MetricConfig:
     nca_scale: float = 16.0  # Proxy-NCA softmax scale
     pixels_per_class: int = 512  # class-balanced sampling cap per batch
     proxy_lr_mult: float = 100.0  # proxies' lr relative to M's (Proxy-Anchor convention)
+    # What the class proxies are: "learned" free parameters (the paper, Proxy-Anchor), or "centroid":
+    # EMA class centroids of M's embeddings (each pixel weighted by the teacher's confidence), so a
+    # proxy sits where its class's pixels are and the reliability measures how typical a pixel is.
+    proxies: str = "learned"
+    centroid_momentum: float = 0.99  # EMA factor of the centroid proxies (per step)
     # Which pseudo-labelled pixels train M and P: "all" (the paper) or "confident": each class's
     # `clean_quantile` most confident share of the batch (CBST-style), so M learns what a clean pixel
     # of a class looks like instead of fitting the teacher's systematic errors.
@@ -67,6 +72,11 @@ class MetricConfig:
             "metric.pixels_per_class >= 1, metric.warmup >= 0",
         )
         _check(self.clean in ("all", "confident"), f"metric.clean must be all|confident, got {self.clean}")
+        _check(
+            self.proxies in ("learned", "centroid"),
+            f"metric.proxies must be learned|centroid, got {self.proxies}",
+        )
+        _check(0.0 <= self.centroid_momentum < 1.0, "metric.centroid_momentum must be in [0, 1)")
         _check(0.0 < self.clean_quantile <= 1.0, "metric.clean_quantile must be in (0, 1]")
 
 

@@ -10,11 +10,19 @@ then blur, noise, vignetting and JPEG. Such shifts cannot be undone by re-estima
 statistics (a global, per-channel correction), while the geometry (where road, sidewalk and
 facades are; how objects stand on the ground) stays consistent, so self-training has cues to use.
 ``fog`` and ``night`` are ``target`` scenes under adverse conditions.
+
+The severity ladder sits between the two: :func:`blend_styles` moves every numeric setting of
+``source`` part of the way to ``target`` (colours, texture strengths, layout ranges, object sizes,
+sensor effects) and switches each categorical one (texture kind, silhouettes, facade detail, the ego
+hood) half way. ``mild`` and ``moderate`` are two points on it, chosen by measurement so that a model
+trained on ``source`` keeps >= 0.75 and 0.5-0.65 of the mIoU of one trained on the domain itself
+(docs/method.md, "The benchmark's severity ladder").
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 from stvm_sdk.synthetic.render.canvas import ASPHALT, BRICKS, CLOUDS, FLAT, GLASS, LEAVES, METAL, NOISE, TILES
 
@@ -231,4 +239,58 @@ NIGHT = replace(
     sensor=replace(TARGET.sensor, shadows=0.0, face_contrast=0.0, noise=(0.03, 0.06), condition="night"),
 )
 
-STYLES: dict[str, Style] = {s.name: s for s in (SOURCE, TARGET, FOG, NIGHT)}
+
+def _lerp(a: Any, b: Any, t: float) -> Any:
+    """``a`` moved the share ``t`` of the way to ``b``: numbers and tuples of them elementwise (ints stay
+    ints), anything else (strings, booleans, texture kinds) switches to ``b`` at ``t >= 0.5``."""
+    if isinstance(a, bool) or not isinstance(a, int | float | tuple):
+        return b if t >= 0.5 else a
+    if isinstance(a, tuple):
+        return tuple(_lerp(x, y, t) for x, y in zip(a, b, strict=True))
+    value = (1.0 - t) * a + t * b  # exact at both ends
+    return round(value) if isinstance(a, int) and isinstance(b, int) else value
+
+
+def _blend_look(a: Look, b: Look, t: float) -> Look:
+    # Palettes differ in length: colour i goes from a's i-th (cyclically) to b's i-th, and the palette
+    # has the nearer end's length, so t = 0 and t = 1 give a's and b's palettes exactly. Even lengths
+    # keep the sky's (zenith, horizon) pairs together.
+    n = len(a.colours) if t < 0.5 else len(b.colours)
+    colours = tuple(_lerp(a.colours[i % len(a.colours)], b.colours[i % len(b.colours)], t) for i in range(n))
+    return replace(_blend(a, b, t), colours=colours)
+
+
+def _blend(a: Any, b: Any, t: float) -> Any:
+    """A dataclass whose fields are each ``_lerp``-ed (``colours`` handled by ``_blend_look``)."""
+    return replace(a, **{f.name: _lerp(getattr(a, f.name), getattr(b, f.name), t) for f in fields(a)
+                         if f.name != "colours"})  # fmt: skip
+
+
+def _no_jpeg_as_best_quality(sensor: Sensor) -> Sensor:
+    return replace(sensor, jpeg=(100, 100)) if sensor.jpeg[1] == 0 else sensor
+
+
+def blend_styles(a: Style, b: Style, t: float, name: str, city: str) -> Style:
+    """The style ``t`` of the way from ``a`` to ``b`` (0 <= t <= 1): every numeric setting interpolated,
+    every categorical one switched at ``t = 0.5``; each look's palette blended colour by colour."""
+    if not 0.0 <= t <= 1.0:
+        raise ValueError(f"severity t must be in [0, 1], got {t}")
+    sensor = _blend(_no_jpeg_as_best_quality(a.sensor), _no_jpeg_as_best_quality(b.sensor), t)
+    if sensor.jpeg[0] >= 100:  # quality 100 at both ends of the range: no compression, as in `a`
+        sensor = replace(sensor, jpeg=(0, 0))
+    return Style(
+        name=name,
+        city=city,
+        layout=_blend(a.layout, b.layout, t),
+        shapes=_blend(a.shapes, b.shapes, t),
+        sensor=sensor,
+        looks={k: _blend_look(a.looks[k], b.looks[k], t) for k in a.looks},
+    )
+
+
+# The ladder's points between source and target (measured: docs/method.md, "severity ladder").
+SEVERITY = {"mild": 0.25, "moderate": 0.45}
+MILD = blend_styles(SOURCE, TARGET, SEVERITY["mild"], "mild", "synthmild")
+MODERATE = blend_styles(SOURCE, TARGET, SEVERITY["moderate"], "moderate", "synthmoderate")
+
+STYLES: dict[str, Style] = {s.name: s for s in (SOURCE, TARGET, FOG, NIGHT, MILD, MODERATE)}
