@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         f"# Step curves: {args.arch} on `{args.domain}`, shipped defaults, mIoU on {args.n_val} `val` frames",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; this invocation "
-        f"{seconds / 60:.1f} min (compute per method, cached runs included: "
+        f"{seconds / 60:.1f} min (wall time per method when it ran, cached runs included: "
         + ", ".join(f"{m} {c['seconds'] / 60:.0f} min" for m, c in curves.items())
         + f"). Source model: the {'quick' if args.quick else 'full'} plan's ({plan.source_iters} "
         f"iterations). Command: `python benchmarks/curves.py {command}`",

@@ -109,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", type=Path, default=Path(".stvm_cache"), help="the accuracy benchmark's cache")
     ap.add_argument("--quick", action="store_true", help="the accuracy benchmark's --quick plan")
-    ap.add_argument("--domains", nargs="+", default=None, help="default: the plan's (target, fog)")
+    ap.add_argument(
+        "--domains", nargs="+", default=None, help="default: the plan's ladder (mild, moderate, target, fog)"
+    )
     ap.add_argument("--out", type=Path, default=RESULTS / "domain_gap.md")
     args = ap.parse_args(argv)
     plan = Plan.quick() if args.quick else Plan()

@@ -19,7 +19,9 @@ method starts, "step 0"), or with ``--run`` a finished run's deliverable teacher
   -(d - d_min)), ``confidence_x_centroid``, ``source_agreement`` (the un-adapted source model predicts
   the same class) and, for an STvM run, ``reliability`` (its metric network's), its product with
   confidence, and ``metric_centroid``: the posterior of the pseudo-class against soft-label-weighted
-  class centroids of the metric network's embeddings instead of its learned proxies (and x confidence);
+  class centroids of the metric network's embeddings instead of its learned proxies (and x confidence),
+  and ``metric_gamma<g>``: the posterior against the run's proxies at softmax scale g, alone and combined
+  as ``conf^a * metric^(1-a)`` (``reliability.mode = "combined"``, ``confidence_power`` a);
 - ``logistic``: a logistic combination of every signal, fitted on ``val`` and scored on ``test``.
 
 Writes benchmarks/results/signals_<arch>_<domain>_<model>.{md,json}.
@@ -53,6 +55,8 @@ from stvm_sdk.synthetic.cache import ensure_domain
 RESULTS = Path(__file__).resolve().parent / "results"
 IGNORE = 255
 STRIDE = 4  # every 4th pixel in each direction is scored (1/16 of the pixels)
+SCALES = (4.0, 16.0)  # softmax scales of the metric posterior tried for a finished run
+POWERS = (0.5, 0.75)  # confidence's share a in conf^a * metric^(1-a)
 
 
 def load_split(folder: FrameFolder, size: tuple[int, int] | None) -> tuple[Tensor, Tensor]:
@@ -187,6 +191,12 @@ def pixel_signals(
         m_post = _proxy_posterior(z, z_centroids, pseudo, scale, logits.shape[-2:])
         signals["metric_centroid"] = m_post
         signals["confidence_x_metric_centroid"] = conf * m_post
+        # the run's own proxies at other softmax scales gamma, alone and as conf^a * metric^(1-a)
+        for gamma in SCALES:
+            post = _proxy_posterior(z, metric.unit_proxies(), pseudo, gamma, logits.shape[-2:])
+            signals[f"metric_gamma{gamma:g}"] = post
+            for a in POWERS:
+                signals[f"conf^{a:g}_x_metric_gamma{gamma:g}"] = conf**a * post ** (1 - a)
     return rules, signals
 
 

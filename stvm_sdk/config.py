@@ -280,9 +280,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         "methods.stvm.student_bn": "train",
         "methods.stvm.normalize": "valid",
         "methods.stvm.reliability.mode": "softmax",
+        "methods.stvm.reliability.scale": 16.0,
+        "methods.stvm.reliability.confidence_power": 0.5,
         "methods.stvm.reliability.classwise": False,
         "methods.stvm.metric.clean": "all",
+        "methods.stvm.metric.proxies": "learned",
         "methods.stvm.mix.rare_power": 0.0,
+        "methods.stvm.mix.prob": 1.0,
     },
 }
 

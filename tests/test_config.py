@@ -31,10 +31,24 @@ def test_defaults_are_method_md_decisions() -> None:
         0.1,
     )
     assert (s["reliability"]["scale"], s["mix"]["patch"], s["mix"]["tau"], s["metric"]["warmup"]) == (
-        16.0,
+        4.0,
         32,
         0.5,
         200,
+    )
+    rel, metric = s["reliability"], s["metric"]
+    assert (rel["mode"], rel["confidence_power"], metric["proxies"], metric["centroid_momentum"]) == (
+        "combined",
+        0.75,
+        "centroid",
+        0.99,
+    )
+    assert s["mix"]["prob"] == 1.0 and cfg.run.snapshots == ()
+    paper = resolve(AdaptConfig.preset("stvm_paper"))[0].section
+    assert (paper["reliability"]["mode"], paper["reliability"]["scale"], paper["metric"]["proxies"]) == (
+        "softmax",
+        16.0,
+        "learned",
     )
     assert (cfg.optim.lr, cfg.optim.head_lr_mult, cfg.optim.momentum, cfg.optim.weight_decay) == (
         2.5e-4,

@@ -49,8 +49,14 @@ def test_a_stvm_run_adds_its_metric_reliability(signals, frames: tuple[Path, Pat
     images, labels = signals.load_split(scan_frames(*frames), (32, 48))
     assert result.teacher is not None
     centroids = signals.class_centroids(result.teacher, images)
-    rules, sig = signals.pixel_signals(result.teacher, result.teacher, images[:2], centroids, result)
+    z_centroids = signals.metric_centroids(result.teacher, result.extras["metric"], images)
+    assert torch.allclose(z_centroids.norm(dim=1), torch.ones(len(z_centroids)), atol=1e-5)
+    rules, sig = signals.pixel_signals(
+        result.teacher, result.teacher, images[:2], centroids, result, z_centroids
+    )
     assert rules["argmax"].shape == labels[:2].shape
-    r = sig["reliability"]
-    assert r.shape == labels[:2].shape and float(r.min()) >= 0 and float(r.max()) <= 1
+    for name in ("reliability", "confidence_x_reliability", "metric_centroid", "metric_gamma4",
+                 "conf^0.75_x_metric_gamma4"):  # fmt: skip
+        r = sig[name]
+        assert r.shape == labels[:2].shape and float(r.min()) >= 0 and float(r.max()) <= 1, name
     assert torch.isfinite(torch.stack(list(sig.values()))).all()

@@ -58,6 +58,10 @@ class MeanTeacherOptions:
     student_bn: str = "frozen"
     deliverable: str = "teacher"  # decision 10: which network is the output model (teacher | student)
     ema_max: float = 0.999  # cap of the teacher's EMA factor beta_t = min(1 - 1/(t+1), ema_max)
+    # How the pixel weights enter the loss: "raw" as weigh() gives them (weights below 1 shrink the
+    # step), or "unit_mean": rescaled to mean 1 over the batch's valid pixels, so weighting moves the
+    # gradient between pixels without shrinking it (every method then steps alike at one lr).
+    weight_scale: str = "raw"
     aug: AugConfig = field(default_factory=AugConfig)  # the student's strong augmentation
 
     def __post_init__(self) -> None:
@@ -67,6 +71,10 @@ class MeanTeacherOptions:
             (bn in ("train", "frozen"), f"student_bn must be train|frozen, got {bn!r}"),
             (d in ("teacher", "student"), f"deliverable must be teacher|student, got {d!r}"),
             (0 <= self.ema_max < 1, f"ema_max must be in [0, 1), got {self.ema_max}"),
+            (
+                self.weight_scale in ("raw", "unit_mean"),
+                f"weight_scale must be raw|unit_mean, got {self.weight_scale!r}",
+            ),
         )
         for ok, line in checks:
             if not ok:
@@ -138,6 +146,10 @@ class MeanTeacher(Method):
         with phase("student"):
             s_logits = forward_logits(self.net("student"), normalize(x, self.mean, self.std))
         with phase("student_loss"):
+            if self.options.weight_scale == "unit_mean":  # mean 1 over the global batch's valid pixels
+                valid = (labels != IGNORE).to(weights.dtype)
+                sums = self.comm.gather(torch.stack([(weights * valid).sum(), valid.sum()])[None]).sum(0)
+                weights = weights * (sums[1] / sums[0].clamp_min(1e-12))
             norm = self.options.normalize
             if norm in CLASS_POWER:  # counts over the global batch (256 numbers per process), like M's loss
                 counts = self.comm.gather(label_counts(labels)[None]).sum(0)

@@ -174,7 +174,7 @@ class Stvm(MeanTeacher):
         x, labels, weights, mask = mocm(
             images, labels, weights, self.num_classes, patch=mix.patch, tau=mix.tau,
             fraction=mix.class_fraction, generator=g, backend=self.cfg.run.kernel_backend,
-            rare_power=mix.rare_power,
+            rare_power=mix.rare_power, prob=mix.prob,
         )  # fmt: skip
         logs["mix_fraction"] = mask.float().mean()
         return x, labels, weights

@@ -98,10 +98,15 @@ def test_student_loss_gradients_never_reach_teacher_or_metric_net(tiny_net: torc
 
 
 def test_metric_loss_gradients_never_reach_segmentation_networks(tiny_net: torch.nn.Module) -> None:
-    a = _adapter(tiny_net, warmup=5)  # warm-up: only the metric loss is computed
-    a.step(_images(), 0, torch.Generator().manual_seed(0))
-    assert all(p.grad is None for p in a.student.parameters())
-    assert a.metric.proxies.grad is not None and torch.count_nonzero(a.metric.proxies.grad) > 0
+    for proxies in ("centroid", "learned"):
+        a = _adapter(tiny_net, warmup=5, **{"metric.proxies": proxies})  # warm-up: only the metric loss
+        a.step(_images(), 0, torch.Generator().manual_seed(0))
+        assert all(p.grad is None for p in a.student.parameters())
+        assert any(p.grad is not None and torch.count_nonzero(p.grad) > 0 for p in a.metric.body.parameters())
+        if proxies == "learned":
+            assert a.metric.proxies.grad is not None and torch.count_nonzero(a.metric.proxies.grad) > 0
+        else:  # centroids are buffers that follow the embeddings: never a gradient
+            assert a.metric.proxies.grad is None
 
 
 def test_student_waits_during_metric_warmup(tiny_net: torch.nn.Module) -> None:
@@ -277,7 +282,7 @@ def test_combined_and_classwise_reliability_stay_in_the_unit_interval_and_rank_w
     y_feat = torch.randint(0, 3, (2, 4, 6), generator=g)
     pseudo = torch.randint(0, 3, (2, 16, 24), generator=g)
     conf = torch.rand(2, 16, 24, generator=g)
-    soft = pixel_reliability(z, proxies, y_feat, pseudo, conf, ReliabilityConfig(), 3, "torch")
+    soft = pixel_reliability(z, proxies, y_feat, pseudo, conf, ReliabilityConfig(mode="softmax"), 3, "torch")
     comb = pixel_reliability(
         z,
         proxies,
@@ -361,3 +366,55 @@ def test_centroid_proxies_follow_the_classes_and_are_not_learned(tiny_net: torch
     want = torch.nn.functional.normalize(0.9 * before[1] + 0.1 * z[0, :, 1, 0], dim=0)
     assert torch.allclose(metric.centroids[1], want, atol=1e-5)
     assert torch.equal(metric.centroids[2:], before[2:])  # absent classes untouched
+
+
+def test_mocm_prob_leaves_undrawn_samples_whole_and_prob_one_is_the_paper_rule() -> None:
+    """``mix.prob``: a sample not drawn reaches the student as its own frame, labels and weights;
+    prob = 1 draws nothing extra, so the default mix is bit-identical to the rule without the option."""
+    g = torch.Generator().manual_seed(3)
+    images = torch.rand(4, 3, 16, 16, generator=g)
+    labels = torch.randint(0, 3, (4, 16, 16), generator=g)
+    weights = torch.rand(4, 16, 16, generator=g)
+    kw = {"patch": 4, "tau": 0.0, "fraction": 1.0, "backend": "torch"}
+    none = mocm(images, labels, weights, 3, generator=torch.Generator().manual_seed(0), prob=0.0, **kw)
+    assert torch.equal(none[0], images) and torch.equal(none[1], labels) and torch.equal(none[2], weights)
+    assert not none[3].any()
+    one = mocm(images, labels, weights, 3, generator=torch.Generator().manual_seed(0), prob=1.0, **kw)
+    plain = mocm(images, labels, weights, 3, generator=torch.Generator().manual_seed(0), **kw)
+    assert all(torch.equal(a, b) for a, b in zip(one, plain, strict=True)) and one[3].any()
+    half = mocm(images, labels, weights, 3, generator=torch.Generator().manual_seed(1), prob=0.5, **kw)
+    mixed = [bool(m.any()) for m in half[3]]
+    for i, was_mixed in enumerate(mixed):
+        if not was_mixed:
+            assert torch.equal(half[0][i], images[i]) and torch.equal(half[1][i], labels[i])
+
+
+def test_unit_mean_weights_rescale_the_loss_weights_to_mean_one(tiny_net: torch.nn.Module) -> None:
+    """``weight_scale = "unit_mean"``: confidence weights rescaled to mean 1 over valid pixels give the
+    loss of weights w / mean(w); for the mean teacher (weights 1) the option changes nothing."""
+    from stvm_sdk.kernels import weighted_cross_entropy
+
+    seen: list[torch.Tensor] = []
+
+    def spy(logits, labels, weights, **kw):  # records what reaches the loss, computes it unchanged
+        seen.append(weights.detach().clone())
+        return weighted_cross_entropy(logits, labels, weights, **kw)
+
+    import stvm_sdk.methods.mean_teacher as mt
+
+    original = mt.weighted_cross_entropy
+    mt.weighted_cross_entropy = spy
+    try:
+        for scale in ("raw", "unit_mean"):
+            a = _adapter(tiny_net, "confidence_weighted", weight_scale=scale, normalize="valid")
+            a.step(_images(), 0, torch.Generator().manual_seed(0))
+        raw, unit = seen
+        assert float(raw.mean()) < 1.0 and float(unit.mean()) == pytest.approx(1.0, abs=1e-5)
+        assert torch.allclose(unit, raw / raw.mean(), atol=1e-6)
+        seen.clear()
+        for scale in ("raw", "unit_mean"):
+            a = _adapter(tiny_net, "mean_teacher", weight_scale=scale, normalize="valid")
+            a.step(_images(), 0, torch.Generator().manual_seed(0))
+        assert torch.equal(seen[0], seen[1])
+    finally:
+        mt.weighted_cross_entropy = original

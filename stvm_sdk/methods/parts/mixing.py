@@ -79,16 +79,26 @@ def mocm(
     generator: torch.Generator | None,
     backend: str = "auto",
     rare_power: float = 0.0,
+    prob: float = 1.0,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Mix a batch with its rolled partner. Returns (images, labels, weights, mask ``[B,H,W]`` bool).
 
     Args:
         images: ``[B,3,H,W]`` in [0,1]; labels: teacher pseudo-labels ``[B,H,W]``;
         weights: per-pixel reliability ``[B,H,W]``.
+        prob: probability that a sample is mixed; the others pass unchanged.
     """
     b = images.shape[0]
     counts, mean_rel = class_reliability(labels, weights, num_classes)
     class_mask = choose_classes(counts, mean_rel, fraction, generator, rare_power)
     keep = patch_keep_mask(labels, weights, class_mask, patch, tau)
-    partner = torch.roll(torch.arange(b, device=images.device), shifts=-1)
+    own = torch.arange(b, device=images.device)
+    partner = torch.roll(own, shifts=-1)
+    if prob < 1.0:  # a sample not drawn is its own partner: m*x_a + (1-m)*x_a, its frame whole
+        drawn = torch.rand(b, generator=generator, device="cpu").to(images.device) < prob
+        partner = torch.where(drawn, partner, own)
+        x, y, r, mask = mocm_blend(
+            images, labels, weights, partner, class_mask, keep, patch_size=patch, backend=backend
+        )
+        return x, y, r, mask & drawn[:, None, None]  # a whole frame has nothing pasted in it
     return mocm_blend(images, labels, weights, partner, class_mask, keep, patch_size=patch, backend=backend)

@@ -48,10 +48,11 @@ class MetricConfig:
     nca_scale: float = 16.0  # Proxy-NCA softmax scale
     pixels_per_class: int = 512  # class-balanced sampling cap per batch
     proxy_lr_mult: float = 100.0  # proxies' lr relative to M's (Proxy-Anchor convention)
-    # What the class proxies are: "learned" free parameters (the paper, Proxy-Anchor), or "centroid":
-    # EMA class centroids of M's embeddings (each pixel weighted by the teacher's confidence), so a
-    # proxy sits where its class's pixels are and the reliability measures how typical a pixel is.
-    proxies: str = "learned"
+    # What the class proxies are: "learned" free parameters (the paper, Proxy-Anchor), or "centroid"
+    # (decision 3): EMA class centroids of M's embeddings (each pixel weighted by the teacher's
+    # confidence), so a proxy sits where its class's pixels are and the reliability measures how
+    # typical a pixel is of its pseudo-class.
+    proxies: str = "centroid"
     centroid_momentum: float = 0.99  # EMA factor of the centroid proxies (per step)
     # Which pseudo-labelled pixels train M and P: "all" (the paper) or "confident": each class's
     # `clean_quantile` most confident share of the batch (CBST-style), so M learns what a clean pixel
@@ -84,9 +85,11 @@ class MetricConfig:
 class ReliabilityConfig:
     """How a pixel's reliability weight is computed and used (decisions 5-6)."""
 
-    mode: str = "softmax"  # softmax | cosine | agreement | combined (confidence^a * softmax^(1-a))
-    scale: float = 16.0  # softmax scale gamma of the reliability
-    confidence_power: float = 0.5  # a, for mode "combined"
+    # softmax | cosine | agreement | combined: confidence^a * softmax^(1-a), decision 5 (the paper's
+    # rule is "softmax" alone)
+    mode: str = "combined"
+    scale: float = 4.0  # softmax scale gamma of the reliability (the first reconstruction: 16)
+    confidence_power: float = 0.75  # a, for mode "combined"
     classwise: bool = False  # replace each weight by its quantile inside its pseudo-class (the batch's)
 
     def __post_init__(self) -> None:
@@ -107,9 +110,13 @@ class MixConfig:
     # Classes are drawn with probability ∝ mean reliability x (share of the sample's pixels)^-rare_power:
     # 0 is the paper's rule; > 0 favours rare classes (DAFormer's rare-class sampling, per sample).
     rare_power: float = 0.0
+    # Probability that a sample of the batch is mixed; the others reach the student whole (1 = the
+    # paper: every sample is a mix, so the student never sees an unmixed frame's full context).
+    prob: float = 1.0
 
     def __post_init__(self) -> None:
         _check(self.patch >= 1 and 0.0 <= self.tau <= 1.0, "mix.patch >= 1 and 0 <= mix.tau <= 1")
+        _check(0.0 <= self.prob <= 1.0, "mix.prob must be in [0, 1]")
         _check(0.0 < self.class_fraction <= 1.0, "mix.class_fraction must be in (0, 1]")
         _check(self.rare_power >= 0.0, "mix.rare_power must be >= 0")
 
