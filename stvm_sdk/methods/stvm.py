@@ -96,7 +96,9 @@ class Stvm(MeanTeacher):
             return {}
         options = options_of(cls, cfg.methods.get(cls.name))
         head = get_submodule(model.module, model.classifier)
-        centroid = options.metric.proxies == "centroid"
+        # What the saved state holds decides: a run recorded before centroid proxies existed has no
+        # `proxies` key in its config (today's default would say centroid) but learned proxies.
+        centroid = "centroids" in own
         metric = MetricHead(head, model.num_classes, options.metric.embed_dim, centroid=centroid)
         metric.load_state_dict(own)
         return {"metric": metric}

@@ -418,3 +418,18 @@ def test_unit_mean_weights_rescale_the_loss_weights_to_mean_one(tiny_net: torch.
         assert torch.equal(seen[0], seen[1])
     finally:
         mt.weighted_cross_entropy = original
+
+
+def test_a_saved_metric_network_loads_with_the_proxies_it_was_trained_with(tiny_net: torch.nn.Module) -> None:
+    """``load_extras`` follows the saved state: learned proxies of a run recorded before centroid
+    proxies existed load under today's default config, and centroids load as centroids."""
+    from stvm_sdk.methods.stvm import Stvm
+
+    source = SegModel(tiny_net, 5, "classifier", MEAN, STD)
+    for proxies in ("learned", "centroid"):
+        a = _adapter(tiny_net, **{"metric.proxies": proxies})
+        a.step(_images(), 0, torch.Generator().manual_seed(0))
+        state = {f"metric.{k}": v for k, v in a.metric.state_dict().items()}
+        loaded = Stvm.load_extras(source, AdaptConfig(), state)["metric"]
+        assert loaded.centroid == (proxies == "centroid")
+        assert torch.equal(loaded.unit_proxies(), a.metric.unit_proxies())
