@@ -208,8 +208,8 @@ def load_frames(
         return None
 
 
-def _save_frames(per_frame: torch.Tensor, cell_path: Path) -> None:
-    path = _frames_path(cell_path)
+def save_frames(per_frame: torch.Tensor, path: Path) -> None:
+    """Per-frame confusions (any leading shape) to the ``.npz`` at ``path``, atomically."""
     tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
     np.savez_compressed(tmp, per_frame=per_frame.numpy().astype(np.uint32))
     tmp.replace(path)
@@ -301,7 +301,7 @@ def cell(
     out["seconds"] = round(time.perf_counter() - t0, 1)
     path.parent.mkdir(parents=True, exist_ok=True)
     assert res.per_frame is not None
-    _save_frames(res.per_frame, path)  # before the JSON: a cell is finished when its JSON is there
+    save_frames(res.per_frame, _frames_path(path))  # first: a cell is finished when its JSON is there
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(out))
     tmp.replace(path)  # atomic: a run killed mid-write leaves no half-written cell

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from accuracy import Plan, method_over, source_model  # benchmarks/ is on sys.path as a script
+from accuracy import Plan, method_over, save_frames, source_model  # benchmarks/ is on sys.path as a script
 
 from stvm_sdk import AdaptConfig, adapt, evaluate, load_model
 from stvm_sdk.eval.metrics import paired_bootstrap_diff
@@ -54,10 +54,6 @@ def curve_config(plan: Plan, arch: str, method: str, steps: tuple[int, ...], see
         **method_over(method, {"mix.patch": max(8, h // 8)}),  # the plan's patch for its frame size
     }
     return AdaptConfig(method=method).with_overrides(over)
-
-
-def _frames_of(res: Any) -> np.ndarray:
-    return res.per_frame.numpy().astype(np.uint32)
 
 
 def run_curve(
@@ -90,13 +86,12 @@ def run_curve(
     for _, model in models:
         res = evaluate(model, val, val, keep_frames=True)
         mious.append(res.miou)
-        per_frame.append(_frames_of(res))
+        assert res.per_frame is not None
+        per_frame.append(res.per_frame)
     out = {"key": key, "steps": [s for s, _ in models], "miou": mious,
            "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
     base.parent.mkdir(parents=True, exist_ok=True)
-    tmp = frames.with_name(f"{method}.{os.getpid()}.tmp.npz")
-    np.savez_compressed(tmp, per_frame=np.stack(per_frame))
-    tmp.replace(frames)
+    save_frames(torch.stack(per_frame), frames)
     record.write_text(json.dumps(out))  # last: the method is finished when its record is there
     return out
 
