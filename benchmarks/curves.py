@@ -39,9 +39,16 @@ STEPS = (100, 200, 500, 1000, 2000)
 METHODS = ("threshold_st", "mean_teacher", "confidence_weighted", "stvm_no_mocm", "stvm")
 
 
-def curve_config(plan: Plan, arch: str, method: str, steps: tuple[int, ...], seed: int = 0) -> AdaptConfig:
+def curve_config(
+    plan: Plan,
+    arch: str,
+    method: str,
+    steps: tuple[int, ...],
+    seed: int = 0,
+    over: dict[str, Any] | None = None,
+) -> AdaptConfig:
     """The shipped defaults for ``method`` at the plan's data settings, run to ``steps[-1]`` with a
-    snapshot at every earlier step."""
+    snapshot at every earlier step; ``over`` are plan keys as in :func:`method_over` (a variant)."""
     h, w = plan.size
     over = {
         "run.iters": steps[-1],
@@ -51,22 +58,31 @@ def curve_config(plan: Plan, arch: str, method: str, steps: tuple[int, ...], see
         "run.seed": seed,
         "run.checkpoint_every": 10_000,
         "run.log_every": 25,
-        **method_over(method, {"mix.patch": max(8, h // 8)}),  # the plan's patch for its frame size
+        **method_over(method, {"mix.patch": max(8, h // 8), **(over or {})}),  # the plan's patch for its size
     }
     return AdaptConfig(method=method).with_overrides(over)
 
 
 def run_curve(
-    plan: Plan, arch: str, domain: str, method: str, steps: tuple[int, ...], n_val: int, cache: Path
+    plan: Plan,
+    arch: str,
+    domain: str,
+    method: str,
+    steps: tuple[int, ...],
+    n_val: int,
+    cache: Path,
+    over: dict[str, Any] | None = None,
+    tag: str = "",
 ) -> dict[str, Any]:
     """Run (or read from cache) one method's curve: ``{"steps", "miou", "seconds"}`` plus per-frame
-    confusions of every point in ``<cache>/curves/.../<method>.npz``."""
-    cfg = curve_config(plan, arch, method, steps)
+    confusions of every point in ``<cache>/curves/.../<method>[@tag].npz`` (a variant: ``over``)."""
+    cfg = curve_config(plan, arch, method, steps, over=over)
     data = {"size": plan.size, "n_target": plan.n_target, "source_iters": plan.source_iters}
     key = json.loads(
         json.dumps({"config": cfg.to_dict(), "arch": arch, "domain": domain, "n_val": n_val, **data})
     )
-    base = cache / "curves" / arch / domain / method
+    label = curve_label(method, tag)
+    base = cache / "curves" / arch / domain / label
     record, frames = base.with_suffix(".json"), base.with_suffix(".npz")
     if record.is_file() and frames.is_file():
         with open(record) as f:
@@ -77,7 +93,7 @@ def run_curve(
     source = source_model(plan, arch, cache)
     target = ensure_domain(plan.spec(domain, "train"), cache)
     val = ensure_domain(DomainSpec(domain, "val", n_val, plan.size, 0), cache)
-    run_dir = cache / "curve_runs" / arch / domain / method
+    run_dir = cache / "curve_runs" / arch / domain / label
     shutil.rmtree(run_dir, ignore_errors=True)
     result = adapt(source, target, config=cfg, out_dir=run_dir, progress=False)
     models = [(s["step"], load_model(s["path"])) for s in result.metrics.get("snapshots", [])]
@@ -96,8 +112,13 @@ def run_curve(
     return out
 
 
-def load_curve_frames(cache: Path, arch: str, domain: str, method: str) -> torch.Tensor:
-    with np.load(cache / "curves" / arch / domain / f"{method}.npz") as data:
+def curve_label(method: str, tag: str = "") -> str:
+    """A curve's name in the cache and the tables: the method, and ``@tag`` for a variant."""
+    return f"{method}@{tag}" if tag else method
+
+
+def load_curve_frames(cache: Path, arch: str, domain: str, label: str) -> torch.Tensor:
+    with np.load(cache / "curves" / arch / domain / f"{label}.npz") as data:
         return torch.from_numpy(data["per_frame"].astype(np.int64))
 
 
@@ -109,6 +130,20 @@ def settle(curve: dict[str, Any], frames: torch.Tensor) -> dict[str, Any]:
     verdict = "holds" if hi >= 0 else "declines"
     return {"best_step": curve["steps"][best], "best_miou": mious[best], "end_minus_best": 100 * diff,
             "end_minus_best_ci": [100 * lo, 100 * hi], "verdict": verdict}  # fmt: skip
+
+
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` pairs; a value is read as JSON where it parses (numbers, true, lists)."""
+    over: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set wants KEY=VALUE, got {item!r}")
+        try:
+            over[key] = json.loads(value)
+        except json.JSONDecodeError:
+            over[key] = value
+    return over
 
 
 def plot(curves: dict[str, dict[str, Any]], path: Path, title: str) -> None:
@@ -140,19 +175,34 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
     ap.add_argument("--n-val", type=int, default=300, help="labelled `val` frames that score each point")
     ap.add_argument("--cache", type=Path, default=Path(".stvm_cache"))
+    ap.add_argument(
+        "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+        help="a variant: a config key as the accuracy plan names it (run.iters, weight_scale, mix.tau), "
+        "for every method; needs --tag",
+    )  # fmt: skip
+    ap.add_argument(
+        "--tag", default="", help="the variant's name: curves are cached and tabled as method@tag"
+    )
     args = ap.parse_args(argv)
+    over = parse_sets(args.sets)
+    if over and not args.tag:
+        ap.error("--set makes a variant: name it with --tag")
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     plan = Plan.quick() if args.quick else Plan()
     steps = tuple(sorted(set(args.steps)))
     t0 = time.perf_counter()
     curves, settled = {}, {}
     for method in args.methods:
-        curves[method] = run_curve(plan, args.arch, args.domain, method, steps, args.n_val, args.cache)
-        frames = load_curve_frames(args.cache, args.arch, args.domain, method)
-        settled[method] = settle(curves[method], frames)
-        print(method, [f"{m:.2f}" for m in curves[method]["miou"]], settled[method]["verdict"], flush=True)
+        label = curve_label(method, args.tag)
+        curves[label] = run_curve(
+            plan, args.arch, args.domain, method, steps, args.n_val, args.cache, over, args.tag
+        )
+        frames = load_curve_frames(args.cache, args.arch, args.domain, label)
+        settled[label] = settle(curves[label], frames)
+        print(label, [f"{m:.2f}" for m in curves[label]["miou"]], settled[label]["verdict"], flush=True)
     seconds = time.perf_counter() - t0
-    name = f"curves_{args.arch}_{args.domain}{'_quick' if args.quick else ''}"
+    suffix = ("_quick" if args.quick else "") + (f"_{args.tag}" if args.tag else "")
+    name = f"curves_{args.arch}_{args.domain}{suffix}"
     command = " ".join(sys.argv[1:] if argv is None else argv)
     lines = [
         f"# Step curves: {args.arch} on `{args.domain}`, shipped defaults, mIoU on {args.n_val} `val` frames",

@@ -279,6 +279,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "method": "stvm",
         "methods.stvm.student_bn": "train",
         "methods.stvm.normalize": "valid",
+        "methods.stvm.weight_scale": "raw",
         "methods.stvm.reliability.mode": "softmax",
         "methods.stvm.reliability.scale": 16.0,
         "methods.stvm.reliability.confidence_power": 0.5,

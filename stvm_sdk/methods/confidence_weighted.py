@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
 from stvm_sdk.methods.base import Logs
-from stvm_sdk.methods.mean_teacher import MeanTeacher
+from stvm_sdk.methods.mean_teacher import MeanTeacher, MeanTeacherOptions
 from stvm_sdk.methods.registry import register_method
+
+
+@dataclass(frozen=True)
+class ConfidenceWeightedOptions(MeanTeacherOptions):
+    """The mean teacher's knobs; weights rescaled inside each pseudo-class like STvM's (decision 6)."""
+
+    weight_scale: str = "class_mean"
 
 
 @register_method
@@ -17,6 +26,7 @@ class ConfidenceWeighted(MeanTeacher):
     name = "confidence_weighted"
     summary = "mean teacher, each pixel weighted by the teacher's confidence"
     order = 50
+    Options = ConfidenceWeightedOptions
 
     def weigh(
         self, t_logits: Tensor, conf: Tensor, pseudo: Tensor, g_batch: torch.Generator, logs: Logs

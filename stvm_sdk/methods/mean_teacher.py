@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 IGNORE = 255
 NORMALIZE = ("valid", "weights", "class", "class_sqrt")
+WEIGHT_SCALES = ("raw", "unit_mean", "class_mean")
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,9 @@ class MeanTeacherOptions:
     ema_max: float = 0.999  # cap of the teacher's EMA factor beta_t = min(1 - 1/(t+1), ema_max)
     # How the pixel weights enter the loss: "raw" as weigh() gives them (weights below 1 shrink the
     # step), or "unit_mean": rescaled to mean 1 over the batch's valid pixels, so weighting moves the
-    # gradient between pixels without shrinking it (every method then steps alike at one lr).
+    # gradient between pixels without shrinking it (every method then steps alike at one lr);
+    # "class_mean": rescaled to mean 1 inside each pseudo-class of the batch, so weighting ranks pixels
+    # within a class but never moves loss between classes (hard classes keep their share).
     weight_scale: str = "raw"
     aug: AugConfig = field(default_factory=AugConfig)  # the student's strong augmentation
 
@@ -72,8 +75,8 @@ class MeanTeacherOptions:
             (d in ("teacher", "student"), f"deliverable must be teacher|student, got {d!r}"),
             (0 <= self.ema_max < 1, f"ema_max must be in [0, 1), got {self.ema_max}"),
             (
-                self.weight_scale in ("raw", "unit_mean"),
-                f"weight_scale must be raw|unit_mean, got {self.weight_scale!r}",
+                self.weight_scale in WEIGHT_SCALES,
+                f"weight_scale must be {'|'.join(WEIGHT_SCALES)}, got {self.weight_scale!r}",
             ),
         )
         for ok, line in checks:
@@ -150,6 +153,14 @@ class MeanTeacher(Method):
                 valid = (labels != IGNORE).to(weights.dtype)
                 sums = self.comm.gather(torch.stack([(weights * valid).sum(), valid.sum()])[None]).sum(0)
                 weights = weights * (sums[1] / sums[0].clamp_min(1e-12))
+            elif self.options.weight_scale == "class_mean":  # mean 1 inside each pseudo-class
+                index = labels.flatten().long()
+                sums = torch.zeros(IGNORE + 1, dtype=weights.dtype, device=weights.device)
+                sums = sums.index_add_(0, index, weights.flatten())
+                counts = label_counts(labels).to(weights.dtype)
+                both = self.comm.gather(torch.stack([sums, counts])[None]).sum(0)  # global batch
+                scale = both[1] / both[0].clamp_min(1e-12)
+                weights = weights * scale[index].view_as(weights)
             norm = self.options.normalize
             if norm in CLASS_POWER:  # counts over the global batch (256 numbers per process), like M's loss
                 counts = self.comm.gather(label_counts(labels)[None]).sum(0)

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 class StvmOptions(MeanTeacherOptions):
     """STvM's knobs: the mean teacher's, plus its metric network's, reliability's and MOCM's."""
 
+    weight_scale: str = "class_mean"  # decision 6: reliability ranks pixels inside their pseudo-class
     metric: MetricConfig = field(default_factory=MetricConfig)  # metric network M and proxies
     reliability: ReliabilityConfig = field(default_factory=ReliabilityConfig)  # each pixel's weight
     mix: MixConfig = field(default_factory=MixConfig)  # MOCM
@@ -173,10 +174,13 @@ class Stvm(MeanTeacher):
     ) -> tuple[Tensor, Tensor, Tensor]:
         """MOCM (decision 7): paste reliable patches of chosen classes onto the next sample."""
         mix = self.options.mix
+        labels_in, weights_in = labels, weights
         x, labels, weights, mask = mocm(
             images, labels, weights, self.num_classes, patch=mix.patch, tau=mix.tau,
             fraction=mix.class_fraction, generator=g, backend=self.cfg.run.kernel_backend,
             rare_power=mix.rare_power, prob=mix.prob,
         )  # fmt: skip
         logs["mix_fraction"] = mask.float().mean()
+        if mix.keep_clean:  # the frames themselves too: MOCM adds composites instead of replacing frames
+            return torch.cat([images, x]), torch.cat([labels_in, labels]), torch.cat([weights_in, weights])
         return x, labels, weights

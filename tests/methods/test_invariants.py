@@ -389,6 +389,28 @@ def test_mocm_prob_leaves_undrawn_samples_whole_and_prob_one_is_the_paper_rule()
             assert torch.equal(half[0][i], images[i]) and torch.equal(half[1][i], labels[i])
 
 
+def test_mocm_keep_clean_adds_the_composites_to_the_frames_themselves(tiny_net: torch.nn.Module) -> None:
+    """``mix.keep_clean``: the student's batch is the frames with their own labels and weights, then
+    the same composites the default rule makes (same draws), so MOCM adds samples instead of replacing."""
+    g = torch.Generator().manual_seed(3)
+    images = torch.rand(3, 3, 32, 64, generator=g)
+    labels = torch.randint(0, 5, (3, 32, 64), generator=g)
+    weights = torch.rand(3, 32, 64, generator=g)
+    plain = _adapter(tiny_net, **{"mix.tau": 0.0, "mix.patch": 8})
+    both = _adapter(tiny_net, **{"mix.tau": 0.0, "mix.patch": 8, "mix.keep_clean": True})
+    mixed = plain.mix(images, labels, weights, torch.Generator().manual_seed(0), {})
+    out = both.mix(images, labels, weights, torch.Generator().manual_seed(0), {})
+    assert all(o.shape[0] == 6 for o in out)
+    assert (
+        torch.equal(out[0][:3], images)
+        and torch.equal(out[1][:3], labels)
+        and torch.equal(out[2][:3], weights)
+    )
+    assert all(torch.equal(o[3:], m) for o, m in zip(out, mixed, strict=True))
+    assert not torch.equal(mixed[0], images)  # the composites differ from the frames
+    both.step(images, 0, torch.Generator().manual_seed(0))  # a training step takes the doubled batch
+
+
 def test_unit_mean_weights_rescale_the_loss_weights_to_mean_one(tiny_net: torch.nn.Module) -> None:
     """``weight_scale = "unit_mean"``: confidence weights rescaled to mean 1 over valid pixels give the
     loss of weights w / mean(w); for the mean teacher (weights 1) the option changes nothing."""
@@ -416,6 +438,44 @@ def test_unit_mean_weights_rescale_the_loss_weights_to_mean_one(tiny_net: torch.
             a = _adapter(tiny_net, "mean_teacher", weight_scale=scale, normalize="valid")
             a.step(_images(), 0, torch.Generator().manual_seed(0))
         assert torch.equal(seen[0], seen[1])
+    finally:
+        mt.weighted_cross_entropy = original
+
+
+def test_class_mean_weights_have_mean_one_inside_every_pseudo_class(tiny_net: torch.nn.Module) -> None:
+    """``weight_scale = "class_mean"``: inside each pseudo-class the weights reaching the loss average 1
+    and keep their order (one factor per class), so weighting never moves loss between classes; the
+    mean teacher's weights (all 1) are unchanged."""
+    from stvm_sdk.kernels import weighted_cross_entropy
+
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def spy(logits, labels, weights, **kw):
+        seen.append((labels.detach().clone(), weights.detach().clone()))
+        return weighted_cross_entropy(logits, labels, weights, **kw)
+
+    import stvm_sdk.methods.mean_teacher as mt
+
+    original = mt.weighted_cross_entropy
+    mt.weighted_cross_entropy = spy
+    try:
+        for scale in ("raw", "class_mean"):
+            a = _adapter(tiny_net, "confidence_weighted", weight_scale=scale, normalize="valid")
+            a.step(_images(), 0, torch.Generator().manual_seed(0))
+        (labels, raw), (same_labels, scaled) = seen
+        assert torch.equal(labels, same_labels)
+        present = [int(k) for k in labels.unique() if int(k) != 255]
+        assert len(present) >= 2
+        for k in present:
+            inside = labels == k
+            assert float(scaled[inside].mean()) == pytest.approx(1.0, abs=1e-4)
+            ratio = scaled[inside] / raw[inside]
+            assert torch.allclose(ratio, ratio[0].expand_as(ratio), rtol=1e-5)
+        seen.clear()
+        for scale in ("raw", "class_mean"):
+            a = _adapter(tiny_net, "mean_teacher", weight_scale=scale, normalize="valid")
+            a.step(_images(), 0, torch.Generator().manual_seed(0))
+        assert torch.equal(seen[0][1], seen[1][1])
     finally:
         mt.weighted_cross_entropy = original
 

@@ -59,7 +59,7 @@ class MetricConfig:
     # of a class looks like instead of fitting the teacher's systematic errors.
     clean: str = "all"
     clean_quantile: float = 0.5  # share of each class's most confident pixels kept when clean = "confident"
-    warmup: int = 200  # steps where M and P train while the student waits
+    warmup: int = 40  # steps where M and P train while the student waits (decision 5)
     weight: float = 1.0  # lambda in L = L_st + lambda * L_M
 
     def __post_init__(self) -> None:
@@ -113,6 +113,9 @@ class MixConfig:
     # Probability that a sample of the batch is mixed; the others reach the student whole (1 = the
     # paper: every sample is a mix, so the student never sees an unmixed frame's full context).
     prob: float = 1.0
+    # The student also sees every frame whole: its batch is the frames and their composites (twice
+    # the student's compute per step). False: the composites only (the paper).
+    keep_clean: bool = False
 
     def __post_init__(self) -> None:
         _check(self.patch >= 1 and 0.0 <= self.tau <= 1.0, "mix.patch >= 1 and 0 <= mix.tau <= 1")
