@@ -32,6 +32,7 @@ from accuracy import Plan, method_over, save_frames, source_model  # benchmarks/
 
 from stvm_sdk import AdaptConfig, adapt, evaluate, load_model
 from stvm_sdk.eval.metrics import paired_bootstrap_diff
+from stvm_sdk.methods import resolve
 from stvm_sdk.synthetic.cache import DomainSpec, ensure_domain
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -79,7 +80,10 @@ def run_curve(
     cfg = curve_config(plan, arch, method, steps, over=over)
     data = {"size": plan.size, "n_target": plan.n_target, "source_iters": plan.source_iters}
     key = json.loads(
-        json.dumps({"config": cfg.to_dict(), "arch": arch, "domain": domain, "n_val": n_val, **data})
+        # the resolved config: a changed default of the method's options makes the cached curve stale
+        json.dumps(
+            {"config": resolve(cfg)[0].to_dict(), "arch": arch, "domain": domain, "n_val": n_val, **data}
+        )
     )
     label = curve_label(method, tag)
     base = cache / "curves" / arch / domain / label

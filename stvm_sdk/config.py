@@ -288,6 +288,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "methods.stvm.metric.proxies": "learned",
         "methods.stvm.mix.rare_power": 0.0,
         "methods.stvm.mix.prob": 1.0,
+        "methods.stvm.mix.keep_clean": False,
     },
 }
 

@@ -39,21 +39,19 @@ def test_schedule_is_seed_major_over_all_archs_and_runs_deterministic_methods_on
     seeds = [seed for *_, seed, _ in cells]
     assert seeds == sorted(seeds), "every block's seed-0 cell comes before any seed-1 cell"
     first = [(a, d) for a, d, _, seed, _ in cells if seed == plan.seeds[0] and d != "source"]
-    assert set(first) == {(a, d) for a in plan.archs for d in plan.domains}, "all blocks at seed 0"
+    assert set(first) == set(plan.blocks()), "all blocks at seed 0"
     names = [(arch, domain, name, seed) for arch, domain, name, seed, _ in cells]
     assert len(names) == len(set(names)), "no cell twice"
-    for arch in plan.archs:
-        for domain in plan.domains:
-            for name in ("source_only", "adabn", "oracle"):
-                assert sum(1 for a, d, n, _ in names if (a, d, n) == (arch, domain, name)) == 1
-            assert sum(1 for a, d, n, _ in names if (a, d, n) == (arch, domain, "stvm")) == len(plan.seeds)
+    for arch, domain in plan.blocks():
+        for name in ("source_only", "adabn", "oracle"):
+            assert sum(1 for a, d, n, _ in names if (a, d, n) == (arch, domain, name)) == 1
+        assert sum(1 for a, d, n, _ in names if (a, d, n) == (arch, domain, "stvm")) == len(plan.seeds)
     # the sweep reuses the default threshold_st cell instead of running it twice, on every block
     sweep = [name for name, _ in acc.sweep_cells(plan)]
     assert "threshold_st" in sweep and len(sweep) == len(acc.SWEEP)
-    for arch in plan.archs:
-        for domain in plan.domains:
-            swept = {n for a, d, n, s in names if (a, d) == (arch, domain) and n.startswith("threshold_st")}
-            assert swept == set(sweep)
+    for arch, domain in plan.blocks():
+        swept = {n for a, d, n, s in names if (a, d) == (arch, domain) and n.startswith("threshold_st")}
+        assert swept == set(sweep)
     assert plan.domains == ("mild", "moderate", "target", "fog") and plan.n_test >= 1000
 
 
@@ -101,6 +99,18 @@ def test_a_cached_cell_is_reused_only_while_its_settings_are_unchanged(acc, tmp_
     assert acc.build_table(longer, tmp_path) == {}  # stale cells never reach the table
     acc._cell_path(tmp_path, arch, domain, "test", "stvm", 0).write_text('{"miou": 2')  # cut off mid-write
     assert acc._cached_cell(tmp_path, plan, arch, domain, "stvm", 0, "test", {}) is None
+
+
+def test_an_arch_with_its_own_blocks_runs_only_those(acc) -> None:
+    """``arch_domains`` cuts an arch to some blocks of the ladder: its cells, oracles and sweep
+    follow, the other archs keep every domain."""
+    plan = acc.Plan(seeds=(0,), arch_domains={"deeplabv3_mobilenet_v3_large": ("mild", "moderate")})
+    assert plan.domains_of("deeplabv3_mobilenet_v3_large") == ("mild", "moderate")
+    assert plan.domains_of("lraspp_mobilenet_v3_large") == plan.domains
+    assert len(plan.blocks()) == len(plan.domains) + 2
+    blocks = {(c[0], c[1]) for c in acc.schedule(plan) if c[1] != "source"}
+    assert blocks == set(plan.blocks())
+    assert acc.Plan.quick().blocks() == [("lraspp_mobilenet_v3_large", "moderate")]
 
 
 def test_cells_run_in_two_processes_are_cached_and_a_spent_budget_runs_none(acc, tmp_path: Path) -> None:

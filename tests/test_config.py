@@ -43,7 +43,7 @@ def test_defaults_are_method_md_decisions() -> None:
         "centroid",
         0.99,
     )
-    assert s["mix"]["prob"] == 1.0 and not s["mix"]["keep_clean"] and cfg.run.snapshots == ()
+    assert s["mix"]["prob"] == 1.0 and s["mix"]["keep_clean"] and cfg.run.snapshots == ()
     assert s["weight_scale"] == "class_mean"  # decision 6, also confidence_weighted's; raw elsewhere
     others = resolve(AdaptConfig(method="confidence_weighted"))[0].section["weight_scale"]
     assert (others, resolve(AdaptConfig(method="mean_teacher"))[0].section["weight_scale"]) == (
@@ -51,7 +51,7 @@ def test_defaults_are_method_md_decisions() -> None:
         "raw",
     )
     paper = resolve(AdaptConfig.preset("stvm_paper"))[0].section
-    assert paper["weight_scale"] == "raw"
+    assert paper["weight_scale"] == "raw" and not paper["mix"]["keep_clean"]
     assert (paper["reliability"]["mode"], paper["reliability"]["scale"], paper["metric"]["proxies"]) == (
         "softmax",
         16.0,

@@ -390,13 +390,14 @@ def test_mocm_prob_leaves_undrawn_samples_whole_and_prob_one_is_the_paper_rule()
 
 
 def test_mocm_keep_clean_adds_the_composites_to_the_frames_themselves(tiny_net: torch.nn.Module) -> None:
-    """``mix.keep_clean``: the student's batch is the frames with their own labels and weights, then
-    the same composites the default rule makes (same draws), so MOCM adds samples instead of replacing."""
+    """``mix.keep_clean`` (the default): the student's batch is the frames with their own labels and
+    weights, then the same composites the paper's rule makes (same draws): MOCM adds samples instead of
+    replacing them."""
     g = torch.Generator().manual_seed(3)
     images = torch.rand(3, 3, 32, 64, generator=g)
     labels = torch.randint(0, 5, (3, 32, 64), generator=g)
     weights = torch.rand(3, 32, 64, generator=g)
-    plain = _adapter(tiny_net, **{"mix.tau": 0.0, "mix.patch": 8})
+    plain = _adapter(tiny_net, **{"mix.tau": 0.0, "mix.patch": 8, "mix.keep_clean": False})
     both = _adapter(tiny_net, **{"mix.tau": 0.0, "mix.patch": 8, "mix.keep_clean": True})
     mixed = plain.mix(images, labels, weights, torch.Generator().manual_seed(0), {})
     out = both.mix(images, labels, weights, torch.Generator().manual_seed(0), {})

@@ -114,8 +114,8 @@ class MixConfig:
     # paper: every sample is a mix, so the student never sees an unmixed frame's full context).
     prob: float = 1.0
     # The student also sees every frame whole: its batch is the frames and their composites (twice
-    # the student's compute per step). False: the composites only (the paper).
-    keep_clean: bool = False
+    # the student's compute per step; decision 7). False: the composites only (the paper).
+    keep_clean: bool = True
 
     def __post_init__(self) -> None:
         _check(self.patch >= 1 and 0.0 <= self.tau <= 1.0, "mix.patch >= 1 and 0 <= mix.tau <= 1")
