@@ -64,6 +64,14 @@ def curve_config(
     return AdaptConfig(method=method).with_overrides(over)
 
 
+def curve_key(plan: Plan, arch: str, domain: str, cfg: AdaptConfig, n_val: int) -> dict[str, Any]:
+    """Everything a curve depends on. The config is the resolved one, every option of the method
+    filled in: a changed default makes a cached curve stale, as it makes an accuracy cell stale."""
+    data = {"size": plan.size, "n_target": plan.n_target, "source_iters": plan.source_iters}
+    record = {"config": resolve(cfg)[0].to_dict(), "arch": arch, "domain": domain, "n_val": n_val, **data}
+    return dict(json.loads(json.dumps(record)))
+
+
 def run_curve(
     plan: Plan,
     arch: str,
@@ -78,13 +86,7 @@ def run_curve(
     """Run (or read from cache) one method's curve: ``{"steps", "miou", "seconds"}`` plus per-frame
     confusions of every point in ``<cache>/curves/.../<method>[@tag].npz`` (a variant: ``over``)."""
     cfg = curve_config(plan, arch, method, steps, over=over)
-    data = {"size": plan.size, "n_target": plan.n_target, "source_iters": plan.source_iters}
-    key = json.loads(
-        # the resolved config: a changed default of the method's options makes the cached curve stale
-        json.dumps(
-            {"config": resolve(cfg)[0].to_dict(), "arch": arch, "domain": domain, "n_val": n_val, **data}
-        )
-    )
+    key = curve_key(plan, arch, domain, cfg, n_val)
     label = curve_label(method, tag)
     base = cache / "curves" / arch / domain / label
     record, frames = base.with_suffix(".json"), base.with_suffix(".npz")

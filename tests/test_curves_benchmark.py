@@ -22,6 +22,9 @@ def test_a_variant_changes_the_method_config_and_the_cache_name(curves) -> None:
     assert variant.methods["stvm_no_mocm"]["weight_scale"] == "raw"
     assert variant.methods["stvm_no_mocm"]["metric"]["warmup"] == 20
     assert variant.run.iters == 300 and base.run.iters == 200 and base.run.snapshots == (100,)
+    key = curves.curve_key(plan, plan.archs[0], "moderate", base, 300)
+    assert key["config"]["methods"]["stvm_no_mocm"]["weight_scale"] == "class_mean"  # defaults filled in
+    assert key != curves.curve_key(plan, plan.archs[0], "moderate", variant, 300)
     assert curves.curve_label("stvm", "raw") == "stvm@raw" and curves.curve_label("stvm") == "stvm"
     with pytest.raises(SystemExit, match="KEY=VALUE"):
         curves.parse_sets(["weight_scale"])

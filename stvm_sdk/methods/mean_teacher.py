@@ -149,23 +149,25 @@ class MeanTeacher(Method):
         with phase("student"):
             s_logits = forward_logits(self.net("student"), normalize(x, self.mean, self.std))
         with phase("student_loss"):
+            index = labels.flatten().long()
+            counts = label_counts(labels)  # this process's, gathered once below where needed
+            totals = None  # the global batch's pixels per label value
             if self.options.weight_scale == "unit_mean":  # mean 1 over the global batch's valid pixels
                 valid = (labels != IGNORE).to(weights.dtype)
                 sums = self.comm.gather(torch.stack([(weights * valid).sum(), valid.sum()])[None]).sum(0)
                 weights = weights * (sums[1] / sums[0].clamp_min(1e-12))
             elif self.options.weight_scale == "class_mean":  # mean 1 inside each pseudo-class
-                index = labels.flatten().long()
                 sums = torch.zeros(IGNORE + 1, dtype=weights.dtype, device=weights.device)
                 sums = sums.index_add_(0, index, weights.flatten())
-                counts = label_counts(labels).to(weights.dtype)
-                both = self.comm.gather(torch.stack([sums, counts])[None]).sum(0)  # global batch
-                scale = both[1] / both[0].clamp_min(1e-12)
-                weights = weights * scale[index].view_as(weights)
+                both = self.comm.gather(torch.stack([sums, counts.to(weights.dtype)])[None]).sum(0)
+                totals = both[1]
+                weights = weights * (totals / both[0].clamp_min(1e-12))[index].view_as(weights)
             norm = self.options.normalize
             if norm in CLASS_POWER:  # counts over the global batch (256 numbers per process), like M's loss
-                counts = self.comm.gather(label_counts(labels)[None]).sum(0)
-                balance = class_balance(counts, self.num_classes, CLASS_POWER[norm])
-                weights = weights * balance[labels.long()]
+                if totals is None:
+                    totals = self.comm.gather(counts[None]).sum(0)
+                balance = class_balance(totals, self.num_classes, CLASS_POWER[norm])
+                weights = weights * balance[index].view_as(weights)
                 norm = "valid"
             backend = self.cfg.run.kernel_backend
             l_st = weighted_cross_entropy(s_logits, labels, weights, normalize=norm, backend=backend)

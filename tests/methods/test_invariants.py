@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -412,73 +414,63 @@ def test_mocm_keep_clean_adds_the_composites_to_the_frames_themselves(tiny_net: 
     both.step(images, 0, torch.Generator().manual_seed(0))  # a training step takes the doubled batch
 
 
+@contextlib.contextmanager
+def _loss_inputs() -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Records the (labels, weights) every mean-teacher step hands to its loss; the loss is unchanged."""
+    import stvm_sdk.methods.mean_teacher as mt
+
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    original = mt.weighted_cross_entropy
+
+    def spy(logits, labels, weights, **kw):
+        seen.append((labels.detach().clone(), weights.detach().clone()))
+        return original(logits, labels, weights, **kw)
+
+    mt.weighted_cross_entropy = spy
+    try:
+        yield seen
+    finally:
+        mt.weighted_cross_entropy = original
+
+
+def _weights_by_scale(
+    net: torch.nn.Module, method: str, scales: tuple[str, ...]
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """One step of ``method`` per ``weight_scale``, same frames and draws: what reached each loss."""
+    with _loss_inputs() as seen:
+        for scale in scales:
+            a = _adapter(net, method, weight_scale=scale, normalize="valid")
+            a.step(_images(), 0, torch.Generator().manual_seed(0))
+    return seen
+
+
 def test_unit_mean_weights_rescale_the_loss_weights_to_mean_one(tiny_net: torch.nn.Module) -> None:
     """``weight_scale = "unit_mean"``: confidence weights rescaled to mean 1 over valid pixels give the
     loss of weights w / mean(w); for the mean teacher (weights 1) the option changes nothing."""
-    from stvm_sdk.kernels import weighted_cross_entropy
-
-    seen: list[torch.Tensor] = []
-
-    def spy(logits, labels, weights, **kw):  # records what reaches the loss, computes it unchanged
-        seen.append(weights.detach().clone())
-        return weighted_cross_entropy(logits, labels, weights, **kw)
-
-    import stvm_sdk.methods.mean_teacher as mt
-
-    original = mt.weighted_cross_entropy
-    mt.weighted_cross_entropy = spy
-    try:
-        for scale in ("raw", "unit_mean"):
-            a = _adapter(tiny_net, "confidence_weighted", weight_scale=scale, normalize="valid")
-            a.step(_images(), 0, torch.Generator().manual_seed(0))
-        raw, unit = seen
-        assert float(raw.mean()) < 1.0 and float(unit.mean()) == pytest.approx(1.0, abs=1e-5)
-        assert torch.allclose(unit, raw / raw.mean(), atol=1e-6)
-        seen.clear()
-        for scale in ("raw", "unit_mean"):
-            a = _adapter(tiny_net, "mean_teacher", weight_scale=scale, normalize="valid")
-            a.step(_images(), 0, torch.Generator().manual_seed(0))
-        assert torch.equal(seen[0], seen[1])
-    finally:
-        mt.weighted_cross_entropy = original
+    (_, raw), (_, unit) = _weights_by_scale(tiny_net, "confidence_weighted", ("raw", "unit_mean"))
+    assert float(raw.mean()) < 1.0 and float(unit.mean()) == pytest.approx(1.0, abs=1e-5)
+    assert torch.allclose(unit, raw / raw.mean(), atol=1e-6)
+    (_, ones), (_, same) = _weights_by_scale(tiny_net, "mean_teacher", ("raw", "unit_mean"))
+    assert torch.equal(ones, same)
 
 
 def test_class_mean_weights_have_mean_one_inside_every_pseudo_class(tiny_net: torch.nn.Module) -> None:
     """``weight_scale = "class_mean"``: inside each pseudo-class the weights reaching the loss average 1
     and keep their order (one factor per class), so weighting never moves loss between classes; the
     mean teacher's weights (all 1) are unchanged."""
-    from stvm_sdk.kernels import weighted_cross_entropy
-
-    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
-
-    def spy(logits, labels, weights, **kw):
-        seen.append((labels.detach().clone(), weights.detach().clone()))
-        return weighted_cross_entropy(logits, labels, weights, **kw)
-
-    import stvm_sdk.methods.mean_teacher as mt
-
-    original = mt.weighted_cross_entropy
-    mt.weighted_cross_entropy = spy
-    try:
-        for scale in ("raw", "class_mean"):
-            a = _adapter(tiny_net, "confidence_weighted", weight_scale=scale, normalize="valid")
-            a.step(_images(), 0, torch.Generator().manual_seed(0))
-        (labels, raw), (same_labels, scaled) = seen
-        assert torch.equal(labels, same_labels)
-        present = [int(k) for k in labels.unique() if int(k) != 255]
-        assert len(present) >= 2
-        for k in present:
-            inside = labels == k
-            assert float(scaled[inside].mean()) == pytest.approx(1.0, abs=1e-4)
-            ratio = scaled[inside] / raw[inside]
-            assert torch.allclose(ratio, ratio[0].expand_as(ratio), rtol=1e-5)
-        seen.clear()
-        for scale in ("raw", "class_mean"):
-            a = _adapter(tiny_net, "mean_teacher", weight_scale=scale, normalize="valid")
-            a.step(_images(), 0, torch.Generator().manual_seed(0))
-        assert torch.equal(seen[0][1], seen[1][1])
-    finally:
-        mt.weighted_cross_entropy = original
+    (labels, raw), (same_labels, scaled) = _weights_by_scale(
+        tiny_net, "confidence_weighted", ("raw", "class_mean")
+    )
+    assert torch.equal(labels, same_labels)
+    present = [int(k) for k in labels.unique() if int(k) != 255]
+    assert len(present) >= 2
+    for k in present:
+        inside = labels == k
+        assert float(scaled[inside].mean()) == pytest.approx(1.0, abs=1e-4)
+        ratio = scaled[inside] / raw[inside]
+        assert torch.allclose(ratio, ratio[0].expand_as(ratio), rtol=1e-5)
+    (_, ones), (_, same) = _weights_by_scale(tiny_net, "mean_teacher", ("raw", "class_mean"))
+    assert torch.equal(ones, same)
 
 
 def test_a_saved_metric_network_loads_with_the_proxies_it_was_trained_with(tiny_net: torch.nn.Module) -> None:
