@@ -1,98 +1,28 @@
 """The bad-input matrix: every command against what users actually hand it, through the Typer runner.
 
-Each case builds its inputs in a fresh workspace, hashes the whole workspace, runs one CLI command and
-asserts the outcome:
-
-- ``error``: exit code 2, exactly one line on stderr that starts with ``error:`` and says what is wrong
-  (the expected phrase), no traceback anywhere;
-- ``ok``: exit code 0 and one JSON object on stdout (the skip-and-count cases check its counts);
-
-and in both that **no file outside the command's output folder changed** and nothing appeared outside
-it (a user's folder refused as ``--out`` counts as outside: it must be left exactly as it was).
+The harness (workspace, case, the checks every case gets: one error line or one JSON object, and no file
+changed outside the command's output folder) is in ``tests/matrix.py``; ``test_right_answers_*`` files
+are the second matrix, whose cases assert the right answer as well.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import os
 import pickle
 import struct
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from matrix import RUNNER, Case, Workspace, check_case
 from PIL import Image
 from stvm_sdk.cli.app import app
-from support import TinySegNet, honour_permissions, make_frames, tree_hashes
-from typer.testing import CliRunner
-
-RUNNER = CliRunner()
-FAST = ["--iters", "1", "--batch-size", "2", "--crop", "32x64", "--seed", "0", "--json"]
-
-
-@dataclass
-class Case:
-    """One command line and what it must do."""
-
-    args: list[str]
-    expect: str  # "error" or "ok"
-    message: str = ""  # a phrase the error line must contain
-    out: Path | None = None  # the command's output folder: the only place files may change
-    check: Callable[[dict[str, Any]], None] | None = None  # on the JSON of an "ok" case
-    read_only: Path | None = None  # a folder made read-only for the command
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-class Workspace:
-    """A user's folder: a model, labelled frames, and the bad variants each case asks for."""
-
-    def __init__(self, root: Path, checkpoint: Path) -> None:
-        self.root = root
-        self.models = root / "models"
-        self.models.mkdir(parents=True)
-        self.model = self.models / "source.pt"
-        self.model.write_bytes(checkpoint.read_bytes())
-        self.frames, self.labels = make_frames(root / "data", n=4)
-
-    def file(self, rel: str, data: bytes) -> Path:
-        p = self.root / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(data)
-        return p
-
-    def frames_plus(self, name: str, data: bytes | None = None, image: Image.Image | None = None) -> Path:
-        """The good frames plus one extra file ``name`` (bytes or a PIL image)."""
-        target = self.frames / name
-        if image is not None:
-            image.save(target)
-        else:
-            target.write_bytes(data or b"")
-        return self.frames
-
-    def frame_folder(self, name: str, images: list[Image.Image]) -> Path:
-        d = self.root / name
-        d.mkdir(parents=True)
-        for i, im in enumerate(images):
-            im.save(d / f"f{i}.png")
-        return d
-
-    def checkpoint(self, name: str, **changes: Any) -> Path:
-        ckpt = torch.load(self.model, weights_only=True)
-        ckpt.update(changes)
-        path = self.models / name
-        torch.save(ckpt, path)
-        return path
-
-    def adapt(self, *extra: str | Path, source: Path | None = None, target: Path | None = None) -> list[str]:
-        out = self.root / "run"
-        return ["adapt", "--source", str(source or self.model), "--target", str(target or self.frames),
-                "--out", str(out), *FAST, *map(str, extra)]  # fmt: skip
+from support import TinySegNet
 
 
 def _png_with_bad_data(h: int = 32, w: int = 64) -> bytes:
@@ -713,48 +643,7 @@ def c_synth_into_users_folder(w: Workspace) -> Case:
 CASES = {name[2:]: fn for name, fn in sorted(globals().items()) if name.startswith("c_")}
 
 
-def run_case(case: Case) -> tuple[int, str, str, BaseException | None]:
-    """Invoke the CLI for ``case`` (read-only folders made read-only for the call only)."""
-    if case.read_only is not None:
-        case.read_only.chmod(0o555)
-    try:
-        with honour_permissions():
-            res = RUNNER.invoke(app, case.args)
-    finally:
-        if case.read_only is not None:
-            case.read_only.chmod(0o755)
-    return res.exit_code, res.stdout, res.stderr, res.exception
-
-
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_bad_input(name: str, tmp_path: Path, lraspp_checkpoint: Path) -> None:
     w = Workspace(tmp_path / "ws", lraspp_checkpoint)
-    case = CASES[name](w)
-    before = tree_hashes(w.root)
-    code, out, err, exc = run_case(case)
-    assert "Traceback" not in out + err, err
-    if case.expect == "error":
-        assert code == 2, (code, out, err, exc)
-        lines = err.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: "), err
-        assert case.message in lines[0], lines[0]
-    else:
-        assert code == 0, (code, err, exc)
-        summary = json.loads(out)  # exactly one JSON object on stdout
-        if case.check is not None:
-            case.check(summary)
-    after = tree_hashes(w.root)
-    inside = case.out.relative_to(w.root).as_posix() + "/" if case.out is not None else None
-    changed = sorted(
-        p
-        for p in set(before) | set(after)
-        if before.get(p) != after.get(p) and not (inside and p.startswith(inside))
-    )
-    # A run directory created by an error case holds only the SDK's own marker and config.
-    created_run = [p for p in changed if p.startswith("run/") and p not in before]
-    assert set(changed) - set(created_run) == set(), changed
-    assert all(
-        p.split("/")[-1] in (".stvm_sdk.json", "config.json", "inputs.json", "run.json") for p in created_run
-    ), created_run
-    flag = case.extra.get("flag")
-    assert flag is None or not flag.exists(), "the pickle's code ran"
+    check_case(CASES[name](w), w)
