@@ -5,6 +5,7 @@
 - :mod:`.frames`: which image files are usable frames (limits on size, reasons for skipping);
 - :mod:`.labels`: label ids against the model's classes;
 - :mod:`.outputs`: where the SDK may write (folders it made, never over an input) and atomic writes;
+- :mod:`.names`: the names of per-frame output files (one per frame, never shared);
 - :mod:`.fingerprint`: content fingerprints of a run's inputs, so a resume can check them;
 - :mod:`.args`: devices, ``HxW`` sizes and named choices;
 - :mod:`.fields`: the fields of every file the SDK reads (types, ranges, finiteness, lengths).

@@ -11,26 +11,38 @@ Rules (every command that writes goes through :func:`claim_dir` or :func:`claim_
   and a failed write (read-only folder, full disk) is one :class:`~stvm_sdk.errors.OutputError` line
   naming the path and the cause, with the previous version of the file left as it was;
 - temporaries left by a killed process (``.<name>.tmp-<pid>``, ``.<name>.staging-<pid>``) are removed
-  the next time the folder is claimed.
+  the next time the folder is claimed;
+- a folder a process works in for a while (a run, a stream) is **locked** while it does
+  (:func:`lock_dir`): a lock file :data:`LOCK` holding the owner's pid and host, created with
+  ``O_EXCL``. A second process is refused in one line; the lock of a process that no longer runs is
+  taken over (with a log line); the owner removes it when it stops, however it stops.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import io
 import json
+import logging
 import os
 import re
 import shutil
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
 
+from stvm_sdk.boundary.fields import shown
 from stvm_sdk.errors import OutputError
 
+log = logging.getLogger("stvm_sdk")
+
 MARKER = ".stvm_sdk.json"
+LOCK = ".stvm_sdk.lock"  # the owner of a folder in use: {"pid", "host", "since"}
 MARKER_FORMAT = "stvm_sdk.output/1"
 # What each job's folder holds, for messages.
 KINDS = {
@@ -222,6 +234,137 @@ def remove_leftovers(folder: Path) -> list[Path]:
             continue
         removed.append(p)
     return removed
+
+
+class FolderLock:
+    """The lock of one folder, held by this process until :meth:`release` (or its exit)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.path = folder / LOCK
+        self.held = False
+
+    def release(self) -> None:
+        """Remove the lock file (once; a lock file that another process owns by now is left alone)."""
+        if not self.held:
+            return
+        self.held = False
+        with _HELD_GUARD:
+            _HELD.pop(str(self.path.resolve()), None)
+        owner = _read_lock(self.path)
+        if owner is not None and owner.get("pid") == os.getpid() and owner.get("host") == _HOST:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+
+    def __enter__(self) -> FolderLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+_HOST = socket.gethostname()
+_HELD: dict[str, FolderLock] = {}  # the locks this process holds, by resolved path
+_HELD_GUARD = threading.Lock()
+
+
+@atexit.register
+def _release_all() -> None:
+    """A process that exits (normally, on an error, on Ctrl-C) leaves no lock behind."""
+    for lock in list(_HELD.values()):
+        lock.release()
+
+
+def lock_dir(folder: Path, what: str = "--out") -> FolderLock:
+    """Lock ``folder`` (already claimed) for this process: :class:`FolderLock`, released by its owner.
+
+    Raises:
+        OutputError: another live process holds the folder (or a process on another host, whose
+            liveness cannot be checked), or the lock cannot be written.
+    """
+    lock = FolderLock(folder)
+    key = str(lock.path.resolve())
+    for _ in range(3):  # a lock removed or taken over between our reads: look again
+        fd = _create_exclusive(lock.path)
+        if fd is None:
+            owner = _read_lock(lock.path)
+            if owner is None:
+                if lock.path.exists() and time.time() - _mtime(lock.path) > 5:
+                    _take_over(lock.path, None)  # an empty or unreadable lock, not being written
+                else:
+                    time.sleep(0.1)  # being written by the process that just created it
+                continue
+            pid, host = owner.get("pid"), owner.get("host")
+            with _HELD_GUARD:
+                ours = key in _HELD
+            mine = pid == os.getpid()
+            if host == _HOST and isinstance(pid, int) and not ours and (mine or not _alive(pid)):
+                # Our pid but not a lock we hold: an earlier process had this pid; another pid: a
+                # process that was killed before it could remove its lock.
+                if not mine:
+                    log.warning("%s: taking over the lock of process %d, which no longer runs", folder, pid)
+                _take_over(lock.path, owner)
+                continue
+            where = "" if host == _HOST else f" on host {host}"
+            raise OutputError(
+                f"{what} {folder} is in use by process {shown(pid)}{where}: wait for it or pick another "
+                f"{what} (if that process is not a stvm_sdk run, delete {lock.path})"
+            )
+        try:
+            with os.fdopen(fd, "w") as fh:
+                json.dump(
+                    {"pid": os.getpid(), "host": _HOST, "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, fh
+                )
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                lock.path.unlink()
+            raise write_error(exc, lock.path) from None
+        lock.held = True
+        with _HELD_GUARD:
+            _HELD[key] = lock
+        return lock
+    raise OutputError(
+        f"{what} {folder}: its lock {lock.path} keeps changing; another process is starting there"
+    )
+
+
+def _create_exclusive(path: Path) -> int | None:
+    """A new file at ``path`` opened for writing, or None when one exists (``O_EXCL``: atomic)."""
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return None
+    except OSError as exc:
+        raise write_error(exc, path) from None
+
+
+def _read_lock(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return time.time()
+
+
+def _take_over(path: Path, owner: dict[str, Any] | None) -> None:
+    """Move the stale lock ``owner`` out of the way; if another process replaced it meanwhile, put it back."""
+    aside = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        os.replace(path, aside)
+    except FileNotFoundError:
+        return  # another process took it over first
+    if _read_lock(aside) != owner:  # not the lock we judged stale: restore it unless a newer one is there
+        with contextlib.suppress(OSError):
+            os.link(aside, path)
+    with contextlib.suppress(OSError):
+        aside.unlink()
 
 
 def _alive(pid: int) -> bool:

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from stvm_sdk.boundary.fields import MAX_CLASSES, ModelFields, shown
 from stvm_sdk.errors import ModelLoadError
 from stvm_sdk.models.families import (
     Built,
@@ -21,6 +22,7 @@ from stvm_sdk.models.families import (
     family_for_checkpoint,
     family_for_folder,
     family_for_module,
+    family_names,
     get_family,
 )
 from stvm_sdk.models.families.base import check_state_fits
@@ -54,17 +56,31 @@ def from_checkpoint(
     missing = [k for k in ("arch", "num_classes") if k not in ckpt]
     if missing:
         raise ModelLoadError(f"checkpoint {p} lacks {missing}: it needs 'arch', 'num_classes', 'state_dict'")
+    f = ModelFields(p, ModelLoadError)
+    state = f.mapping("state_dict", ckpt["state_dict"])
+    if not all(isinstance(t, torch.Tensor) for t in state.values()):
+        f.fail("state_dict", {k: type(t).__name__ for k, t in state.items()}, "an object of tensors")
+    arch = f.text("arch", ckpt["arch"])
+    k = f.integer("num_classes", ckpt["num_classes"], lo=1, hi=MAX_CLASSES)
+    if ckpt.get("family") is not None:
+        f.text("family", ckpt["family"], choices=family_names())
+    for name in ("config", "kwargs"):
+        if ckpt.get(name) is not None:
+            f.mapping(name, ckpt[name])
+    recorded = recorded_fields(ckpt, f, k)
     family = family_for_checkpoint(ckpt)
     if family is None:
         raise ModelLoadError(
-            f"unknown arch '{ckpt['arch']}': use a torchvision segmentation model (fcn_*, deeplabv3_*, "
+            f"unknown arch {shown(arch)}: use a torchvision segmentation model (fcn_*, deeplabv3_*, "
             "lraspp_*), an smp model (add 'encoder_name'), a save_pretrained folder, or TorchScript"
         )
-    k = _classes(int(ckpt["num_classes"]), num_classes, "checkpoint")
+    _classes(k, num_classes, "checkpoint")
     arch, config = family.checkpoint_spec(ckpt)
+    prefix = "config." if ckpt.get("config") or not ckpt.get("kwargs") else "kwargs."
+    config = family.check_config(arch, k, config, f, prefix)
     module = family.build(arch, k, config)
-    check_state_fits(module, ckpt["state_dict"], f"checkpoint {p}", f"arch '{arch}' with {k} classes")
-    return _segmodel(Built(module, arch, k, config), family, "checkpoint", ckpt, classifier)
+    check_state_fits(module, state, f"checkpoint {p}", f"arch '{arch}' with {k} classes")
+    return _segmodel(Built(module, arch, k, config), family, "checkpoint", recorded, classifier)
 
 
 def load_safetensors(p: Path, num_classes: int | None, classifier: str | None) -> SegModel:
@@ -75,21 +91,31 @@ def load_safetensors(p: Path, num_classes: int | None, classifier: str | None) -
         with safe_open(str(p), framework="pt") as fh:
             header = fh.metadata() or {}
             state = {name: fh.get_tensor(name) for name in fh.keys()}  # noqa: SIM118 (not a dict)
-        meta = json.loads(header[METADATA_KEY]) if METADATA_KEY in header else None
     except Exception as exc:
         raise ModelLoadError(f"cannot read {p}: a corrupt safetensors file ({first_line(exc)})") from None
+    try:
+        meta = json.loads(header[METADATA_KEY]) if METADATA_KEY in header else None
+    except ValueError as exc:
+        raise ModelLoadError(
+            f"cannot read {p}: its '{METADATA_KEY}' metadata is not JSON ({first_line(exc)})"
+        ) from None
     if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT or not meta.get("family"):
         raise ModelLoadError(
             f"{p} is a safetensors file without the SDK's metadata: it holds weights without the "
             "architecture; pass the library's save_pretrained folder it belongs to, or a checkpoint dict "
             "{'arch', 'num_classes', 'state_dict'}"
         )
-    family = get_family(str(meta["family"]))
-    k = _classes(int(meta["num_classes"]), num_classes, "model")
-    arch, config = str(meta["arch"]), dict(meta.get("config") or {})
+    f = ModelFields(p, ModelLoadError)
+    family = get_family(f.text("family", meta["family"], choices=family_names()))
+    arch = f.text("arch", meta.get("arch"))
+    k = _classes(
+        f.integer("num_classes", meta.get("num_classes"), lo=1, hi=MAX_CLASSES), num_classes, "model"
+    )
+    recorded = recorded_fields(meta, f, k)
+    config = family.check_config(arch, k, f.mapping("config", meta.get("config") or {}), f)
     module = family.build(arch, k, config)
     check_state_fits(module, state, str(p), f"{family.name} '{arch}' with {k} classes")
-    return _segmodel(Built(module, arch, k, config), family, "safetensors", meta, classifier)
+    return _segmodel(Built(module, arch, k, config), family, "safetensors", recorded, classifier)
 
 
 def load_folder(p: Path, num_classes: int | None, classifier: str | None) -> SegModel:
@@ -104,6 +130,22 @@ def load_folder(p: Path, num_classes: int | None, classifier: str | None) -> Seg
     built = family.load_folder(p)
     _classes(built.num_classes, num_classes, "model")
     return _segmodel(built, family, "folder", {}, classifier)
+
+
+def recorded_fields(meta: dict[str, Any], f: ModelFields, k: int | None) -> dict[str, Any]:
+    """The classifier, normalisation and class names a model file records, checked (a field that is
+    absent or null is left to the family's default); ``class_names`` must name the ``k`` classes."""
+    out: dict[str, Any] = {}
+    if meta.get("classifier") is not None:
+        out["classifier"] = f.text("classifier", meta["classifier"])
+    mean, std = meta.get("mean"), meta.get("std")
+    if mean is not None or std is not None:
+        out["mean"], out["std"] = f.normalisation(
+            "mean", IMAGENET_MEAN if mean is None else mean, "std", IMAGENET_STD if std is None else std
+        )
+    if meta.get("class_names") is not None:
+        out["class_names"] = f.texts("class_names", meta["class_names"], length=k)
+    return out
 
 
 def _classes(k: int, asked: int | None, what: str) -> int:
@@ -121,8 +163,8 @@ def _segmodel(
         num_classes=built.num_classes,
         classifier=classifier or meta.get("classifier") or built.classifier
         or family.classifier(built.module, built.arch),
-        mean=tuple(meta.get("mean") or built.mean or IMAGENET_MEAN),  # type: ignore[arg-type]
-        std=tuple(meta.get("std") or built.std or IMAGENET_STD),  # type: ignore[arg-type]
+        mean=meta.get("mean") or built.mean or IMAGENET_MEAN,
+        std=meta.get("std") or built.std or IMAGENET_STD,
         class_names=meta.get("class_names") or built.class_names,
         arch=built.arch,
         kind=kind,

@@ -22,12 +22,14 @@ import json
 import os
 import pickle
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from stvm_sdk.boundary.fields import MAX_CLASSES, ModelFields
 from stvm_sdk.boundary.outputs import atomic_write
 from stvm_sdk.boundary.sniff import file_kind
 from stvm_sdk.errors import ModelLoadError
@@ -38,6 +40,7 @@ from stvm_sdk.models.family_io import (
     load_folder,
     load_safetensors,
     model_suffix,
+    recorded_fields,
     save_native,
     wrap_module,
 )
@@ -177,17 +180,32 @@ def _load_torchscript(p: Path, num_classes: int | None, classifier: str | None) 
             warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, still supported
             module = torch.jit.load(str(p), map_location="cpu", _extra_files=extra)
     except Exception as exc:
-        raise ModelLoadError(f"cannot load TorchScript archive {p}: {exc}") from None
-    meta = json.loads(extra["stvm.json"]) if extra["stvm.json"] else {}
-    return from_module(
+        raise ModelLoadError(f"cannot load TorchScript archive {p}: {first_line(exc)}") from None
+    f = ModelFields(f"{p} (stvm.json)", ModelLoadError)
+    try:
+        meta = json.loads(extra["stvm.json"]) if extra["stvm.json"] else {}
+    except ValueError as exc:
+        raise ModelLoadError(f"cannot read {p}: its stvm.json is not JSON ({first_line(exc)})") from None
+    if not isinstance(meta, dict):
+        f.fail("stvm.json", meta, "an object")
+    stated = meta.get("num_classes")
+    if stated is not None:
+        stated = f.integer("num_classes", stated, lo=1, hi=MAX_CLASSES)
+    recorded = recorded_fields(meta, f, None)
+    seg = from_module(
         module,
-        num_classes=num_classes or meta.get("num_classes"),
-        classifier=classifier or meta.get("classifier"),
-        mean=tuple(meta.get("mean", IMAGENET_MEAN)),  # type: ignore[arg-type]
-        std=tuple(meta.get("std", IMAGENET_STD)),  # type: ignore[arg-type]
-        class_names=meta.get("class_names"),
+        num_classes=num_classes,
+        classifier=classifier or recorded.get("classifier"),
+        mean=recorded.get("mean", IMAGENET_MEAN),
+        std=recorded.get("std", IMAGENET_STD),
         kind="torchscript",
     )
+    if stated is not None and stated != seg.num_classes:
+        f.fail("num_classes", stated, f"{seg.num_classes}, the channels the model outputs")
+    names = recorded.get("class_names")
+    if names is not None:
+        seg = replace(seg, class_names=f.texts("class_names", names, length=seg.num_classes))
+    return seg
 
 
 def atomic_save(obj: Any, path: str | os.PathLike[str], saver: Any = None, *, then: str = "") -> Path:

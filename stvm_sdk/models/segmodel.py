@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from stvm_sdk.boundary.fields import ModelFields
 from stvm_sdk.errors import ModelLoadError
 from stvm_sdk.models.contract import check_contract, find_classifier, get_submodule
 from stvm_sdk.models.families import get_family
@@ -47,6 +48,11 @@ class SegModel:
         if self.family == "torchvision" and "aux_loss" not in self.config:  # rebuilt with or without it
             aux = getattr(self.module, "aux_classifier", None) is not None
             self.config = {**self.config, "aux_loss": aux}
+        # Every model, wherever it came from, normalises [0,1] input with a usable mean and std (a file's
+        # are checked where it is read, naming the file; this catches a caller's own).
+        self.mean, self.std = ModelFields("the model", ModelLoadError).normalisation(
+            "mean", self.mean, "std", self.std
+        )
         if not self.class_names:
             self.class_names = (
                 list(CITYSCAPES_CLASSES)

@@ -18,7 +18,10 @@ from typing import Any, ClassVar
 
 from torch import nn
 
+from stvm_sdk.boundary.fields import ModelFields
 from stvm_sdk.errors import ModelLoadError
+
+MAX_JSON_BYTES = 64 << 20  # a library's config is kilobytes (a large id2label, a few MB); refused beyond
 
 
 @dataclass
@@ -98,6 +101,15 @@ class Family:
         return str(ckpt["arch"]), dict(ckpt.get("config") or {})
 
     @classmethod
+    def check_config(
+        cls, arch: str, num_classes: int, config: dict[str, Any], f: ModelFields, prefix: str = "config."
+    ) -> dict[str, Any]:
+        """``config`` as read from a model file (the SDK's metadata, a checkpoint dict), checked: what
+        :meth:`build` may pass on to the library. ``f`` names the file in a refusal and ``prefix`` the
+        field's place in it. The default passes a registered family's config on as it is."""
+        return dict(config)
+
+    @classmethod
     def recognise(cls, module: nn.Module) -> Built | None:
         """The module as this family's model when it is one (an in-memory model handed to ``adapt``).
 
@@ -134,10 +146,32 @@ class Family:
 def read_json(path: Path) -> dict[str, Any] | None:
     """A JSON object from ``path``, or None when it is missing or not an object."""
     try:
+        if path.stat().st_size > MAX_JSON_BYTES:
+            return None
         obj = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
     return obj if isinstance(obj, dict) else None
+
+
+def read_json_strict(path: Path) -> dict[str, Any] | None:
+    """A JSON object from ``path``; None when there is no such file; a file that is too large, not JSON,
+    or not an object is refused in one line (a model folder's file is never silently ignored)."""
+    if not path.is_file():
+        return None
+    try:
+        size = path.stat().st_size
+        if size > MAX_JSON_BYTES:
+            raise ModelLoadError(
+                f"{path} is {size:,} bytes, too large for a config (at most {MAX_JSON_BYTES:,})"
+            )
+        obj = json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ModelLoadError(f"cannot read {path}: not a JSON file ({why})") from None
+    if not isinstance(obj, dict):
+        raise ModelLoadError(f"{path} holds a JSON {type(obj).__name__}; expected an object")
+    return obj
 
 
 def load_safetensors_into(module: nn.Module, path: Path, what: str, strip: str = "") -> None:

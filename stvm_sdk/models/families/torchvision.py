@@ -14,6 +14,7 @@ from typing import Any
 
 from torch import nn
 
+from stvm_sdk.boundary.fields import ModelFields, shown
 from stvm_sdk.errors import ModelLoadError
 from stvm_sdk.models.families import register_family
 from stvm_sdk.models.families.base import Built, Family, save_state
@@ -36,9 +37,17 @@ class Torchvision(Family):
     @classmethod
     def checkpoint_spec(cls, ckpt: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         config = dict(ckpt.get("config") or {})
-        if "aux_loss" not in config:  # old checkpoints: an aux head is there when its weights are
-            config["aux_loss"] = any(k.startswith("aux_classifier.") for k in ckpt.get("state_dict", {}))
+        if config.get("aux_loss") is None:  # old checkpoints: an aux head is there when its weights are
+            config["aux_loss"] = any(str(k).startswith("aux_classifier.") for k in ckpt.get("state_dict", {}))
         return str(ckpt["arch"]), config
+
+    @classmethod
+    def check_config(
+        cls, arch: str, num_classes: int, config: dict[str, Any], f: ModelFields, prefix: str = "config."
+    ) -> dict[str, Any]:
+        """Only ``aux_loss`` (true or false) is read; ``build`` passes nothing else to torchvision."""
+        aux = config.get("aux_loss")
+        return {} if aux is None else {"aux_loss": f.boolean(f"{prefix}aux_loss", aux)}
 
     @classmethod
     def recognise(cls, module: nn.Module) -> Built | None:
@@ -61,18 +70,25 @@ class Torchvision(Family):
     @classmethod
     def build(cls, arch: str, num_classes: int, config: dict[str, Any]) -> nn.Module:
         tv = cls.require()
-        if not arch.startswith(PREFIXES):
+        if not isinstance(arch, str) or not arch.startswith(PREFIXES):
             raise ModelLoadError(
-                f"unknown arch '{arch}': use a torchvision segmentation model "
+                f"unknown arch {shown(arch)}: use a torchvision segmentation model "
                 "(fcn_*, deeplabv3_*, lraspp_*) or save the model as TorchScript"
             )
+        # Fixed keyword arguments: nothing read from a file reaches torchvision but the class count and
+        # whether the aux head is there (nothing is downloaded: no weights of any kind).
         kwargs: dict[str, Any] = {"weights": None, "weights_backbone": None, "num_classes": num_classes}
         if not arch.startswith("lraspp_"):
             kwargs["aux_loss"] = bool(config.get("aux_loss", False))
+        if arch not in tv.models.list_models(module=tv.models.segmentation):
+            raise ModelLoadError(f"torchvision has no segmentation model {shown(arch)}")
         try:
             return tv.models.get_model(arch, **kwargs)  # type: ignore[no-any-return]
-        except ValueError:
-            raise ModelLoadError(f"torchvision has no segmentation model '{arch}'") from None
+        except Exception as exc:
+            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise ModelLoadError(
+                f"torchvision cannot build {shown(arch)} with {num_classes} classes: {why}"
+            ) from None
 
     @classmethod
     def classifier(cls, module: nn.Module, arch: str) -> str:
