@@ -33,7 +33,8 @@ def eval_command(
     ),
 ) -> None:
     """Evaluate MODEL (.pt or exported .onnx) on labelled frames: mIoU and per-class IoU."""
-    from stvm_sdk.boundary.args import parse_hw
+    from stvm_sdk.boundary.args import check_hw_pixels, parse_hw
+    from stvm_sdk.boundary.frames import max_pixels
     from stvm_sdk.device import resolve_device
     from stvm_sdk.eval import evaluate, open_model
 
@@ -44,7 +45,7 @@ def eval_command(
         net,
         images,
         labels,
-        size=parse_hw(size, "--size"),
+        size=check_hw_pixels(parse_hw(size, "--size"), "--size", max_pixels()),
         device=dev,
         ignore_out_of_range=ignore_out_of_range,
     )
@@ -117,7 +118,7 @@ def info_command(
                 mark = "x" if not r["fits"] else "!" if r["weak"] else " "
                 line = f"  {mark} {name}: {r['updates']}"
                 console.print(line, soft_wrap=True, highlight=False, markup=False)
-        elif key == "classifier_warning" and value:
+        elif key in ("classifier_warning", "warning") and value:
             console.print(f"[bold yellow]warning[/bold yellow]: {value}", soft_wrap=True, highlight=False)
         elif value is not None:
             console.print(f"[bold]{key}[/bold]: {_human(key, value)}", soft_wrap=True, highlight=False)

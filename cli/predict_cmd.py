@@ -33,6 +33,8 @@ def predict_command(
     """Run MODEL on frames or a video and write colour maps (Cityscapes palette) and overlays."""
     from rich.progress import Progress
 
+    from stvm_sdk.boundary.args import check_hw_pixels
+    from stvm_sdk.boundary.frames import max_pixels
     from stvm_sdk.errors import DataError
     from stvm_sdk.export.predict import VIDEO_EXTENSIONS, predict_folder, predict_video
     from stvm_sdk.export.tensorrt import parse_profile
@@ -41,7 +43,7 @@ def predict_command(
     size = None
     if shape is not None:
         prof = parse_profile(shape)
-        size = (prof.opt[2], prof.opt[3])
+        size = check_hw_pixels((prof.opt[2], prof.opt[3]), "--shape", max_pixels())
     if not input.exists():
         raise DataError(f"input not found: {input}: pass a folder of frames or a video file")
     runner = open_runner(model, trust_pickle=trust_pickle)

@@ -9,16 +9,6 @@ import typer
 from stvm_sdk.cli.common import console, print_json, user_errors
 
 
-def _parse_size(text: str) -> tuple[int, int]:
-    from stvm_sdk.errors import ConfigError
-
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise ConfigError(f"--size must look like 256x512 (height x width), got {text!r}") from None
-    return h, w
-
-
 @user_errors
 def synth_command(
     domain: str = typer.Option(
@@ -37,9 +27,13 @@ def synth_command(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Render N labelled street scenes of DOMAIN (source | target | fog | night) into OUT."""
+    from stvm_sdk.boundary.args import parse_hw
+    from stvm_sdk.errors import ConfigError
     from stvm_sdk.synthetic.dataset import city_name, generate
 
-    hw = _parse_size(size)
+    hw = parse_hw(size, "--size")
+    if hw is None:
+        raise ConfigError("--size must look like 256x512 (height x width), got 'none'")
     start = time.perf_counter()
     root = generate(out, domain, n, seed=seed, size=hw, split=split, workers=workers)
     seconds = time.perf_counter() - start

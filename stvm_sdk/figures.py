@@ -7,12 +7,13 @@ Written with matplotlib's Agg backend (no display needed) into ``<run>/figures/`
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 import torch
 
+from stvm_sdk.boundary.names import output_stems
 from stvm_sdk.boundary.outputs import write_bytes_atomic
 from stvm_sdk.data.frames import FrameFolder
 from stvm_sdk.data.images import resize_image
@@ -92,6 +93,9 @@ def frame_panels(
     pool = folder.labelled or folder.frames
     picks = [pool[i] for i in np.linspace(0, len(pool) - 1, num=min(n, len(pool))).round().astype(int)]
     palette = palette_for(after.num_classes)
+    # One panel name per frame of the folder (a.png and a.jpg: panel_a_png, panel_a_jpg), never shared.
+    flat = output_stems([PurePosixPath("_".join(f.rel.parts)) for f in folder.frames])
+    names = {f.rel: name for f, name in zip(folder.frames, flat, strict=True)}
     written = []
     for frame in dict.fromkeys(picks):
         loaded = folder.load(frame, None, with_label=True)
@@ -120,7 +124,7 @@ def frame_panels(
             ax.set_title(title, fontsize=9)
             ax.axis("off")
         fig.suptitle(frame.rel.as_posix(), fontsize=9)
-        written.append(_save(fig, out_dir / f"panel_{'_'.join(frame.rel.with_suffix('').parts)}.png"))
+        written.append(_save(fig, out_dir / f"panel_{names[frame.rel]}.png"))
     return written
 
 

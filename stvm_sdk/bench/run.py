@@ -159,8 +159,7 @@ def bench_models(
         ModelLoadError: a missing, unreadable or mismatching file. ConfigError: bad options or a shape
             outside an engine's profile. BackendUnavailableError: an engine without GPU/TensorRT here.
     """
-    if batch < 1 or warmup < 0 or iters < 1:
-        raise ConfigError("--batch and --iters must be >= 1 and --warmup >= 0")
+    check_numbers(batch=batch, shape=shape, warmup=warmup, iters=iters, threads=threads)
     files = [Path(p) for p in paths]
     for p in files:
         if not (p.is_file() or p.is_dir()):  # a folder: a library's save_pretrained (torch backend)
@@ -184,6 +183,30 @@ def bench_models(
         )
         est = edge_estimate(runners, full, Path(tmp)) if edge else None
     return BenchReport(rows, full, est, machine_info())  # type: ignore[arg-type]
+
+
+MAX_BATCH, MAX_CALLS = 1024, 1_000_000
+
+
+def check_numbers(
+    *, batch: int, shape: tuple[int, int], warmup: int, iters: int, threads: int | None
+) -> None:
+    """Every numeric bench option in the range it needs (one line naming the option otherwise)."""
+    from stvm_sdk.boundary.args import check_int
+    from stvm_sdk.boundary.frames import max_pixels
+    from stvm_sdk.runners.dispatch import MAX_THREADS
+
+    check_int(batch, "--batch", 1, MAX_BATCH)
+    check_int(warmup, "--warmup", 0, MAX_CALLS)
+    check_int(iters, "--iters", 1, MAX_CALLS)
+    check_int(threads, "--threads", 1, MAX_THREADS, hint="leave it out for the default")
+    check_int(shape[0], "--shape height", 1)
+    check_int(shape[1], "--shape width", 1)
+    if batch * shape[0] * shape[1] > max_pixels():
+        raise ConfigError(
+            f"--batch {batch} x --shape {shape[0]}x{shape[1]} is {batch * shape[0] * shape[1]:,} pixels per "
+            f"call, over the {max_pixels():,}-pixel limit: lower --batch or --shape (or set STVM_MAX_PIXELS)"
+        )
 
 
 @contextlib.contextmanager

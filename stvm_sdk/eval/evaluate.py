@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as nnf
 from torch import Tensor
 
+from stvm_sdk.boundary.args import check_int
 from stvm_sdk.boundary.labels import check_label_ids
 from stvm_sdk.data.frames import Frame, FrameFolder, scan_frames
 from stvm_sdk.data.images import resize_image
@@ -20,7 +21,8 @@ from stvm_sdk.errors import ConfigError, DataError, ModelLoadError
 from stvm_sdk.eval.metrics import confusion_matrix, iou_per_class, mean_iou, miou_bootstrap_std
 from stvm_sdk.models.contract import forward_logits, normalize
 from stvm_sdk.models.io import SegModel
-from stvm_sdk.runners.base import Runner, sidecar_path
+from stvm_sdk.runners.base import Runner
+from stvm_sdk.runners.contract import sidecar_path
 
 
 @dataclass
@@ -87,8 +89,8 @@ def model_classes(model: SegModel | Runner) -> tuple[int, list[str]]:
         return model.num_classes, model.class_names
     if not model.num_classes:
         raise ModelLoadError(
-            f"{model.path.name} has no sidecar naming its classes ({sidecar_path(model.path).name}): keep "
-            "the .json that stvm export wrote next to it"
+            f"{model.path.name} states no classes (neither its sidecar {sidecar_path(model.path).name} nor "
+            "the graph): keep the .json that stvm export wrote next to it"
         )
     return model.num_classes, model.class_names or [str(k) for k in range(model.num_classes)]
 
@@ -111,6 +113,7 @@ def evaluate_frames(
     decode is skipped (and recorded in ``folder.skipped``); label ids outside the model's classes are an
     error unless ``ignore_out_of_range`` (:mod:`stvm_sdk.boundary.labels`).
     """
+    check_int(limit, "limit", 1)
     frames = folder.labelled[:limit] if limit else folder.labelled
     if not frames:
         raise DataError(f"no labelled frames in {folder.root}: pass a labels folder that mirrors the images")

@@ -16,8 +16,9 @@ from importlib import metadata
 from pathlib import Path
 
 from stvm_sdk.boundary.outputs import write_error
+from stvm_sdk.runners.contract import SIDECAR_FORMAT
 
-SIDECAR_FORMAT = "stvm_sdk.deploy/1"
+__all__ = ["SIDECAR_FORMAT", "publish", "staging_dir", "tool_versions"]
 
 
 @contextlib.contextmanager

@@ -13,8 +13,10 @@ Exporter choice (what each exporter can do on CPU: docs/environment.md):
 * ``dynamo`` (``torch.export``-based) is an order of magnitude slower and needs opset >= 18 (TensorRT
   >= 10). It is the future-proof path, used by ``exporter="auto"`` only where the legacy exporter is gone.
 
-The graph is checked with ``onnx.checker`` (full check, with shape inference) before it is renamed
-into place; large models keep their weights in ``<name>.onnx.data`` (protobuf caps a file at 2 GiB).
+The graph carries how to feed it and read it (precision, classes, input normalisation and mean/std,
+output kind) in its ``metadata_props`` (:func:`stvm_sdk.export.sidecar.graph_facts`), and is checked
+with ``onnx.checker`` (full check, with shape inference) before it is renamed into place; large models
+keep their weights in ``<name>.onnx.data`` (protobuf caps a file at 2 GiB).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -34,6 +37,7 @@ from torch import Tensor, nn
 from stvm_sdk.errors import ConfigError, ModelLoadError
 from stvm_sdk.export.artifacts import publish, staging_dir
 from stvm_sdk.export.options import DEFAULT_OPSET, Exporter
+from stvm_sdk.export.sidecar import graph_facts, set_graph_facts
 from stvm_sdk.models.contract import forward_logits
 from stvm_sdk.models.io import SegModel
 
@@ -141,7 +145,11 @@ def export_onnx(
         raw = stage / "raw" / final.name
         raw.parent.mkdir()
         _run_exporter(kind, wrapper, raw, opset, dynamic, out_name, example_hw)
-        staged, data = _finalise(raw, stage / final.name, external_data)
+        facts = graph_facts(
+            model, precision="fp16" if fp16 else "fp32", baked_normalize=bake_normalize, argmax=argmax,
+            dynamic=dynamic, size=example_hw,
+        )  # fmt: skip
+        staged, data = _finalise(raw, stage / final.name, external_data, facts)
         counts = _check(staged)
         data_final = final.with_name(data.name) if data is not None else None
         if data is not None and data_final is not None:
@@ -255,11 +263,18 @@ def _export_dynamo(
     program.save(str(out), external_data=True)
 
 
-def _finalise(raw: Path, staged: Path, external_data: bool | None) -> tuple[Path, Path | None]:
-    """Re-save the exported graph in the layout we publish: one file, or one file + one data file."""
+def _finalise(
+    raw: Path, staged: Path, external_data: bool | None, facts: dict[str, Any]
+) -> tuple[Path, Path | None]:
+    """Re-save the exported graph in the layout we publish (one file, or one file + one data file),
+    with ``facts`` (how to feed it and read it) in its ``metadata_props``."""
     import onnx
 
     proto = onnx.load(str(raw))  # pulls in any external tensors the exporter wrote
+    set_graph_facts(proto, facts, staged.name)
+    out = proto.graph.output[0].type.tensor_type.shape
+    if facts["output"]["kind"] == "logits" and len(out.dim) == 4:
+        out.dim[1].dim_value = facts["num_classes"]  # the exporter may leave K symbolic: say it
     weight_bytes = sum(t.ByteSize() for t in proto.graph.initializer)
     use_external = external_data if external_data is not None else weight_bytes > EXTERNAL_DATA_THRESHOLD
     if not use_external:

@@ -36,7 +36,7 @@ from stvm_sdk.export.tensorrt import (
 from stvm_sdk.export.trt_ops import check_file
 from stvm_sdk.export.verify import Verification, judge, verify_onnx
 from stvm_sdk.models.io import SegModel, require_finite
-from stvm_sdk.runners.base import read_sidecar, sidecar_path
+from stvm_sdk.runners.contract import check_sidecar, read_sidecar, sidecar_path
 from stvm_sdk.runners.trt import Profile
 
 Log = Callable[[str], None]
@@ -150,7 +150,8 @@ def _fit_to_model(model: SegModel, opts: ExportOptions, profile: Profile, say: L
 def _check_options(opts: ExportOptions) -> tuple[list[Precision], Profile]:
     from typing import get_args
 
-    from stvm_sdk.boundary.args import check_choice
+    from stvm_sdk.boundary.args import check_choice, check_hw_pixels
+    from stvm_sdk.boundary.frames import max_pixels
     from stvm_sdk.export.options import Exporter
 
     check_choice(opts.exporter, get_args(Exporter), "--exporter")  # before the output folder is claimed
@@ -161,11 +162,32 @@ def _check_options(opts: ExportOptions) -> tuple[list[Precision], Profile]:
                 f"{row.flag or row.name} needs --calib DIR: a folder of target frames to calibrate "
                 f"the {row.name} ranges on"
             )
-    if opts.verify_frames < 1:
-        raise ConfigError("--verify-frames must be at least 1")
-    if opts.min_agreement is not None and not 0 <= opts.min_agreement <= 100:
-        raise ConfigError(f"--min-agreement is a percentage (0 to 100), got {opts.min_agreement}")
-    return rows, parse_profile(opts.shape, opts.batch)
+    _check_numbers(opts)
+    profile = parse_profile(opts.shape, opts.batch)
+    check_hw_pixels((profile.opt[2], profile.opt[3]), "--shape", max_pixels())  # verification frames
+    return rows, profile
+
+
+MAX_BATCH = 1024
+MAX_FRAMES = 10_000  # verification or calibration frames (all held in memory at once)
+
+
+def _check_numbers(opts: ExportOptions) -> None:
+    """Every numeric export option in the range it needs, before anything is written."""
+    import onnx
+
+    from stvm_sdk.boundary.args import check_int
+
+    check_int(opts.opset, "--opset", 7, onnx.defs.onnx_opset_version())
+    check_int(opts.batch, "--batch", 1, MAX_BATCH)
+    check_int(opts.workspace_mib, "--workspace", 1, 1 << 20, hint="MiB")
+    check_int(opts.verify_frames, "--verify-frames", 1, MAX_FRAMES)
+    check_int(opts.calib_frames, "--calib-frames", 1, MAX_FRAMES)
+    agreement = opts.min_agreement
+    if agreement is not None and (
+        isinstance(agreement, bool) or not isinstance(agreement, (int, float)) or not 0 <= agreement <= 100
+    ):
+        raise ConfigError(f"--min-agreement is a percentage (0 to 100), got {agreement}")
 
 
 def _frames(
@@ -269,6 +291,7 @@ def _publish(
         source=source,
         extra=s.graph.sidecar,
     )
+    check_sidecar(meta, sidecar_path(final))  # never write a sidecar the runners would refuse
     side = write_json_atomic(meta, sidecar_path(final))
     return Artifact(name, final, side, s.verification, s.problems, cmd)
 

@@ -4,9 +4,10 @@ For every frame: ``<name>_color.png`` (class map in the Cityscapes palette), ``<
 (colours blended over the frame), with ``confidence=True`` ``<name>_conf.png`` (max softmax
 probability, white = confident; needs a logits graph, not a baked-argmax one) and, with ``ids``,
 ``<name>_trainIds.png`` or ``<name>_labelIds.png`` (raw class ids). Output names mirror the input
-tree; ``legend.png`` at the top of the output folder shows each class's colour. Video needs OpenCV
-(``cv2``), which is optional: without it the command says how to install it or how to extract frames
-instead.
+tree, one name per frame (frames whose names differ only in the extension keep it: ``a_png``,
+``a_jpg``; :func:`stvm_sdk.boundary.names.output_stems`); ``legend.png`` at the top of the output folder
+shows each class's colour. Video needs OpenCV (``cv2``), which is optional: without it the command says
+how to install it or how to extract frames instead.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ import numpy as np
 from PIL import Image
 
 from stvm_sdk.boundary.frames import FrameRejected
+from stvm_sdk.boundary.names import output_stems
 from stvm_sdk.boundary.outputs import claim_dir, write_bytes_atomic
 from stvm_sdk.data.video import VIDEO_EXTENSIONS, video_frames
-from stvm_sdk.errors import DataError
+from stvm_sdk.errors import ConfigError, DataError
 from stvm_sdk.export.palette import (
     ID_FORMATS,
     class_id_image,
@@ -35,7 +37,9 @@ from stvm_sdk.export.palette import (
 )
 from stvm_sdk.runners.base import Runner
 
-__all__ = ["VIDEO_EXTENSIONS", "PredictSummary", "predict_folder", "predict_video"]
+__all__ = ["VIDEO_EXTENSIONS", "PredictSummary", "output_stems", "predict_folder", "predict_video"]
+
+MAX_MAP_CLASSES = 255  # class ids 0..254 in an 8-bit map; 255 is the ignore colour
 
 
 @dataclass
@@ -104,8 +108,18 @@ def _palette(runner: Runner) -> list[list[int]]:
     return palette_for(runner.num_classes or 19)
 
 
-def _check_ids(runner: Runner, ids: str | None) -> None:
-    """Refuse a bad ``ids`` before anything is written (a 1x1 map runs the same checks)."""
+def _check_request(runner: Runner, ids: str | None, confidence: bool) -> None:
+    """Refuse what cannot be written before anything is: a bad ``ids`` (a 1x1 map runs the same
+    checks), confidence from a class-id graph, more classes than an 8-bit class map holds."""
+    if confidence and runner.output == "classes":
+        raise DataError(
+            "--confidence needs logits, but this graph outputs class ids (exported with --argmax)"
+        )
+    if runner.num_classes is not None and runner.num_classes > MAX_MAP_CLASSES:
+        raise ConfigError(
+            f"{runner.path.name} has {runner.num_classes} classes; predict writes 8-bit class maps "
+            f"(255 = ignore), which hold at most {MAX_MAP_CLASSES}"
+        )
     if ids is not None:
         class_id_image(np.zeros((1, 1), np.uint8), ids, runner.num_classes or 19)
 
@@ -138,12 +152,9 @@ def predict_folder(
     from stvm_sdk.data.frames import scan_frames
     from stvm_sdk.data.images import read_image
 
-    if confidence and runner.output == "classes":
-        raise DataError(
-            "--confidence needs logits, but this graph outputs class ids (exported with --argmax)"
-        )
-    _check_ids(runner, ids)
+    _check_request(runner, ids, confidence)
     folder = scan_frames(input_dir)
+    stems = output_stems([f.rel for f in folder.frames])  # a.png, a.jpg: a_png_*, a_jpg_*
     claim_dir(out_dir, "predict", inputs=(runner.path, input_dir))
     write_legend(runner, out_dir)
     palette = _palette(runner)
@@ -156,7 +167,7 @@ def predict_folder(
             continue
         cls, conf = infer(runner, image, size)
         images = _with_ids(render(image, cls, conf, palette), cls, ids, len(palette))
-        _write(images, out_dir / frame.rel.with_suffix(""), confidence)
+        _write(images, out_dir / stems[i], confidence)
         written += 1
         if progress:
             progress(i + 1, len(folder.frames))
@@ -177,7 +188,7 @@ def predict_video(
     """Predict every frame of ``video``; write ``<stem>_overlay.mp4`` (and per-frame images if asked)."""
     if not video.is_file():
         raise DataError(f"video not found: {video}")
-    _check_ids(runner, ids)
+    _check_request(runner, ids, confidence and write_frames)
     cv2, frames, fps, count = video_frames(video)
     claim_dir(out_dir, "predict", inputs=(runner.path, video))
     write_legend(runner, out_dir)

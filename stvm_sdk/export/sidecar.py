@@ -3,11 +3,16 @@
 It carries what the integrator on the car needs and what an auditor needs to trust the file:
 classes and palette, the input contract (size, layout, range, mean/std, whether normalisation is
 baked in), opset and precision, tool versions, the file's SHA-256 and the verification figures.
+
+The facts a runner needs to feed the graph and read its output (:func:`graph_facts`) are also written
+into the ONNX file's own ``metadata_props``, so a graph that lost its sidecar still says how to run it.
+:mod:`stvm_sdk.runners.contract` reads both through one schema.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +21,7 @@ from stvm_sdk.export.artifacts import SIDECAR_FORMAT, tool_versions
 from stvm_sdk.export.palette import palette_for
 from stvm_sdk.export.trt_ops import TRT_OPS_SOURCE
 from stvm_sdk.models.io import SegModel
+from stvm_sdk.runners.contract import GRAPH_METADATA_KEY, check_sidecar
 
 
 def io_contract(
@@ -44,6 +50,50 @@ def io_contract(
             "shape": [batch, model.num_classes, h, w],
         }
     return {"input": inp, "output": out}
+
+
+def graph_facts(
+    model: SegModel,
+    *,
+    precision: str,
+    baked_normalize: bool,
+    argmax: bool,
+    dynamic: bool,
+    size: tuple[int, int],
+) -> dict[str, Any]:
+    """What a runner needs to feed a graph and read its output: precision, classes, input contract
+    (name, layout, normalisation, mean/std) and output kind; written into the graph's metadata."""
+    io = io_contract(model, baked_normalize=baked_normalize, argmax=argmax, dynamic=dynamic, size=size)
+    io["input"].pop("size")  # the verification size, not a fact of the graph (a static one has its shape)
+    return {
+        "format": SIDECAR_FORMAT,
+        "precision": precision,
+        "num_classes": model.num_classes,
+        "classes": list(model.class_names),
+        **io,
+        "mean": list(model.mean),
+        "std": list(model.std),
+    }
+
+
+def set_graph_facts(proto: Any, facts: dict[str, Any], where: object) -> None:
+    """Put ``facts`` (checked with the schema runners read them with) into an ``onnx.ModelProto``'s
+    ``metadata_props``, replacing an earlier entry."""
+    check_sidecar(facts, where)
+    kept = [(p.key, p.value) for p in proto.metadata_props if p.key != GRAPH_METADATA_KEY]
+    del proto.metadata_props[:]
+    for key, value in [*kept, (GRAPH_METADATA_KEY, json.dumps(facts, separators=(",", ":")))]:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+def stamp_graph(path: Path, facts: dict[str, Any]) -> None:
+    """Write ``facts`` into the ONNX file at ``path`` (its weights, inline or external, are untouched)."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    set_graph_facts(proto, facts, path)
+    onnx.save_model(proto, str(path))
 
 
 def onnx_sidecar(

@@ -96,6 +96,7 @@ def export_int8(job: ExportJob, row: Precision) -> StagedGraph:
     verification frames judge the chosen graph, so they must not have picked it."""
     from stvm_sdk.export.frames import onnx_inputs
     from stvm_sdk.export.quantize import quantize_int8
+    from stvm_sdk.export.sidecar import graph_facts, stamp_graph
 
     assert job.base is not None, "the base graph is written first"
     labelled = any(f.label is not None for f in job.calib)
@@ -124,5 +125,10 @@ def export_int8(job: ExportJob, row: Precision) -> StagedGraph:
         "symmetric": True,
         "per_channel": True,
     }
+    # The Q/DQ graph keeps the base graph's facts but is INT8: say so in its own metadata.
+    o = job.opts
+    facts = graph_facts(job.model, precision=row.name, baked_normalize=o.bake_normalize, argmax=o.argmax,
+                        dynamic=o.dynamic, size=(64, 128))  # fmt: skip
+    stamp_graph(res.path, facts)
     exporter = f"{job.base.exporter} + ort.quantize_static"
     return StagedGraph(res.path, exporter, job.base.opset, {"calibration": calibration}, res)

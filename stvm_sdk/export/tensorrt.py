@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from stvm_sdk.boundary.args import check_hw
 from stvm_sdk.boundary.outputs import write_bytes_atomic
 from stvm_sdk.errors import BackendUnavailableError, ConfigError, ModelLoadError
 from stvm_sdk.export.precisions import precision as precision_row
@@ -37,6 +38,7 @@ def parse_profile(spec: str, batch: int = 1) -> Profile:
         m = _SHAPE.match(p.strip())
         if not m or int(m.group(2)) < 1 or int(m.group(3)) < 1:
             raise ConfigError(f"--shape {spec!r}: {p!r} is not HxW or BxHxW with positive integers")
+        check_hw((int(m.group(2)), int(m.group(3))), "--shape")
         shapes.append((int(m.group(1) or batch), 3, int(m.group(2)), int(m.group(3))))
     lo, opt, hi = (shapes[0], shapes[0], shapes[0]) if len(shapes) == 1 else shapes
     if not all(a <= b <= c for a, b, c in zip(lo, opt, hi, strict=True)):

@@ -48,7 +48,10 @@ class Verification:
     failures: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        """The figures as JSON holds them: a figure that is not a number (no labelled pixel) is null."""
+        d = {
+            k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()
+        }
         d["input_size"] = list(self.input_size)
         return d
 

@@ -1,4 +1,4 @@
-"""The runner interface, and where a runner finds the sidecar its artifact was exported with.
+"""The runner interface (the sidecar an artifact was exported with is read by :mod:`.contract`).
 
 Every runner takes images as ``float32 [B,3,H,W]`` RGB in [0,1] and returns either logits
 ``[B,K,H,W]`` or a class map ``[B,H,W]`` (graphs exported with ``--argmax``). ``prepare`` moves an
@@ -7,7 +7,6 @@ input to the backend once, so a timed ``run`` measures inference, not host-side 
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
@@ -40,30 +39,19 @@ class Runner(ABC):
     def to_numpy(self, out: Any) -> np.ndarray:
         return out.detach().float().cpu().numpy() if isinstance(out, torch.Tensor) else np.asarray(out)
 
+    @property
+    def input_known(self) -> bool:
+        """Whether the runner knows how its artifact wants its input (normalised or [0,1] RGB)."""
+        return True
+
+    def check(self, out: np.ndarray) -> None:  # noqa: B027 (a hook: most runners check nothing)
+        """Refuse an output that contradicts what the artifact states (e.g. its class count)."""
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.to_numpy(self.run(self.prepare(x)))
+        out = self.to_numpy(self.run(self.prepare(x)))
+        self.check(out)
+        return out
 
     @property
     def label(self) -> str:
         return f"{self.backend}/{self.precision}"
-
-
-def sidecar_path(artifact: Path) -> Path:
-    """The sidecar JSON of an artifact: ``m.onnx`` -> ``m.json``, ``m.engine`` -> ``m.engine.json``.
-
-    Engines keep their suffix in the name so an engine and the ONNX it came from never share a sidecar.
-    ``stvm_sdk.export.sidecar`` writes what runners read here.
-    """
-    if artifact.suffix.lower() == ".onnx":
-        return artifact.with_suffix(".json")
-    return artifact.with_name(artifact.name + ".json")
-
-
-def read_sidecar(artifact: Path) -> dict[str, Any] | None:
-    """The artifact's sidecar as a dict, or None when there is none or it is not valid JSON."""
-    p = sidecar_path(artifact)
-    try:
-        data = json.loads(p.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None

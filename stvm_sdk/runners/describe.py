@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from stvm_sdk.runners.base import read_sidecar, sidecar_path
+from stvm_sdk.runners.contract import read_sidecar, sidecar_path, unknown_input_line
 from stvm_sdk.runners.dispatch import backend_of
 from stvm_sdk.runners.ort import OrtRunner
 
@@ -44,22 +44,33 @@ def _describe_torch(p: Path, trust_pickle: bool) -> dict[str, Any]:
 def _describe_onnx(p: Path) -> dict[str, Any]:
     import onnx
 
-    runner = OrtRunner(p)  # the graph must load in ONNX Runtime, or this is a one-line error
+    runner = OrtRunner(p)  # the graph must load in ONNX Runtime, and its contract hold, or this is one line
     proto = onnx.load(str(p), load_external_data=False)
-    meta = read_sidecar(p) or {}
+    meta = runner.sidecar or {}
+    c = runner.contract
     k = runner.num_classes or "K"
     size = f"{runner.fixed_size[0]}x{runner.fixed_size[1]} (static)" if runner.fixed_size else "any (dynamic)"
-    baked = "normalisation inside the graph" if runner.baked else "then (x - mean) / std"
+    baked = (
+        "normalisation UNKNOWN"
+        if runner.baked is None
+        else "normalisation inside the graph"
+        if runner.baked
+        else "then (x - mean) / std"
+    )
     return {
         "path": str(p), "format": "onnx", "precision": runner.precision,
         "arch": (meta.get("source_model") or {}).get("arch"), "num_classes": runner.num_classes,
         "parameters": sum(math.prod(t.dims) for t in proto.graph.initializer),
-        "input": f"{_INPUT}, {baked}; size {size}", "mean": meta.get("mean"), "std": meta.get("std"),
+        "input": f"{_INPUT}, {baked}; size {size}",
+        "mean": list(c.mean) if c.mean else None, "std": list(c.std) if c.std else None,
         "output": "class ids uint8 [B,H,W] (argmax in the graph)" if runner.output == "classes"
         else f"logits [B,{k},H,W]",
         "class_names": runner.class_names,
         "opset": proto.opset_import[0].version if proto.opset_import else None,
-        "sidecar": str(sidecar_path(p)) if meta else None, "verification": meta.get("verification"),
+        "sidecar": str(sidecar_path(p)) if runner.sidecar is not None else None,
+        "contract_from": c.source or None, "verification": meta.get("verification"),
+        # predict, eval and bench refuse such a graph with this line; info only describes it
+        "warning": None if runner.input_known else unknown_input_line(p),
     }  # fmt: skip
 
 
@@ -75,4 +86,5 @@ def _describe_engine(p: Path) -> dict[str, Any]:
         "num_classes": meta.get("num_classes"), "class_names": meta.get("classes"),
         "built_for": f"TensorRT {meta.get('tensorrt', '?')} on {meta.get('gpu', '?')}",
         "profile": meta.get("profile"), "sidecar": str(sidecar_path(p)) if meta else None,
+        "warning": None if "normalization_baked" in (meta.get("input") or {}) else unknown_input_line(p),
     }  # fmt: skip

@@ -6,13 +6,16 @@ from pathlib import Path
 
 import torch
 
+from stvm_sdk.boundary.args import check_int
 from stvm_sdk.errors import BackendUnavailableError, ConfigError, ModelLoadError
 from stvm_sdk.runners.base import Runner
+from stvm_sdk.runners.contract import unknown_input_line
 from stvm_sdk.runners.ort import OrtRunner
 from stvm_sdk.runners.torch import TorchRunner
 from stvm_sdk.runners.trt import TrtRunner
 
 BACKENDS = ("torch", "ort", "trt")
+MAX_THREADS = 1024  # CPU threads a runner may be given (ONNX Runtime and torch)
 _FILE_BACKENDS = {".onnx": "ort", ".engine": "trt", ".plan": "trt"}
 
 
@@ -32,7 +35,9 @@ def open_runner(
     """A runner for ``path``; ``backend`` defaults to the file's own (.pt torch, .onnx ort, .engine trt).
 
     Raises:
-        ModelLoadError: missing or unreadable file. ConfigError: backend and file kind do not fit.
+        ModelLoadError: missing or unreadable file, a corrupt or invalid sidecar, or a graph that states
+            nowhere whether it normalises its input. ConfigError: backend and file kind do not fit, or
+            ``threads`` is out of range.
         BackendUnavailableError: TensorRT/CUDA missing for an engine.
     """
     p = Path(path)
@@ -49,11 +54,17 @@ def open_runner(
             f"{ {'torch': 'a .pt checkpoint', 'ort': 'an .onnx file'}.get(backend, 'an .engine') }"
             f" (stvm export writes them)"
         )
+    check_int(threads, "--threads", 1, MAX_THREADS, hint="leave it out for the default")
+    runner: Runner
     if backend == "torch":
-        return TorchRunner(p, dev, trust_pickle=trust_pickle)
-    if backend == "ort":
-        return OrtRunner(p, dev, threads=threads)
-    if dev != "cuda":
+        runner = TorchRunner(p, dev, trust_pickle=trust_pickle)
+    elif backend == "ort":
+        runner = OrtRunner(p, dev, threads=threads)
+    elif dev != "cuda":
         TrtRunner.check_compatible(p)  # says what the engine needs before saying this machine lacks it
         raise BackendUnavailableError("TensorRT engines need a CUDA GPU; none is visible here")
-    return TrtRunner(p)
+    else:
+        runner = TrtRunner(p)
+    if not runner.input_known:  # fed either way it runs, and answers differently: refused, never guessed
+        raise ModelLoadError(unknown_input_line(p))
+    return runner

@@ -8,7 +8,16 @@ from typing import Any
 import numpy as np
 
 from stvm_sdk.errors import ModelLoadError
-from stvm_sdk.runners.base import Runner, read_sidecar
+from stvm_sdk.runners.base import Runner
+from stvm_sdk.runners.contract import (
+    check_graph,
+    check_output,
+    merge,
+    read_graph_metadata,
+    read_sidecar,
+    sidecar_path,
+    unknown_input_line,
+)
 
 
 def ort_session(path: Path, *, providers: list[str] | None = None, threads: int | None = None) -> Any:
@@ -32,7 +41,11 @@ def ort_session(path: Path, *, providers: list[str] | None = None, threads: int 
 
 
 class OrtRunner(Runner):
-    """ONNX Runtime; normalisation is applied here only when the graph does not bake it in."""
+    """ONNX Runtime; normalisation is applied here only when the graph does not bake it in.
+
+    What the graph needs comes from its sidecar and its own metadata (:mod:`stvm_sdk.runners.contract`),
+    both checked and checked against the graph; ``baked`` is None when neither states the normalisation.
+    """
 
     backend = "ort"
 
@@ -45,25 +58,48 @@ class OrtRunner(Runner):
             providers.insert(0, "CUDAExecutionProvider")
         self.device = "cuda" if providers[0].startswith("CUDA") else "cpu"
         self.session = ort_session(path, providers=providers, threads=threads)
-        self.input_name = self.session.get_inputs()[0].name
-        hw = self.session.get_inputs()[0].shape[2:4]
-        self.fixed_size = (hw[0], hw[1]) if all(isinstance(d, int) for d in hw) else None
-        meta = read_sidecar(path) or {}
-        self.precision = str(meta.get("precision") or guess_precision(path))
-        self.output = "classes" if self.session.get_outputs()[0].type == "tensor(uint8)" else "logits"
-        inp = meta.get("input", {})
-        self.baked = bool(inp.get("normalization_baked", True))
-        self.mean = np.asarray(meta.get("mean", (0.485, 0.456, 0.406)), np.float32).reshape(1, 3, 1, 1)
-        self.std = np.asarray(meta.get("std", (0.229, 0.224, 0.225)), np.float32).reshape(1, 3, 1, 1)
-        self.class_names = meta.get("classes")
-        self.num_classes = len(self.class_names) if self.class_names else None
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        self.input_name = inputs[0].name if inputs else ""
+        hw = inputs[0].shape[2:4] if inputs else []
+        self.fixed_size = (hw[0], hw[1]) if len(hw) == 2 and all(isinstance(d, int) for d in hw) else None
+        self.sidecar = read_sidecar(path)
+        props = dict(self.session.get_modelmeta().custom_metadata_map or {})
+        self.contract = merge(
+            self.sidecar,
+            sidecar_path(path),
+            read_graph_metadata(props, path),
+            f"{path.name}'s metadata_props",
+        )
+        channels = check_graph(
+            self.contract,
+            path,
+            [(i.name, i.shape, i.type) for i in inputs],
+            [(o.name, o.shape, o.type) for o in outputs],
+        )
+        c = self.contract
+        self.precision = c.precision or guess_precision(path)
+        self.output = "classes" if outputs[0].type == "tensor(uint8)" else "logits"
+        self.baked = c.baked
+        self.mean = np.asarray(c.mean or (0.0, 0.0, 0.0), np.float32).reshape(1, 3, 1, 1)
+        self.std = np.asarray(c.std or (1.0, 1.0, 1.0), np.float32).reshape(1, 3, 1, 1)
+        self.class_names = c.class_names
+        self.num_classes = c.num_classes or channels
+
+    @property
+    def input_known(self) -> bool:
+        return self.baked is not None
 
     def prepare(self, x: np.ndarray) -> np.ndarray:
+        if self.baked is None:
+            raise ModelLoadError(unknown_input_line(self.path))
         x = x if self.baked else (x - self.mean) / self.std
         return np.ascontiguousarray(x, dtype=np.float32)
 
     def run(self, prepared: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: prepared})[0]
+
+    def check(self, out: np.ndarray) -> None:
+        check_output(out, self.contract, self.path)
 
 
 def guess_precision(path: Path) -> str:

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from stvm_sdk.errors import BackendUnavailableError, ConfigError, ModelLoadError
-from stvm_sdk.runners.base import Runner, read_sidecar, sidecar_path
+from stvm_sdk.runners.base import Runner
+from stvm_sdk.runners.contract import Contract, check_output, read_sidecar, sidecar_path, unknown_input_line
 
 INSTALL_HINT = (
     "install TensorRT >= 10 on a machine with an NVIDIA GPU and driver "
@@ -133,13 +134,32 @@ class TrtRunner(Runner):
         )
         self.out_dtype = torch.uint8 if self.output == "classes" else torch.float32
         self.class_names = self.meta.get("classes")
-        self.num_classes = len(self.class_names) if self.class_names else None
+        self.num_classes = self.meta.get("num_classes") or (
+            len(self.class_names) if self.class_names else None
+        )
+        # The engine's input is what its ONNX graph took: normalised here when the graph did not bake it.
+        self.baked: bool | None = (self.meta.get("input") or {}).get("normalization_baked")
+        self.mean = torch.tensor(self.meta.get("mean") or (0.0, 0.0, 0.0), device="cuda").view(1, 3, 1, 1)
+        self.std = torch.tensor(self.meta.get("std") or (1.0, 1.0, 1.0), device="cuda").view(1, 3, 1, 1)
+
+    @property
+    def input_known(self) -> bool:
+        return self.baked is not None
 
     def prepare(self, x: Any) -> Any:
         import torch
 
+        if self.baked is None:
+            raise ModelLoadError(unknown_input_line(self.path))
         self.check_compatible(self.path, tuple(x.shape))
-        return torch.as_tensor(x, device="cuda", dtype=torch.float32).contiguous()
+        t = torch.as_tensor(x, device="cuda", dtype=torch.float32)
+        return (t if self.baked else (t - self.mean) / self.std).contiguous()
+
+    def check(self, out: Any) -> None:
+        stated = Contract(
+            num_classes=self.num_classes, class_names=self.class_names, source=str(sidecar_path(self.path))
+        )
+        check_output(out, stated, self.path)
 
     def run(self, x: Any) -> Any:
         import torch

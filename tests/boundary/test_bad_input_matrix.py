@@ -577,9 +577,12 @@ def c_bench_bad_shape(w: Workspace) -> Case:
 
 
 def _onnx(w: Workspace) -> Path:
+    """A graph from another tool, with the one-field sidecar that says how to feed it (a graph that
+    states its normalisation nowhere is refused: test_right_answers_deploy.py)."""
     p = w.models / "tiny.onnx"
     torch.onnx.export(TinySegNet().eval(), (torch.zeros(1, 3, 32, 64),), str(p), dynamo=False,
                       input_names=["image"], dynamic_axes={"image": {2: "h", 3: "w"}})  # fmt: skip
+    p.with_suffix(".json").write_text('{"input": {"normalization_baked": true}}')
     return p
 
 
