@@ -88,10 +88,14 @@ class ConfigOption:
         return "none" if value is None else str(value)
 
     def parse(self, value: Any) -> Any:
-        """The config value of what was typed (``HxW`` -> ``(H, W)``; ``none`` -> None)."""
+        """The config value of what was typed (``HxW`` -> ``(H, W)``; ``none`` -> None), checked as the
+        config checks its field (finite, in its limits: ``--batch-size`` at most its count limit, each
+        side of ``--crop`` at most ``MAX_SIDE``), with the flag named in the one-line error."""
         from stvm_sdk.boundary.args import parse_hw
+        from stvm_sdk.config import check_value
 
-        return parse_hw(value, self.flag) if self.is_hw() else value
+        value = parse_hw(value, self.flag) if self.is_hw() else value
+        return value if value is None else check_value(self.field()[2], value, self.key, self.flag)
 
     def option(self) -> Any:
         flags = [self.flag, *([self.short] if self.short else [])]
@@ -146,6 +150,17 @@ def with_config_options(*specs: ConfigOption, overrides_arg: bool = True) -> Cal
         return wrapper  # type: ignore[return-value]
 
     return deco
+
+
+def count_option(value: int | None, flag: str, *, lo: int = 1, hi: int | None = None) -> int | None:
+    """``value`` of the integer option ``flag`` (None when not given) if it is in ``[lo, hi]``; else one
+    :class:`~stvm_sdk.errors.ConfigError` line naming the flag and the range (``--threads -1``).
+
+    Typer's own ``min=`` prints a usage panel; a command calls this first thing instead, inside
+    :func:`~stvm_sdk.cli.common.user_errors`, so the problem is one ``error:`` line."""
+    from stvm_sdk.boundary.args import check_int
+
+    return check_int(value, flag, lo, hi)
 
 
 def parse_key_values(items: list[str]) -> dict[str, Any]:

@@ -8,7 +8,14 @@ tent's learning rate). This module never imports the methods: ``AdaptConfig`` ke
 plain mappings and :func:`stvm_sdk.methods.resolve` validates them where the method is resolved.
 
 ``AdaptConfig.from_file`` reads TOML, YAML or JSON and rejects unknown keys, so a typo in a config
-file is an error, not a silently ignored setting; a key that moved names its new place.
+file is an error, not a silently ignored setting; a key that moved names its new place. A file that is
+not text, not valid TOML/YAML/JSON or absurdly large is one line naming the file.
+
+Every value, from a file, a ``key=value`` override, a flag or a dataclass built in Python, is checked
+against its field's type by :func:`check_value`: a number is finite (``lr = inf`` or ``nan`` is
+refused), an integer fits in 64 bits, an ``(H, W)`` has sides of at most
+:data:`~stvm_sdk.boundary.args.MAX_SIDE`, and a count of frames held at once (``batch_size``,
+``buffer``) is within :data:`~stvm_sdk.boundary.args.COUNT_LIMITS`.
 """
 
 from __future__ import annotations
@@ -16,16 +23,28 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
+import os
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-from stvm_sdk.boundary.args import check_device, suggest
-from stvm_sdk.errors import ConfigError
+from stvm_sdk.boundary.args import (
+    COUNT_LIMITS,
+    INT64,
+    check_batch_pixels,
+    check_count,
+    check_device,
+    check_hw,
+    suggest,
+    type_name,
+)
+from stvm_sdk.errors import ArgumentTypeError, ConfigError, StvmError
 
 CONFIG_SCHEMA = 2  # 1: STvM's and the mean teacher's knobs at the root; 2: in [methods.<name>]
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a few kilobytes; a larger one is not a config
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -43,10 +62,17 @@ class DataConfig:
     workers: int = 2  # decoding threads
 
     def __post_init__(self) -> None:
+        check_fields(self, "data.")
         _check(self.batch_size >= 1, f"data.batch_size must be >= 1, got {self.batch_size}")
         for name in ("crop", "resize"):
             v = getattr(self, name)
             _check(v is None or (len(v) == 2 and min(v) >= 8), f"data.{name} must be (H, W) >= 8, got {v}")
+        _check(self.workers >= 0, f"data.workers must be >= 0, got {self.workers}")
+        hw = self.crop or self.resize  # the size of every frame of a batch, when it is fixed
+        if hw is not None:
+            check_batch_pixels(
+                self.batch_size, hw, "data.batch_size x data." + ("crop" if self.crop else "resize")
+            )
 
 
 @dataclass(frozen=True)
@@ -61,8 +87,11 @@ class OptimConfig:
     poly_power: float = 0.9  # power of the polynomial learning-rate decay
 
     def __post_init__(self) -> None:
+        check_fields(self, "optim.")
         _check(self.optimizer in ("sgd", "adamw"), f"optim.optimizer must be sgd|adamw, got {self.optimizer}")
         _check(self.lr > 0, f"optim.lr must be > 0, got {self.lr}")
+        _check(self.head_lr_mult >= 0, f"optim.head_lr_mult must be >= 0, got {self.head_lr_mult}")
+        _check(self.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {self.weight_decay}")
 
 
 @dataclass(frozen=True)
@@ -87,6 +116,7 @@ class RunConfig:
     snapshots: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        check_fields(self, "run.")
         _check(
             all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in self.snapshots)
             and list(self.snapshots) == sorted(set(self.snapshots)),
@@ -120,6 +150,7 @@ class AdaptConfig:
     methods: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        check_fields(self, "")
         _check(
             isinstance(self.method, str) and self.method.isidentifier(),
             f"method must be a method name, got {self.method!r}",
@@ -140,36 +171,44 @@ class AdaptConfig:
     def from_dict(cls, data: dict[str, Any]) -> AdaptConfig:
         """Build from nested dicts; unknown keys, moved keys and wrong types raise :class:`ConfigError`."""
         if isinstance(data, dict):
+            _check_shape(data, "the config")
             _refuse_moved(data, str(data.get("method", cls.method)))
         return build_section(cls, data, "")
 
     @classmethod
-    def from_file(cls, path: str | Path) -> AdaptConfig:
-        """Read a TOML, YAML or JSON config file (unknown keys are errors)."""
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
+    def from_file(cls, path: str | os.PathLike[str]) -> AdaptConfig:
+        """Read a TOML, YAML or JSON config file (unknown keys are errors). Every problem is one
+        :class:`ConfigError` line naming the file: missing, not a text file, not valid TOML/YAML/JSON,
+        too large, or a wrong key or value (named)."""
+        from stvm_sdk.boundary.args import check_path
+
+        p = check_path(path, "config")
+        if p.suffix not in (".toml", ".yaml", ".yml", ".json"):
+            raise ConfigError(f"config {p}: use a .toml, .yaml/.yml or .json file")
+        text = _read_config_text(p)
+        kind = {".toml": "TOML", ".json": "JSON"}.get(p.suffix, "YAML")
         try:
-            text = p.read_text()
-            if p.suffix == ".toml":
+            if kind == "TOML":
                 import tomllib
 
                 data = tomllib.loads(text)
-            elif p.suffix in (".yaml", ".yml"):
+            elif kind == "YAML":
                 import yaml
 
                 data = yaml.safe_load(text) or {}
-            elif p.suffix == ".json":
-                data = json.loads(text)
             else:
-                raise ConfigError(f"config {p}: use a .toml, .yaml/.yml or .json file")
-        except ConfigError:
-            raise
-        except Exception as exc:
-            raise ConfigError(f"cannot parse config {p}: {str(exc)[:200]}") from None
+                data = json.loads(text)
+        except RecursionError:
+            raise ConfigError(f"cannot parse config {p}: not valid {kind} (nested too deeply)") from None
+        except Exception as exc:  # each parser has its own error class; all mean "not this format"
+            raise ConfigError(f"cannot parse config {p}: not valid {kind}: {_one_line(exc)}") from None
         if not isinstance(data, dict):
-            raise ConfigError(f"config {p} must hold a mapping of sections")
-        return cls.from_dict(data)
+            raise ConfigError(f"config {p} must hold a mapping of sections, got {type_name(data)}")
+        _check_shape(data, f"config {p}")
+        try:
+            return cls.from_dict(data)
+        except ConfigError as exc:
+            raise type(exc)(f"config {p}: {exc}") from None
 
     @classmethod
     def preset(cls, name: str) -> AdaptConfig:
@@ -204,6 +243,84 @@ class AdaptConfig:
                 raise ConfigError(f"unknown config key '{key}'{_known(node)}")
             node[leaf] = value
         return AdaptConfig.from_dict(data)
+
+
+def as_adapt_config(value: Any, what: str = "config") -> AdaptConfig:
+    """A public function's ``config`` argument as an :class:`AdaptConfig`: None (the defaults), an
+    ``AdaptConfig``, a dict of sections (:meth:`AdaptConfig.from_dict`) or a config file's path
+    (:meth:`AdaptConfig.from_file`); anything else is one :class:`ArgumentTypeError` line."""
+    if value is None:
+        return AdaptConfig()
+    if isinstance(value, AdaptConfig):
+        return value
+    if isinstance(value, dict):
+        return AdaptConfig.from_dict(value)
+    if isinstance(value, (str, os.PathLike)):
+        return AdaptConfig.from_file(value)
+    raise ArgumentTypeError(
+        f"{what} must be an AdaptConfig, a dict of config sections or a config file path, "
+        f"got {type_name(value)}"
+    )
+
+
+def _read_config_text(p: Path) -> str:
+    """The text of the config file ``p``: one line naming it when it is missing, unreadable, too large
+    or not UTF-8 text."""
+    try:
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        size = p.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                f"config {p} is {size:,} bytes, over the {MAX_CONFIG_BYTES:,}-byte limit: "
+                "a config file is a few kilobytes of TOML, YAML or JSON"
+            )
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {p}: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"cannot parse config {p}: not a text file (byte {exc.start} is not UTF-8): "
+            "write it as TOML, YAML or JSON (`stvm config` prints one)"
+        ) from None
+    if "\x00" in text:
+        raise ConfigError(
+            f"cannot parse config {p}: not a text file (it holds NUL bytes): write it as TOML, YAML or JSON"
+        )
+    return text
+
+
+MAX_CONFIG_DEPTH = 16  # sections within sections; a config has at most four levels
+MAX_CONFIG_VALUES = 100_000  # values after YAML's aliases are expanded (an alias "bomb" is refused)
+
+
+def _check_shape(data: Any, where: str) -> None:
+    """Refuse a parsed config nested deeper than :data:`MAX_CONFIG_DEPTH` or holding more than
+    :data:`MAX_CONFIG_VALUES` values (counted as the checks will walk them, without recursion)."""
+    stack: list[tuple[Any, int]] = [(data, 0)]
+    count = 0
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if depth > MAX_CONFIG_DEPTH:
+            raise ConfigError(f"{where} is nested more than {MAX_CONFIG_DEPTH} levels deep: not a config")
+        if count > MAX_CONFIG_VALUES:
+            raise ConfigError(
+                f"{where} holds more than {MAX_CONFIG_VALUES:,} values (with YAML aliases expanded): "
+                "not a config"
+            )
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+
+
+def _one_line(exc: BaseException, limit: int = 160) -> str:
+    """The first lines of ``exc``'s message joined into one line, cut to ``limit`` characters."""
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _known(node: dict[str, Any]) -> str:
@@ -299,31 +416,76 @@ def build_section(cls: type[T], data: Any, prefix: str) -> T:
     """An instance of the dataclass ``cls`` from the mapping ``data``: unknown keys and wrong types
     are one :class:`ConfigError` line naming the full key (``prefix`` + field)."""
     if not isinstance(data, dict):
-        raise ConfigError(f"config section '{prefix.rstrip('.') or 'root'}' must be a mapping")
+        raise ArgumentTypeError(
+            f"config section '{prefix.rstrip('.') or 'root'}' must be a mapping, got {type_name(data)}"
+        )
     hints = typing.get_type_hints(cls)
     known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - known)
+    unknown = sorted(str(k) for k in set(data) - known)
     if unknown:
         hint = suggest(unknown[0], sorted(known))
-        raise ConfigError(
-            f"unknown config key(s) {', '.join(prefix + k for k in unknown)}{hint}; known: {sorted(known)}"
-        )
+        shown_keys = ", ".join(prefix + k[:60] for k in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+        raise ConfigError(f"unknown config key(s) {shown_keys}{hint}; known: {sorted(known)}")
     kwargs = {}
     for name, value in data.items():
         kwargs[name] = _coerce(hints[name], value, prefix + name)
     try:
         return cls(**kwargs)
+    except StvmError:
+        raise
     except TypeError as exc:
         raise ConfigError(f"config section '{prefix or 'root'}': {exc}") from None
 
 
-def _coerce(tp: Any, value: Any, key: str) -> Any:
+def check_value(tp: Any, value: Any, key: str, label: str | None = None) -> Any:
+    """``value`` checked against the type hint ``tp`` of the config field ``key`` (``"data.crop"``) and
+    made its canonical form (a list becomes a tuple, an int a float where a float is declared).
+
+    Wrong types raise :class:`ArgumentTypeError` and bad values :class:`ConfigError`, both one line
+    naming ``label`` (default ``config key '<key>'``; a command line passes its flag): numbers must be
+    finite, integers fit in 64 bits, ``(H, W)`` sides are at most ``MAX_SIDE`` and counts of frames
+    (``batch_size``, ``buffer``) within ``COUNT_LIMITS``."""
+    return _coerce(tp, value, key, label)
+
+
+def check_fields(obj: Any, prefix: str, labels: dict[str, str] | None = None) -> None:
+    """Check every field of the dataclass instance ``obj`` with :func:`check_value` (keys named
+    ``prefix`` + field, or ``labels[field]`` in messages) and store the canonical values: a dataclass
+    built in Python gets the checks a config file gets. Call it first in ``__post_init__``."""
+    hints = _hints(type(obj))
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if f.name == "methods" and isinstance(value, dict):
+            continue  # each method's section is checked where the method is resolved
+        label = (labels or {}).get(f.name)
+        canonical = _coerce(hints[f.name], value, prefix + f.name, label)
+        if canonical is not value:
+            object.__setattr__(obj, f.name, canonical)
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    """``cls``'s resolved type hints (kept: a config is built often, its classes are few)."""
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
+def _coerce(tp: Any, value: Any, key: str, label: str | None = None) -> Any:
+    name = label or f"config key '{key}'"
     if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):  # type: ignore[arg-type]
+            return value  # built (and checked) in Python
         return build_section(tp, value, key + ".")  # type: ignore[arg-type]
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is dict:  # `methods`: each method's section as read, checked on resolution
         if not isinstance(value, dict):
-            raise ConfigError(f"config section '{key}' must be a mapping of method names to their options")
+            raise ArgumentTypeError(
+                f"config section '{key}' must be a mapping of method names to their options, "
+                f"got {type_name(value)}"
+            )
         return copy.deepcopy(value)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -332,16 +494,35 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is tuple and len(args) == 2 and args[1] is Ellipsis:  # a list of any length
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
-        return tuple(_coerce(args[0], v, key) for v in value)
+            raise ArgumentTypeError(f"{name} must be a list, got {_shown(value)}")
+        return tuple(_coerce(args[0], v, key, label) for v in value)
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ConfigError(f"config key '{key}' must be a list of {len(args)} numbers, got {value!r}")
-        return tuple(_coerce(a, v, key) for a, v in zip(args, value, strict=True))
+            error = ConfigError if isinstance(value, (list, tuple)) else ArgumentTypeError
+            raise error(f"{name} must be a list of {len(args)} numbers, got {_shown(value)}")
+        out = tuple(_coerce(a, v, key, label) for a, v in zip(args, value, strict=True))
+        if args == (int, int):  # an (H, W) size
+            check_hw(out, name)
+        return out
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"config key '{key}' must be float, got {value!r}")
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool)):
+            raise ArgumentTypeError(f"{name} must be float, got {_shown(value)}")
+        v = float(value) if not isinstance(value, int) or abs(value) < 2**1023 else math.inf
+        if not math.isfinite(v):
+            raise ConfigError(f"{name} must be a finite number, got {_shown(value)}")
+        return v
     if tp in (int, str, bool) and not (isinstance(value, tp) and (tp is bool or not isinstance(value, bool))):
-        raise ConfigError(f"config key '{key}' must be {tp.__name__}, got {value!r}")
+        raise ArgumentTypeError(f"{name} must be {tp.__name__}, got {_shown(value)}")
+    if tp is int:
+        if not INT64[0] <= value <= INT64[1]:
+            raise ConfigError(f"{name} must be an integer that fits in 64 bits, got {_shown(value)}")
+        leaf = key.rsplit(".", 1)[-1]
+        if leaf in COUNT_LIMITS:
+            check_count(leaf, value, name)
     return value
+
+
+def _shown(value: Any) -> str:
+    from stvm_sdk.boundary.fields import shown
+
+    return shown(value)

@@ -1,11 +1,14 @@
 """Supervised training of a source model on a labelled folder (`stvm train-source`).
 
 Used to make the benchmark's source models and useful for users who have labelled source data:
-it writes the checkpoint format `stvm adapt` reads.
+it writes the checkpoint format `stvm adapt` reads. Settings and arguments are checked first (types,
+finite numbers, sizes a step can allocate); running out of memory is one line naming the options to
+lower.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -14,11 +17,21 @@ from pathlib import Path
 import torch
 import torch.nn.functional as nnf
 
+from stvm_sdk.boundary.args import (
+    check_batch_memory,
+    check_batch_pixels,
+    check_device,
+    check_flag,
+    check_path,
+)
+from stvm_sdk.boundary.fields import MAX_CLASSES
 from stvm_sdk.boundary.labels import check_label_ids
 from stvm_sdk.boundary.outputs import claim_file
+from stvm_sdk.config import check_fields
 from stvm_sdk.data.batches import BatchLoader, step_generator
-from stvm_sdk.data.frames import scan_frames
-from stvm_sdk.errors import ConfigError
+from stvm_sdk.data.frames import FrameFolder, scan_frames
+from stvm_sdk.errors import ArgumentTypeError, ConfigError
+from stvm_sdk.inputs import naming_memory
 from stvm_sdk.models.contract import forward_logits, normalize
 from stvm_sdk.models.io import (
     CITYSCAPES_CLASSES,
@@ -55,8 +68,28 @@ class TrainConfig:
     init: str | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.init, os.PathLike):
+            object.__setattr__(self, "init", os.fspath(self.init))
+        labels = {
+            f.name: f"--{f.name.replace('_', '-')} (TrainConfig.{f.name})" for f in dataclasses.fields(self)
+        }
+        check_fields(self, "", labels)
         if self.iters < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ConfigError("train-source: iters >= 1, batch size >= 1 and lr > 0 are required")
+        if not 1 <= self.num_classes <= MAX_CLASSES:
+            raise ConfigError(
+                f"train-source: --num-classes must be in [1, {MAX_CLASSES}], got {self.num_classes}"
+            )
+        if self.weight_decay < 0 or self.precise_bn_frames < 0:
+            raise ConfigError("train-source: weight decay >= 0 and precise_bn_frames >= 0 are required")
+        for name in ("crop", "resize"):
+            v = getattr(self, name)
+            if v is not None and min(v) < 8:
+                raise ConfigError(f"train-source: --{name} must be (H, W) >= 8, got {v[0]}x{v[1]}")
+        check_device(self.device)
+        hw = self.crop or self.resize
+        if hw is not None:
+            check_batch_pixels(self.batch_size, hw, "--batch-size x --" + ("crop" if self.crop else "resize"))
 
 
 def train_source(
@@ -67,13 +100,35 @@ def train_source(
     *,
     progress: bool = True,
 ) -> SegModel:
-    """Train ``cfg.arch`` with cross-entropy on labelled frames and save it to ``out_path``."""
+    """Train ``cfg.arch`` with cross-entropy on labelled frames and save it to ``out_path``.
+
+    Raises:
+        StvmError: a one-line problem the caller can fix; ArgumentTypeError (a ``TypeError``) for an
+            argument of the wrong type, ResourceError (a ``MemoryError``) when the batch does not fit.
+    """
+    images_dir = check_path(images_dir, "images_dir")
+    labels_dir = images_dir if labels_dir is None else check_path(labels_dir, "labels_dir")
+    out_path = check_path(out_path, "out_path")
+    if not isinstance(cfg, TrainConfig):
+        raise ArgumentTypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
+    check_flag(progress, "progress")
+    folder = scan_frames(images_dir, labels_dir, require_labels=True)
+    hw = cfg.crop or cfg.resize
+    if hw is not None:
+        check_batch_memory(cfg.batch_size, hw, "--batch-size x --" + ("crop" if cfg.crop else "resize"))
+    out = claim_file(out_path, ours=is_sdk_checkpoint, inputs=(images_dir, labels_dir, cfg.init))
+    size = "none" if hw is None else f"{hw[0]}x{hw[1]}"
+    knobs = [
+        f"--batch-size (now {cfg.batch_size})",
+        f"--{'resize' if cfg.crop is None else 'crop'} (now {size})",
+    ]
+    return naming_memory(knobs, lambda: _train(folder, out, cfg, progress))
+
+
+def _train(folder: FrameFolder, out: Path, cfg: TrainConfig, progress: bool) -> SegModel:
     from stvm_sdk.device import resolve_device
     from stvm_sdk.progress import progress_bar
 
-    labels_dir = labels_dir if labels_dir is not None else images_dir
-    folder = scan_frames(images_dir, labels_dir, require_labels=True)
-    out = claim_file(out_path, ours=is_sdk_checkpoint, inputs=(images_dir, labels_dir, cfg.init))
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)  # torchvision draws initial weights from the global generator
     model = _initial_model(cfg)

@@ -29,7 +29,7 @@ def options_of(cls: Any, section: dict[str, Any] | None) -> Any:
         return build_section(cls.Options, section or {}, prefix)
     except ConfigError as exc:
         line = str(exc)
-        raise ConfigError(line if "methods." in line else prefix + line) from None
+        raise type(exc)(line if "methods." in line else prefix + line) from None
 
 
 def _check(cond: bool, msg: str) -> None:
