@@ -376,19 +376,20 @@ def sweep_cells(plan: Plan) -> list[tuple[str, dict[str, Any]]]:
 
 
 def schedule(plan: Plan) -> list[tuple[str, str, str, int, dict[str, Any]]]:
-    """Every cell, seed-major over all archs: a run cut off by its budget has every block (arch x
-    domain) and method once before any repeat; the threshold sweep after the first seed."""
+    """Every cell, seed-major, then in the ladder's order of domains with every arch that runs one: a run
+    cut off by its budget has every method on the first blocks (both archs on `mild` and `moderate`)
+    before a later block or any repeat; the threshold sweep after the first seed."""
     cells: list[tuple[str, str, str, int, dict[str, Any]]] = []
     for i, seed in enumerate(plan.seeds):
-        for arch in plan.archs:
-            for domain in plan.domains_of(arch):
+        if i == 0:  # the source model on its own domain's held-out frames (the table header)
+            cells += [(arch, "source", "source_only", seed, {}) for arch in plan.archs]
+        for domain in plan.domains:
+            for arch in [a for a in plan.archs if domain in plan.domains_of(a)]:
                 for name, over in methods(plan):
                     if i == 0 or name not in ("source_only", "adabn"):  # deterministic: one run
                         cells.append((arch, domain, name, seed, over))
                 if i == 0:
                     cells.append((arch, domain, "oracle", seed, {}))
-            if i == 0:  # the source model on its own domain's held-out frames (the table header)
-                cells.append((arch, "source", "source_only", seed, {}))
         if i == 0 and plan.sweep:  # the threshold sweep on every block, after the table's cells
             done = {c[:4] for c in cells}  # the default-threshold cell is already a table cell
             cells += [

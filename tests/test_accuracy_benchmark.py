@@ -40,6 +40,10 @@ def test_schedule_is_seed_major_over_all_archs_and_runs_deterministic_methods_on
     assert seeds == sorted(seeds), "every block's seed-0 cell comes before any seed-1 cell"
     first = [(a, d) for a, d, _, seed, _ in cells if seed == plan.seeds[0] and d != "source"]
     assert set(first) == set(plan.blocks()), "all blocks at seed 0"
+    order = list(dict.fromkeys(first))  # blocks in the order their first cell runs
+    assert order[:4] == [(a, d) for d in ("mild", "moderate") for a in plan.archs], (
+        "both archs' first blocks first"
+    )
     names = [(arch, domain, name, seed) for arch, domain, name, seed, _ in cells]
     assert len(names) == len(set(names)), "no cell twice"
     for arch, domain in plan.blocks():
