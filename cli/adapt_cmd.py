@@ -81,13 +81,17 @@ def adapt_command(
     from stvm_sdk.distributed import LAUNCHED_ENV, PeerLostError, RankZeroError, env_world
     from stvm_sdk.errors import ConfigError
     from stvm_sdk.methods import resolve
+    from stvm_sdk.methods.registry import read_options
 
     rank, world, _ = env_world()  # set by torchrun (or by --nproc-per-node's launcher) in workers
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s")
     if config is not None and preset is not None:
         raise ConfigError("--config and --preset both give a whole config: pass one of them")
     cfg = AdaptConfig.from_file(config) if config else AdaptConfig.preset(preset) if preset else AdaptConfig()
-    cfg, _ = resolve(cfg.with_overrides(overrides or {}, skip_none=False))  # a bad key: one line, now
+    over = dict(overrides or {})
+    # optim.lr reaches the rate the method reads; an optimiser key it never reads is one line
+    over = read_options(str(over.get("method") or cfg.method), over)
+    cfg, _ = resolve(cfg.with_overrides(over, skip_none=False))  # a bad key: one line, now
     if resume and out is None:
         raise typer.BadParameter("--resume needs --out (the run directory to continue)")
     if nproc_per_node > 1 and world == 1:  # this process launches the workers and waits

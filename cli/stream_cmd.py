@@ -74,6 +74,7 @@ def stream_command(
     KEY=VALUE sets any config field (``optim.lr=1e-4``) or stream setting (``stream.window=30``)."""
     from stvm_sdk.boundary.args import parse_hw
     from stvm_sdk.config import build_section
+    from stvm_sdk.methods.registry import read_options
     from stvm_sdk.stream.online import online_config
     from stvm_sdk.stream.run import adapt_stream
 
@@ -83,6 +84,8 @@ def stream_command(
     over = dict(overrides or {})
     stream_keys = {k[len("stream.") :]: over.pop(k) for k in list(over) if k.startswith("stream.")}
     cfg = online_config(over.pop("method", None), AdaptConfig.from_file(config) if config else None)
+    check_settings_read(cfg.method, stream_keys)
+    over = read_options(cfg.method, over, lr_flag="--lr")  # --lr reaches the rate the method reads
     cfg = online_config(None, cfg.with_overrides(over, skip_none=False))
     scfg = build_section(StreamConfig, _nested(stream_keys), "stream.")
     live = None if json_out else _Live()
@@ -101,6 +104,21 @@ def stream_command(
         print_json(result.summary)
     else:
         _print_summary(result.summary)
+
+
+def check_settings_read(method: str, given: dict[str, Any]) -> None:
+    """Refuse, in one line, a stream setting given on the command line that ``method`` never reads."""
+    from stvm_sdk.errors import ConfigError
+    from stvm_sdk.stream.online import unread_settings
+
+    unread = unread_settings(method)
+    flags = {o.key: o.flag for o in STREAM_OPTIONS if o.prefix == "stream."}
+    for key in given:
+        if key in unread:
+            name = flags.get(key, f"stream.{key}")
+            raise ConfigError(
+                f"{name}: --method {method} {unread[key]} on a stream, so it does not read {name}; drop it"
+            )
 
 
 def _nested(flat: dict[str, Any]) -> dict[str, Any]:
@@ -170,7 +188,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
     table = Table(title="stvm stream", show_header=False)
     for key in (
-        "method", "deliverable", "frames", "adapted_frames", "frames_skipped", "fps", "predict_ms_p50",
+        "method", "deliverable", "frames", "adapted_frames", "steps", "frames_skipped", "frames_expected",
+        "frames_missing", "fps", "predict_ms_p50",
         "predict_ms_p99", "adapt_ms_p50", "adapt_ms_p99", "adapt_ms_per_frame", "miou_online", "restores",
         "memory_mib", "seconds", "run_dir", "model_path", "metrics_path",
     ):  # fmt: skip

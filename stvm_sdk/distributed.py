@@ -43,7 +43,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -114,6 +114,7 @@ class DistContext:
     device: torch.device
     rank: int = 0
     world: int = 1
+    opened: list[RunDir] = field(default_factory=list)  # run folders this process locked (rank 0)
 
     @property
     def is_main(self) -> bool:
@@ -145,7 +146,9 @@ class DistContext:
         from stvm_sdk.rundir import RunDir
 
         def open_() -> str:
-            return str(RunDir.open(out_dir, cfg, resume, inputs=inputs, input_paths=input_paths).path)
+            run = RunDir.open(out_dir, cfg, resume, inputs=inputs, input_paths=input_paths)
+            self.opened.append(run)  # unlocked when the run's `join` block ends, however it ends
+            return str(run.path)
 
         path = self.on_main(open_)
         return RunDir(Path(path))
@@ -230,7 +233,11 @@ def join(device: torch.device) -> Iterator[DistContext]:
     """
     rank, world, local_rank = env_world()
     if world == 1:
-        yield DistContext(device)
+        single = DistContext(device)
+        try:
+            yield single
+        finally:
+            _release(single)
         return
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
@@ -256,5 +263,12 @@ def join(device: torch.device) -> Iterator[DistContext]:
             "(see its message): the run stops, its last checkpoint is kept for --resume"
         ) from None
     finally:
+        _release(ctx)
         if owns:
             dist.destroy_process_group()
+
+
+def _release(ctx: DistContext) -> None:
+    """Unlock the run folders ``ctx`` opened."""
+    while ctx.opened:
+        ctx.opened.pop().release()

@@ -10,6 +10,10 @@ stage reads) to the three stages here:
 3. :func:`finish` - save the deliverable, teacher and student, score them, draw the figures (with
    labels), write ``summary.json``.
 
+Nothing known to be wrong is saved: a checkpoint, snapshot or network holding NaN or inf, or a
+deliverable whose prediction on a target frame does, stops the run with one
+:class:`~stvm_sdk.errors.DivergedError` line before the file is written.
+
 The loop never asks which method runs (:class:`~stvm_sdk.methods.base.Method` is the contract).
 """
 
@@ -26,6 +30,7 @@ from typing import Any
 import torch
 
 from stvm_sdk import distributed
+from stvm_sdk.boundary.fields import Fields
 from stvm_sdk.config import AdaptConfig
 from stvm_sdk.data.batches import BatchLoader
 from stvm_sdk.data.frames import FrameFolder
@@ -34,10 +39,10 @@ from stvm_sdk.errors import DataError, DivergedError, StvmError
 from stvm_sdk.eval.evaluate import EvalResult, evaluate_frames
 from stvm_sdk.methods.base import Method
 from stvm_sdk.methods.parts.norm import reestimate_bn
-from stvm_sdk.models.contract import normalize
+from stvm_sdk.models.contract import forward_logits, normalize
 from stvm_sdk.models.io import SegModel, model_suffix, save_model, save_native, save_torchscript
 from stvm_sdk.result import AdaptResult
-from stvm_sdk.rundir import KEEP_LAST, RunDir
+from stvm_sdk.rundir import KEEP_LAST, RunDir, divergence_advice, overflowed
 
 log = logging.getLogger("stvm_sdk")
 
@@ -86,6 +91,8 @@ def start(job: Job, resume: bool) -> tuple[Method, int]:
     method = job.method.build(work, cfg, torch.Generator().manual_seed(cfg.run.seed)).to(job.device)
     step = 0
     if checkpoint is not None:
+        # a step past the run's iterations would skip training and report the run done
+        Fields(job.run.checkpoint, DataError).integer("step", checkpoint["step"], lo=0, hi=cfg.run.iters)
         step = _restore(method, checkpoint, ddp.world)
         if ddp.is_main:
             job.run.truncate_log(step)
@@ -131,7 +138,8 @@ def _checkpoint(method: Method, run: RunDir, step: int, world: int) -> None:
         "method": method.state_dict(),
         "optimizer": method.optimizer.state_dict() if method.optimizer is not None else None,
     }
-    run.save_checkpoint(step, state, world=world)  # processes: another count changes the global batch
+    # processes: another count changes the global batch
+    run.save_checkpoint(step, state, world=world, advice=divergence_advice(method))
 
 
 # --- 2. train --------------------------------------------------------------------------------------
@@ -161,13 +169,18 @@ def train(
         with progress_bar(total=iters, start=start_step, enabled=bar_on, description=cfg.method) as bar:
             for step in range(start_step, iters):
                 images = loader.batch(step).to(ddp.device, non_blocking=True)
-                logs = method.step(images, step, *ddp.step_generators(cfg.run.seed, step))
+                try:
+                    logs = method.step(images, step, *ddp.step_generators(cfg.run.seed, step))
+                except RuntimeError as exc:
+                    if (error := overflowed(exc, step + 1, method)) is not None:
+                        raise error from None
+                    raise
                 meter.add(logs, images.shape[0] * ddp.world)
                 done = step + 1
                 record = None
                 if done % cfg.run.log_every == 0 or done == iters:
                     record = meter.record(done, ddp.average_logs)  # every process takes part
-                    _check_finite(record.get("loss"), done, run, cfg.method)
+                    _check_finite(record.get("loss"), done, run, method)
                     if ddp.is_main:
                         run.log(record)
                         if on_log is not None:
@@ -176,7 +189,7 @@ def train(
                 if done % cfg.run.checkpoint_every == 0 and done < iters:
                     if "loss" in logs:  # never save a diverged state; averaged so every process agrees
                         _check_finite(
-                            float(ddp.average_logs({"loss": logs["loss"]})["loss"]), done, run, cfg.method
+                            float(ddp.average_logs({"loss": logs["loss"]})["loss"]), done, run, method
                         )
                     ddp.check_replicas(method)  # never save a state the other processes do not hold
                     if ddp.is_main:
@@ -198,6 +211,7 @@ def _deliverable(method: Method, source: SegModel) -> SegModel:
 def _snapshot(method: Method, job: Job, step: int) -> Path:
     """Save the deliverable as it is after ``step`` steps (``run.snapshots``)."""
     model = _deliverable(method, job.source)
+    job.run.require_finite(model.module, "snapshot", step, divergence_advice(method))
     path = job.run.snapshot_path(step, model_suffix(model))
     path.parent.mkdir(exist_ok=True)
     return save_model(model, path, then=KEEP_LAST)
@@ -243,14 +257,17 @@ def _save_native(model: SegModel, run: RunDir) -> Path | None:
         return None
 
 
-def _check_finite(loss: float | None, step: int, run: RunDir, method: str) -> None:
+def _check_finite(loss: float | None, step: int, run: RunDir, method: Method) -> None:
     """Stop with one actionable line when the loss is NaN/inf (every process sees the same value)."""
     if loss is not None and not math.isfinite(loss):
+        options = method.options
+        bn = "" if options is None or not hasattr(options, "student_bn") else (
+            f'; or set methods.{method.name}.student_bn = "train" if the source model\'s BatchNorm '
+            "statistics do not suit these frames"
+        )  # fmt: skip
         raise DivergedError(
             f"adaptation diverged at step {step} (loss {loss}); nothing after the last checkpoint in "
-            f"{run.path} was saved. Lower optim.lr (or the method's own learning rate), or for a "
-            f'mean-teacher method set methods.{method}.student_bn = "train" if the source model\'s '
-            "BatchNorm statistics do not suit these frames, and start a new run"
+            f"{run.path} was saved. {divergence_advice(method)}{bn}"
         )
 
 
@@ -264,6 +281,11 @@ def finish(method: Method, job: Job, steps: int, before: EvalResult | None) -> A
     student = replace(job.source, module=method.student.eval())
     teacher = replace(job.source, module=method.teacher.eval()) if method.teacher is not None else None
     model = teacher if (teacher is not None and method.deliverable_role == "teacher") else student
+    advice = divergence_advice(method)
+    for role, net in (("student", student), ("teacher", teacher)):  # every process: the same verdict
+        if net is not None:
+            run.require_finite(net.module, f"{role} network", steps, advice)
+    _require_finite_prediction(model, job, steps, advice)
     if not ddp.is_main:  # the same networks as rank 0 (checked); rank 0 writes and evaluates
         return AdaptResult(model, teacher, student, run.path, {"rank": ddp.rank}, method.extras(), cfg)
     ext = model_suffix(model)
@@ -317,6 +339,28 @@ def finish(method: Method, job: Job, steps: int, before: EvalResult | None) -> A
         metrics["figures_dir"] = str(_figures(result, job))
     result.metrics = run.write_summary(metrics)
     return result
+
+
+@torch.no_grad()
+def _require_finite_prediction(model: SegModel, job: Job, steps: int, advice: str) -> None:
+    """The deliverable's logits on a target frame are finite: finite weights can still overflow (a
+    weight of 1e38 does in the first layer), and such a model would be saved and predict nothing."""
+    size = job.cfg.data.crop or job.cfg.data.resize
+    loaded = next((x for f in job.folder.frames[:8] if (x := job.folder.load(f, size)) is not None), None)
+    if loaded is None:
+        return
+    was = model.module.training
+    model.module.eval()
+    try:
+        logits = forward_logits(model.module, normalize(loaded[0][None], model.mean, model.std))
+    finally:
+        model.module.train(was)
+    if not bool(torch.isfinite(logits).all()):
+        raise DivergedError(
+            f"the adapt diverged by step {steps}: the delivered network's weights are finite but its "
+            f"prediction on a target frame holds NaN or inf; nothing non-finite was saved in "
+            f"{job.run.path}. {advice}"
+        )
 
 
 def _figures(result: AdaptResult, job: Job) -> Path:

@@ -17,9 +17,17 @@ a user's own module or a TorchScript model is saved as ``model.pt`` (pickle / To
 and runs written before the switch (``model.pt`` checkpoint dicts) still load and resume.
 
 A run directory is new, empty, or one the SDK made for a run; anything else is refused before a file
-is written (:func:`~stvm_sdk.boundary.outputs.claim_dir`), and no input may lie inside it. Folders of
-older versions (no ``run.json``, a ``stream.json``, schema-1 checkpoints and configs) still resume and
-load: they are read into today's schema; a folder of another kind, or of a newer schema, is one line.
+is written (:func:`~stvm_sdk.boundary.outputs.claim_dir`), and no input may lie inside it. While a
+process runs in it, the folder is locked (``run_dir/.stvm_sdk.lock``, :func:`~stvm_sdk.boundary.outputs.
+lock_dir`): a second process on it is one line; :meth:`RunDir.release` (or the process's exit) unlocks it.
+Folders of older versions (no ``run.json``, a ``stream.json``, schema-1 checkpoints and configs) still
+resume and load: they are read into today's schema; a folder of another kind, or of a newer schema, is
+one line. Every field read back from the folder (run.json, config.json, inputs.json, the checkpoint) is
+checked where it is read (:class:`~stvm_sdk.boundary.fields.Fields`): a tampered or damaged one is one
+line naming the file and the field.
+
+Nothing non-finite is written: a checkpoint holding NaN or inf is refused (:class:`DivergedError`) and the
+previous one is kept.
 """
 
 from __future__ import annotations
@@ -28,15 +36,23 @@ import json
 import os
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from stvm_sdk.boundary.outputs import atomic_write, claim_dir, write_error, write_json_atomic
+from stvm_sdk.boundary.fields import Fields
+from stvm_sdk.boundary.outputs import (
+    FolderLock,
+    atomic_write,
+    claim_dir,
+    lock_dir,
+    write_error,
+    write_json_atomic,
+)
 from stvm_sdk.config import AdaptConfig
-from stvm_sdk.errors import ConfigError, DataError
+from stvm_sdk.errors import ConfigError, DataError, DivergedError
 from stvm_sdk.methods.registry import migrate
 from stvm_sdk.models.io import atomic_save
 from stvm_sdk.schema import SCHEMA, with_schema
@@ -54,6 +70,7 @@ class RunDir:
 
     path: Path
     kind: str = "adapt"
+    lock: FolderLock | None = field(default=None, repr=False, compare=False)  # held by :meth:`open`
 
     @classmethod
     def open(
@@ -85,35 +102,63 @@ class RunDir:
         run = cls(Path(out_dir), kind)
         settings = json.loads(json.dumps(settings or {}))
         claim_dir(run.path, "run", inputs=input_paths)
-        record = run._read_json(run.run_json_path)
-        held = run._held_kind(record)
-        if held is not None and held != kind:
-            raise ConfigError(
-                f"{run.path} holds {_a(held)} run, not {_a(kind)} run: choose another --out for this one"
-            )
-        if resume and run.config_path.is_file():
-            run._check_same(cfg, settings, inputs, record)
-        elif not resume and run.checkpoint.is_file():
-            raise DataError(
-                f"{run.path} already holds a run: pass --resume to continue it, or choose another --out"
-            )
-        write_json_atomic({"schema": RUN_SCHEMA, "kind": kind, "settings": settings}, run.run_json_path)
-        write_json_atomic(cfg.to_dict(), run.config_path)
-        if inputs is not None:
-            write_json_atomic(inputs, run.inputs_path)
+        run.lock = lock_dir(run.path)
+        try:
+            run._open(cfg, resume, settings, inputs)
+        except BaseException:
+            run.release()
+            raise
         return run
 
-    def _held_kind(self, record: Any) -> str | None:
+    def _open(
+        self, cfg: AdaptConfig, resume: bool, settings: dict[str, Any], inputs: dict[str, Any] | None
+    ) -> None:
+        record = self._read_run_json()
+        held = self._held_kind(record)
+        if held is not None and held != self.kind:
+            raise ConfigError(
+                f"{self.path} holds {_a(held)} run, not {_a(self.kind)} run: resume it with "
+                f"`stvm {held}`, or choose another --out for this one"
+            )
+        if resume and self.config_path.is_file():
+            self._check_same(cfg, settings, inputs, record)
+        elif not resume and self.checkpoint.is_file():
+            raise DataError(
+                f"{self.path} already holds a run: pass --resume to continue it, or choose another --out"
+            )
+        write_json_atomic({"schema": RUN_SCHEMA, "kind": self.kind, "settings": settings}, self.run_json_path)
+        write_json_atomic(cfg.to_dict(), self.config_path)
+        if inputs is not None:
+            write_json_atomic(inputs, self.inputs_path)
+
+    def release(self) -> None:
+        """Unlock the folder (a no-op for a run not opened by this process)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def _read_run_json(self) -> dict[str, Any] | None:
+        """``run.json`` with its fields checked (None for a folder without one)."""
+        raw = self._read_json(self.run_json_path)
+        if raw is None:
+            return None
+        f = Fields(self.run_json_path, DataError)
+        record = f.document(raw)
+        schema = f.integer("schema", record.get("schema"), lo=1)
+        if schema > RUN_SCHEMA:
+            raise DataError(
+                f"{self.run_json_path} has schema {schema!r}, newer than this stvm_sdk reads "
+                f"({RUN_SCHEMA}): upgrade stvm_sdk, or choose another --out"
+            )
+        f.text("kind", record.get("kind"), choices=KINDS)
+        f.mapping("settings", record.get("settings"))
+        return record
+
+    def _held_kind(self, record: dict[str, Any] | None) -> str | None:
         """The kind of run this folder already holds (None: none yet), from its ``run.json`` record.
         Folders of schema 1 have no run.json: a stream wrote stream.json, an offline run neither."""
         if record is not None:
-            schema = record.get("schema")
-            if not isinstance(schema, int) or schema > RUN_SCHEMA:
-                raise DataError(
-                    f"{self.run_json_path} has schema {schema!r}, newer than this stvm_sdk reads "
-                    f"({RUN_SCHEMA}): upgrade stvm_sdk, or choose another --out"
-                )
-            return str(record.get("kind"))
+            return str(record["kind"])
         if (self.path / "stream.json").is_file():
             return "stream"
         return "adapt" if self.config_path.is_file() else None
@@ -121,9 +166,9 @@ class RunDir:
     def _check_same(
         self, cfg: AdaptConfig, settings: dict[str, Any], inputs: dict[str, Any] | None, record: Any
     ) -> None:
-        raw = self._read_json(self.config_path)
+        raw = Fields(self.config_path, DataError).document(self._read_json(self.config_path))
         try:
-            previous = migrate(raw if isinstance(raw, dict) else {})
+            previous = migrate(raw)
         except ConfigError as exc:
             raise ConfigError(f"cannot resume {self.path}: its config.json does not read ({exc})") from None
         if previous != cfg:
@@ -131,7 +176,7 @@ class RunDir:
             raise ConfigError(
                 f"cannot resume {self.path}: the config differs ({diff}); resume with the same options"
             )
-        before = record.get("settings") if record is not None else self._read_json(self.path / "stream.json")
+        before = record["settings"] if record is not None else self._read_json(self.path / "stream.json")
         if before is not None and before != settings:
             raise ConfigError(
                 f"cannot resume {self.path}: the {self.kind} settings differ ({_diff(before, settings)}); "
@@ -148,13 +193,17 @@ class RunDir:
             raise DataError(f"cannot read {path} ({exc}): start a new run with another --out") from None
 
     def _check_inputs(self, inputs: dict[str, Any] | None) -> None:
-        try:
-            saved = json.loads(self.inputs_path.read_text())
-        except (OSError, ValueError):
+        raw = self._read_json(self.inputs_path)
+        if raw is None:
             return  # a run started before inputs were recorded
+        f = Fields(self.inputs_path, DataError)
+        saved = f.document(raw)
         target = "--target" if self.kind == "adapt" else "--input"
         for key, option in (("source", "--source"), ("target", target)):
             was, now = saved.get(key), (inputs or {}).get(key)
+            if was is not None:
+                was = f.mapping(key, was)
+                f.text(f"{key}.sha256", was.get("sha256"), max_len=128)
             if was and now and was.get("sha256") != now.get("sha256"):
                 what = (
                     f"{now['path']} differs from the run's {was.get('path')} in content"
@@ -212,11 +261,27 @@ class RunDir:
     def torchscript_path(self) -> Path:
         return self.path / "model.ts"
 
-    def save_checkpoint(self, step: int, state: dict[str, Any], **extra: Any) -> Path:
+    def save_checkpoint(self, step: int, state: dict[str, Any], *, advice: str = "", **extra: Any) -> Path:
         """Write ``{"schema", "kind", "step", "state", **extra}`` atomically. ``state`` holds at least
-        ``"method"`` (the method's ``state_dict``) and ``"optimizer"`` (its state, or None)."""
+        ``"method"`` (the method's ``state_dict``) and ``"optimizer"`` (its state, or None).
+
+        Raises:
+            DivergedError: a tensor of the checkpoint holds NaN or inf (``advice``: what to change); the
+                previous checkpoint is kept.
+        """
         record = {"schema": RUN_SCHEMA, "kind": self.kind, "step": step, "state": state, **extra}
+        self.require_finite(record, "checkpoint", step, advice)
         return atomic_save(record, self.checkpoint, then=KEEP_LAST)
+
+    def require_finite(self, obj: Any, what: str, step: int, advice: str = "") -> None:
+        """Refuse to save ``obj`` (a state, a network) when a tensor of it holds NaN or inf."""
+        bad = non_finite_tensors(obj)
+        if bad:
+            raise DivergedError(
+                f"the {self.kind} diverged by step {step}: {len(bad)} tensor(s) of the {what} hold NaN or "
+                f"inf (e.g. {', '.join(bad[:3])}); nothing non-finite was saved in {self.path}"
+                + (f". {advice}" if advice else ": lower the learning rate and start a new run")
+            )
 
     def load_checkpoint(self) -> dict[str, Any] | None:
         """The last checkpoint in today's schema (an older one is read into it), or None without one."""
@@ -232,34 +297,55 @@ class RunDir:
         return self._current(ckpt)
 
     def _current(self, ckpt: Any) -> dict[str, Any]:
-        """A checkpoint of any schema in today's; another kind or a newer schema is one line."""
+        """A checkpoint of any schema in today's, its common fields checked; another kind or a newer
+        schema is one line."""
         if not isinstance(ckpt, dict) or "step" not in ckpt:
             raise DataError(f"{self.checkpoint} is not a run checkpoint: start a new run with another --out")
         if "schema" not in ckpt:  # schema 1: a stream's held its adapter and input position
             if "next_input" in ckpt:
-                ckpt = {"schema": 1, "kind": "stream", "step": ckpt["step"], "state": ckpt["adapter"],
+                ckpt = {"schema": 1, "kind": "stream", "step": ckpt["step"], "state": ckpt.get("adapter"),
                         "next_input": ckpt["next_input"], "totals": ckpt.get("totals", {})}  # fmt: skip
             else:
                 state = {"method": ckpt.get("adapter", {}), "optimizer": ckpt.get("optimizer")}
                 ckpt = {"schema": 1, "kind": "adapt", "step": ckpt["step"], "state": state,
                         "world": ckpt.get("world", 1)}  # fmt: skip
-        if not isinstance(ckpt["schema"], int) or ckpt["schema"] > RUN_SCHEMA:
+        f = Fields(self.checkpoint, DataError)
+        schema = f.integer("schema", ckpt["schema"], lo=1)
+        if schema > RUN_SCHEMA:
             raise DataError(
-                f"{self.checkpoint} has schema {ckpt['schema']!r}, newer than this stvm_sdk reads "
+                f"{self.checkpoint} has schema {schema!r}, newer than this stvm_sdk reads "
                 f"({RUN_SCHEMA}): upgrade stvm_sdk, or start a new run with another --out"
             )
-        if ckpt.get("kind") != self.kind:
+        kind = f.text("kind", ckpt.get("kind"), choices=KINDS)
+        if kind != self.kind:
             raise DataError(
-                f"{self.checkpoint} is {_a(str(ckpt.get('kind')))} run's checkpoint, not {_a(self.kind)} "
+                f"{self.checkpoint} is {_a(kind)} run's checkpoint, not {_a(self.kind)} "
                 "run's: resume it with the command that made it, or choose another --out"
             )
+        f.integer("step", ckpt["step"], lo=0)
+        state = f.mapping("state", ckpt.get("state"))
+        if kind == "adapt":
+            f.mapping("state.method", state.get("method"))
+            if state.get("optimizer") is not None:
+                f.mapping("state.optimizer", state["optimizer"])
+            f.integer("world", ckpt.get("world", 1), lo=1)
+        else:
+            f.integer("next_input", ckpt.get("next_input"), lo=0)
+            f.mapping("totals", ckpt.get("totals", {}))
+        bad = non_finite_tensors(state)
+        if bad:  # never written so by a run: nothing non-finite is saved
+            f.fail(f"state.{bad[0]}", "NaN or inf values", "finite numbers (the file was changed or damaged)")
         return dict(ckpt)
 
     def step_of_checkpoint(self) -> int | None:
-        """The step of the last checkpoint (read lazily), or None without one."""
+        """The step of the last checkpoint (read lazily), or None without one (or without a readable one)."""
         if not self.checkpoint.is_file():
             return None
-        return int(torch.load(self.checkpoint, map_location="cpu", weights_only=True, mmap=True)["step"])
+        try:
+            step = torch.load(self.checkpoint, map_location="cpu", weights_only=True, mmap=True)["step"]
+        except Exception:
+            return None
+        return step if isinstance(step, int) and not isinstance(step, bool) and step >= 0 else None
 
     def write_summary(self, summary: dict[str, Any]) -> dict[str, Any]:
         """Write and return ``summary.json``: ``{"schema", "kind", "run_dir", "model_path",
@@ -283,6 +369,46 @@ class RunDir:
             lines = self.metrics_path.read_text().splitlines()
             keep = [ln for ln in lines if (s := _step(ln)) is not None and s <= step]
             atomic_write(self.metrics_path, lambda fh: fh.write("".join(ln + "\n" for ln in keep).encode()))
+
+
+def divergence_advice(method: Any) -> str:
+    """What to change when ``method`` (a :class:`~stvm_sdk.methods.base.Method` or its class) diverged:
+    the learning rate it reads, in a new run (a resume must keep the config)."""
+    key = method.lr_key()
+    lr = f"lower {key} (the learning rate --method {method.name} reads)" if key else "check the source model"
+    return f"{lr[:1].upper()}{lr[1:]} and start a new run"
+
+
+def overflowed(exc: BaseException, step: int, method: Any) -> DivergedError | None:
+    """The :class:`DivergedError` for a step that failed because a value (a learning rate times its
+    bias correction, an update) does not fit in a float; None for any other error."""
+    if not (isinstance(exc, RuntimeError) and "without overflow" in str(exc)):
+        return None
+    first = (str(exc).strip().splitlines() or [""])[0][:120]
+    return DivergedError(
+        f"adaptation diverged at step {step}: a value overflowed the network's float type ({first}); "
+        f"nothing of this step was saved. {divergence_advice(method)}"
+    )
+
+
+def non_finite_tensors(obj: Any, prefix: str = "") -> list[str]:
+    """Names (dotted paths) of the floating tensors in ``obj`` (a module, or nested dicts, lists and
+    tensors) holding NaN or inf."""
+    if isinstance(obj, torch.nn.Module):
+        obj = obj.state_dict()
+    if isinstance(obj, torch.Tensor):
+        ok = not (obj.is_floating_point() or obj.is_complex()) or bool(torch.isfinite(obj).all())
+        return [] if ok else [prefix or "tensor"]
+    if isinstance(obj, dict):
+        items: Iterable[tuple[Any, Any]] = obj.items()
+    elif isinstance(obj, (list, tuple)):
+        items = enumerate(obj)
+    else:
+        return []
+    out: list[str] = []
+    for k, v in items:
+        out += non_finite_tensors(v, f"{prefix}.{k}" if prefix else str(k))
+    return out
 
 
 def _a(kind: str) -> str:

@@ -93,6 +93,9 @@ class Method(nn.Module):
     eager_only: ClassVar[str | None] = None  # why a TorchScript model cannot be adapted with it
     Options: ClassVar[type | None] = None  # a dataclass of the method's own knobs, or None
     online: ClassVar[Online] = Online()  # what it needs and does on a stream
+    # The field of ``Options`` holding the learning rate of a method that runs its own optimiser and
+    # reads no ``optim.*`` key (tent: "lr"); None: it trains with the shared ``optim.*`` optimiser.
+    own_lr: ClassVar[str | None] = None
 
     def __init__(self, source: SegModel, cfg: AdaptConfig, generator: torch.Generator) -> None:
         super().__init__()
@@ -122,6 +125,13 @@ class Method(nn.Module):
     def trains(cls) -> bool:
         """Whether the method takes training steps (it implements :meth:`loss`)."""
         return cls.loss is not Method.loss
+
+    @classmethod
+    def lr_key(cls) -> str | None:
+        """The config key of the learning rate this method reads (None: it does not train)."""
+        if not cls.trains():
+            return None
+        return f"methods.{cls.name}.{cls.own_lr}" if cls.own_lr else "optim.lr"
 
     @classmethod
     def reach(cls, model: SegModel) -> Reach:

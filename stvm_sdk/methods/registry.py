@@ -75,6 +75,12 @@ def register_method(cls: M | None = None, *, name: str | None = None) -> Any:
                 f"{c.__qualname__}.Options must subclass {inherited.__qualname__}: the base method's code "
                 "reads those options"
             )
+        if c.own_lr is not None and (
+            c.Options is None or c.own_lr not in {f.name for f in dataclasses.fields(c.Options)}
+        ):
+            raise TypeError(
+                f"{c.__qualname__}.own_lr names {c.own_lr!r}, which is not a field of its Options"
+            )
         c.name = key
         _registered[key] = c
         return c
@@ -122,6 +128,43 @@ def resolve(cfg: AdaptConfig) -> tuple[AdaptConfig, type[Method]]:
     if options is not None:
         sections[cls.name] = dataclasses.asdict(options)
     return dataclasses.replace(cfg, methods=sections), cls
+
+
+def read_options(method: str, given: dict[str, Any], lr_flag: str = "optim.lr") -> dict[str, Any]:
+    """``given`` (the config keys a user set on the command line) as ``method`` reads them.
+
+    An option the method does not read is never ignored in silence: the learning rate (``optim.lr``,
+    e.g. a command's ``--lr``, named ``lr_flag`` in messages) moves to the method's own key
+    (:meth:`~stvm_sdk.methods.base.Method.lr_key`) where it has one; another ``optim.*`` key of a method
+    with its own optimiser, and any ``optim.*`` key of a method that does not train, is one line.
+
+    Raises:
+        ConfigError: a key the method does not read, or the learning rate given twice.
+    """
+    cls = get_method(method)
+    lr_key = cls.lr_key()
+    out = dict(given)
+    for key in [k for k in given if k.startswith("optim.")]:
+        if lr_key is None:
+            what = lr_flag if key == "optim.lr" else key
+            raise ConfigError(
+                f"{what}: --method {method} does not train, so it reads no learning rate or optimiser "
+                f"setting; drop {what}, or choose a method that trains"
+            )
+        if lr_key == "optim.lr":
+            continue
+        if key != "optim.lr":
+            raise ConfigError(
+                f"{key}: --method {method} runs its own optimiser and does not read {key}; drop it (its "
+                f"learning rate is {lr_key})"
+            )
+        if lr_key in given and given[lr_key] != given[key]:
+            raise ConfigError(
+                f"{lr_flag} and {lr_key} both set the learning rate of --method {method}, to different "
+                "values: give one"
+            )
+        out[lr_key] = out.pop(key)
+    return out
 
 
 def method_keys(method: str, own: dict[str, Any]) -> dict[str, Any]:

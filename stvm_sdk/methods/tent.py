@@ -40,6 +40,7 @@ class Tent(Method):
     order = 20
     eager_only = "re-parametrises BatchNorm"
     Options = TentOptions
+    own_lr = "lr"  # its own Adam: no optim.* key is read
     # On a stream as offline: each frame normalised by its own statistics, a batch's by the batch's
     # (so a training step needs two frames); the running statistics are not used.
     online = Online(

@@ -54,6 +54,7 @@ from stvm_sdk.methods.parts.norm import BN_TYPES, batchnorms
 from stvm_sdk.methods.registry import get_method, resolve
 from stvm_sdk.models.contract import forward_logits, normalize
 from stvm_sdk.models.segmodel import SegModel
+from stvm_sdk.rundir import overflowed
 from stvm_sdk.stream.health import HealthMonitor
 from stvm_sdk.stream.settings import StreamConfig
 
@@ -68,6 +69,24 @@ def online_config(method: str | None = None, config: AdaptConfig | None = None) 
         own = get_method(name).online.options
         config = AdaptConfig(method=name).with_overrides({f"methods.{name}.{k}": v for k, v in own.items()})
     return resolve(config.with_overrides({"method": name, "optim.poly_power": 0.0}))[0]
+
+
+def unread_settings(method: str) -> dict[str, str]:
+    """The stream settings (:class:`StreamConfig` fields) that ``method`` never reads on a stream, each
+    with the reason (from its :attr:`~stvm_sdk.methods.base.Method.online` alone)."""
+    cls = get_method(method)
+    online = cls.online
+    out: dict[str, str] = {}
+    if not online.adapts:
+        out["every"] = "adapts on no frame (it only predicts)"
+    if not (online.adapts and cls.trains()):
+        why = "takes no training steps"
+        out.update(batch_size=why, buffer=why, restore_prob=why)
+    if not (online.adapts and online.follow_bn):
+        out["bn_momentum"] = "does not follow BatchNorm statistics on a stream"
+    if online.bn_predict != "stream":
+        out["bn_predict"] = f"always predicts with BatchNorm's {online.bn_predict} statistics"
+    return out
 
 
 def _own_statistics(bn: nn.Module, inputs: tuple[Tensor, ...]) -> None:
@@ -146,8 +165,12 @@ class FrameResult:
     confidence: float  # its mean max-softmax
     predict_s: float  # seconds to predict
     adapt_s: float  # seconds spent adapting on this frame (0 when it was not adapted on)
-    adapted: bool
+    adapted: bool  # adapted on: the method took the frame in (its statistics, its buffer)
     window: dict[str, Any] | None = None  # the health record when this frame closed a window
+    # Frames this one's adaptation counts as adapted: for a method that trains, the frames a training
+    # step used for the first time (none until the buffer holds a batch, then all those waiting); for
+    # one that only follows BatchNorm statistics, this frame.
+    used: int = 0
 
 
 class OnlineAdapter:
@@ -206,6 +229,10 @@ class OnlineAdapter:
         self.monitor = HealthMonitor(source.num_classes, self.scfg.health)
         self.frames = 0  # frames seen (predicted)
         self.steps = 0  # training steps since the start or the last restore to the source
+        self.steps_run = 0  # training steps over the whole stream
+        self.pushed = 0  # frames adapted on (taken into the buffer)
+        self.pending = 0  # of those, frames no training step has used yet (a method that trains)
+        self._used = 0  # frames the last adaptation counted as adapted
         self.restores: list[dict[str, Any]] = []  # every restore: frame, to what, why
         self.size: tuple[int, int] | None = None
         self._initial = _cpu_copy(self.method.state_dict())  # the method at the start: "source"
@@ -214,6 +241,11 @@ class OnlineAdapter:
         self._anchor = {
             n: p.detach().clone() for n, p in self.method.student.named_parameters() if n in trained
         }
+
+    @property
+    def trains(self) -> bool:
+        """Whether the method takes training steps on this stream."""
+        return self.adapts and self.method.optimizer is not None
 
     # --- the deliverable -------------------------------------------------------------------------------
 
@@ -254,6 +286,7 @@ class OnlineAdapter:
         self.frames += 1
         logs: dict[str, float] = {}
         source_pred = None
+        self._used = 0
         if adapted:
             logs, source_pred = self.adapt(self._check(frame))
         t2 = time.perf_counter()
@@ -261,25 +294,33 @@ class OnlineAdapter:
         window = None
         if self.frames % self.scfg.window == 0:
             window = self.close_window()
-        return FrameResult(labels, conf, t1 - t0, t2 - t1 if adapted else 0.0, adapted, window)
+        return FrameResult(labels, conf, t1 - t0, t2 - t1 if adapted else 0.0, adapted, window, self._used)
 
     def adapt(self, frame: Tensor) -> tuple[dict[str, float], Tensor]:
         """One adaptation on ``frame``: buffer, BatchNorm statistics, a training step, the anchor.
         Returns the health logs and the frozen source model's labels for the frame."""
         x = frame.to(self.device)
         self.buffer.push(x)
+        self.pushed += 1
+        self.pending += 1
         with torch.no_grad():
             src = forward_logits(self.source.module, normalize(x[None], self.source.mean, self.source.std))
             source_pred = src.argmax(1)[0]
         if self.follow_bn:
             self._follow_bn(x[None])
         out: dict[str, float] = {}
+        stepped = False
         # Training starts once the buffer holds a whole batch: a batch of one frame would give a
         # pooled branch's BatchNorm one value per channel (batch statistics cannot be taken).
         if self.method.optimizer is not None and len(self.buffer) >= self.scfg.batch_size:
             g = step_generator(self.seed, self.frames, stream=BATCH_STREAM)
             batch = self.buffer.batch(self.scfg.batch_size, g)
-            logs = self.method.step(batch, self.steps, g, g)
+            try:
+                logs = self.method.step(batch, self.steps, g, g)
+            except RuntimeError as exc:
+                if (error := overflowed(exc, self.steps_run + 1, self.method_cls)) is not None:
+                    raise error from None
+                raise
             out["loss"] = float(logs["loss"])
             if "mean_weight" in logs and self.method.metric is not None:
                 out["reliability"] = float(logs["mean_weight"])
@@ -288,6 +329,12 @@ class OnlineAdapter:
             if self.method.teacher is not None:
                 out["agreement"] = self._agreement(x[None])
             self.steps += 1
+            self.steps_run += 1
+            stepped = True
+        if self.method.optimizer is None:  # its adaptation is the statistics it follows
+            self._used, self.pending = int(self.follow_bn), 0
+        elif stepped:  # the batch holds the newest frame and, at the first step, every frame buffered
+            self._used, self.pending = self.pending, 0
         return out, source_pred
 
     def close_window(self) -> dict[str, Any]:
@@ -383,7 +430,8 @@ class OnlineAdapter:
         """Everything a killed stream needs to continue exactly: weights, optimiser, buffer, health."""
         opt = self.method.optimizer
         return {
-            "frames": self.frames, "steps": self.steps, "size": self.size, "method": self.method.state_dict(),
+            "frames": self.frames, "steps": self.steps, "steps_run": self.steps_run, "pushed": self.pushed,
+            "pending": self.pending, "size": self.size, "method": self.method.state_dict(),
             "optimizer": opt.state_dict() if opt is not None else None, "buffer": self.buffer.state_dict(),
             "monitor": self.monitor.state_dict(), "healthy": self._healthy,
             "restores": copy.deepcopy(self.restores),
@@ -391,6 +439,9 @@ class OnlineAdapter:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.frames, self.steps = int(state["frames"]), int(state["steps"])
+        # Streams checkpointed before these were kept: their steps since the last restore, no frame waiting.
+        self.steps_run = int(state.get("steps_run", self.steps))
+        self.pushed, self.pending = int(state.get("pushed", 0)), int(state.get("pending", 0))
         self.size = tuple(state["size"]) if state["size"] is not None else None  # type: ignore[assignment]
         self.method.load_state_dict(state["method"])
         if self.method.optimizer is not None and state["optimizer"] is not None:

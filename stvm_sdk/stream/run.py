@@ -10,7 +10,11 @@ The stream directory (a run directory of kind ``stream``, :class:`~stvm_sdk.rund
     out/model.safetensors          the current deliverable, rewritten at every checkpoint: export it at
                                    any time with the export command
     out/pred/<frame>.png           class-id predictions (trainIds) with --save-pred
-    out/summary.json               at the end: frames, restores, costs (p50/p99), memory, online mIoU
+    out/summary.json               at the end: frames, frames adapted (used by a training step, for a
+                                   method that trains), training steps, restores, costs (p50/p99),
+                                   memory, online mIoU; "warnings" for work not done (no training step
+                                   ran; a video that ended before the frame count of its header)
+    out/.stvm_sdk.lock             while the stream runs: a second process on the folder is refused
 
 A killed stream resumes with ``--resume`` from its last checkpoint: frames after it are predicted and
 adapted on again, exactly as the first time (the adapter's per-step randomness depends only on the
@@ -33,6 +37,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from stvm_sdk.boundary.fields import Fields
 from stvm_sdk.boundary.fingerprint import sha256
 from stvm_sdk.boundary.labels import check_label_ids
 from stvm_sdk.boundary.outputs import atomic_write
@@ -46,7 +51,7 @@ from stvm_sdk.eval.metrics import confusion_matrix, mean_iou
 from stvm_sdk.inputs import as_segmodel, check_method_fits, folder_fingerprint, source_fingerprint
 from stvm_sdk.methods.registry import get_method
 from stvm_sdk.models.io import SegModel, model_suffix, require_finite, save_model
-from stvm_sdk.rundir import KEEP_LAST, RunDir
+from stvm_sdk.rundir import KEEP_LAST, RunDir, divergence_advice
 from stvm_sdk.stream.online import OnlineAdapter, online_config, resize_frame
 from stvm_sdk.stream.settings import StreamConfig
 
@@ -77,6 +82,7 @@ class _Input:
     frames: Callable[[int], Frames]
     fingerprint: dict[str, Any]
     folder: FrameFolder | None = None
+    expected: int | None = None  # a video's frame count as its header gives it (None: unknown)
 
 
 def _open_input(path: Path, labels: Path | None, num_classes: int, ignore_oor: bool) -> _Input:
@@ -90,7 +96,8 @@ def _open_input(path: Path, labels: Path | None, num_classes: int, ignore_oor: b
                 if i >= start:
                     yield i, f"{path.stem}_{i:06d}", image_tensor(arr), None
 
-        return _Input(decoded, {"path": str(path), "sha256": sha256(path), "frames": count})
+        fingerprint = {"path": str(path), "sha256": sha256(path), "frames": count}
+        return _Input(decoded, fingerprint, expected=count or None)
     if path.is_file():
         raise DataError(
             f"--input {path} is a file but not a video ({', '.join(VIDEO_EXTENSIONS)}): "
@@ -173,12 +180,49 @@ def adapt_stream(
         inputs=inputs,
         input_paths=(src_path, inp, labels),
     )
+    try:  # the folder is locked until the stream stops, however it stops
+        return _stream(
+            run, source, cfg, scfg, frames_in, inp, size=size, save_pred=save_pred, resume=resume,
+            checkpoint_every=checkpoint_every, max_frames=max_frames, device=device, seed=seed,
+            on_window=on_window, t_start=t_start,
+        )  # fmt: skip
+    finally:
+        run.release()
+
+
+def _stream(
+    run: RunDir,
+    source: SegModel,
+    cfg: AdaptConfig,
+    scfg: StreamConfig,
+    frames_in: _Input,
+    inp: Path,
+    *,
+    size: tuple[int, int] | None,
+    save_pred: bool,
+    resume: bool,
+    checkpoint_every: int,
+    max_frames: int | None,
+    device: str,
+    seed: int,
+    on_window: Callable[[dict[str, Any]], None] | None,
+    t_start: float,
+) -> StreamResult:
     dev = resolve_device(device)
     adapter = OnlineAdapter(source, cfg.method, config=cfg, stream=scfg, device=dev, seed=seed)
     start, carried = 0, {}
     ckpt = run.load_checkpoint() if resume else None
     if ckpt is not None:
-        adapter.load_state_dict(ckpt["state"])
+        _check_checkpoint(run, ckpt, source.num_classes)
+        try:
+            adapter.load_state_dict(ckpt["state"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1].strip()[:160]
+            raise DataError(
+                f"the stream's checkpoint {run.checkpoint} does not fit this source model and method "
+                f"({first}): resume with the stream's --source and --method, or start a new stream with "
+                "another --out"
+            ) from None
         start, carried = int(ckpt["next_input"]), dict(ckpt.get("totals", {}))
         run.truncate_log(adapter.frames)
         log.info("resumed at input frame %d (%d frames adapted on so far)", start, adapter.frames)
@@ -190,8 +234,11 @@ def adapt_stream(
     win = StreamTotals(source.num_classes)
     pred_dir = run.path / "pred"
     last_i = start - 1
+    capped = False  # stopped by max_frames, not by the end of the input
+    steps_before = adapter.steps_run
     for i, name, image, label in frames_in.frames(start):
         if max_frames is not None and adapter.frames >= max_frames:
+            capped = True
             break
         last_i = i
         if image is None:
@@ -203,7 +250,7 @@ def adapt_stream(
         res = adapter.step(frame)
         labels_out = res.labels.cpu()
         for t in (tot, win):
-            t.add(res.predict_s, res.adapt_s if res.adapted else None)
+            t.add(res.predict_s, res.adapt_s if res.adapted else None, used=res.used)
         if label is not None:
             scored = _to_label_size(labels_out, label.shape)
             c = confusion_matrix(scored, label, source.num_classes)
@@ -213,6 +260,8 @@ def adapt_stream(
             _save_pred(pred_dir / f"{name}.png", _to_label_size(labels_out, image.shape[1:]))
         if res.window is not None:
             record = {"step": adapter.frames, "input_index": i, **res.window, **win.costs()}
+            record["steps"] = adapter.steps_run - steps_before  # training steps in this window
+            steps_before = adapter.steps_run
             if win.conf.sum() > 0:
                 record["miou_online"] = round(100 * mean_iou(win.conf), 3)
             record["seconds"] = round(time.perf_counter() - t_start, 1)
@@ -232,8 +281,36 @@ def adapt_stream(
     if adapter.frames == 0:
         raise DataError(f"no frame of {inp} could be read ({tot.skipped} unreadable): check the input")
     _checkpoint(run, adapter, last_i + 1, tot)
-    summary = run.write_summary(_summary(adapter, tot, time.perf_counter() - t_start, frames_in))
+    warnings = _shortfalls(adapter, frames_in, inp, read=last_i + 1, capped=capped)
+    for line in warnings:
+        log.warning("warning: %s", line)
+    summary = _summary(adapter, tot, time.perf_counter() - t_start, frames_in)
+    if frames_in.expected and not capped:  # a video: the frames its header announces, and those missing
+        summary.update(
+            frames_expected=frames_in.expected, frames_missing=max(0, frames_in.expected - last_i - 1)
+        )
+    if warnings:
+        summary["warnings"] = warnings
+    summary = run.write_summary(summary)
     return StreamResult(adapter, run.path, summary)
+
+
+def _shortfalls(adapter: OnlineAdapter, inp: _Input, path: Path, *, read: int, capped: bool) -> list[str]:
+    """What the stream did not do that its summary would otherwise seem to say: a training method
+    that never took a step, a video that ended before the frame count its header announces."""
+    out = []
+    if adapter.trains and adapter.steps_run == 0:
+        out.append(
+            f"no training step ran: the {adapter.pushed} frame(s) adapted on never filled a batch of "
+            f"{adapter.scfg.batch_size} (--batch-size), so --method {adapter.cfg.method} trained nothing "
+            "and counts no frame as adapted; stream more frames or lower --batch-size"
+        )
+    if inp.expected and not capped and read < inp.expected:
+        out.append(
+            f"{path} ended after {read} of the {inp.expected} frames its header announces (the file is "
+            f"truncated or damaged): {inp.expected - read} frame(s) were never read"
+        )
+    return out
 
 
 def _to_label_size(pred: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -251,10 +328,45 @@ def _save_pred(path: Path, labels: torch.Tensor) -> None:
 
 
 def _checkpoint(run: RunDir, adapter: OnlineAdapter, next_input: int, tot: StreamTotals) -> None:
-    """Adapter state and input position, then the current deliverable (exportable at any time)."""
-    run.save_checkpoint(adapter.frames, adapter.state_dict(), next_input=next_input, totals=tot.to_dict())
+    """Adapter state and input position, then the current deliverable (exportable at any time); both
+    checked finite first (:class:`~stvm_sdk.errors.DivergedError`: nothing written, the last kept)."""
+    advice = divergence_advice(adapter.method_cls)
     model = adapter.deliverable()
+    run.require_finite(model.module, "deliverable", adapter.frames, advice)
+    state = adapter.state_dict()
+    run.save_checkpoint(adapter.frames, state, advice=advice, next_input=next_input, totals=tot.to_dict())
     save_model(model, run.model_path("model", model_suffix(model)), then=KEEP_LAST)
+
+
+def _check_checkpoint(run: RunDir, ckpt: dict[str, Any], num_classes: int) -> None:
+    """The stream's fields of its checkpoint (the common ones are checked by the run folder)."""
+    f = Fields(run.checkpoint, DataError)
+    state = ckpt["state"]
+    frames = f.integer("state.frames", state.get("frames"), lo=0)
+    if frames != ckpt["step"]:
+        f.fail("step", ckpt["step"], f"the frame count of its state ({frames})")
+    f.integer("state.steps", state.get("steps"), lo=0)
+    size = state.get("size")
+    if size is not None:
+        if not isinstance(size, (list, tuple)) or len(size) != 2:
+            f.fail("state.size", size, "[H, W] or null")
+        for v in size:
+            f.integer("state.size", v, lo=1)
+    for key in ("steps_run", "pushed", "pending"):
+        if key in state:
+            f.integer(f"state.{key}", state[key], lo=0)
+    f.mapping("state.method", state.get("method"))
+    f.mapping("state.buffer", state.get("buffer"))
+    f.mapping("state.monitor", state.get("monitor"))
+    totals = ckpt.get("totals") or {}
+    if totals:
+        for key in ("frames", "adapted", "skipped"):
+            f.integer(f"totals.{key}", totals.get(key), lo=0)
+        for key in ("busy_s", "adapt_total_s"):
+            f.number(f"totals.{key}", totals.get(key), lo=0)
+        f.tensor("totals.conf", totals.get("conf"), shape=(num_classes, num_classes), floating=False)
+        for key in ("predict_s", "adapt_s"):
+            f.tensor(f"totals.{key}", totals.get(key), shape=(None,), floating=True)
 
 
 LATENCIES_KEPT = 10_000  # p50/p99 are over the most recent frames: memory stays bounded on any stream
@@ -278,14 +390,17 @@ class StreamTotals:
     def __post_init__(self) -> None:
         self.conf = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64)
 
-    def add(self, predict_s: float, adapt_s: float | None) -> None:
+    def add(self, predict_s: float, adapt_s: float | None, used: int | None = None) -> None:
+        """One frame: its prediction time, its adaptation time (None: not adapted on), and how many
+        frames its adaptation counts as adapted (default: 1 when adapted on; a training method's frames
+        count once a training step used them, :attr:`~stvm_sdk.stream.online.FrameResult.used`)."""
         self.frames += 1
         self.busy_s += predict_s + (adapt_s or 0.0)
         self.predict_s.append(predict_s)
         if adapt_s is not None:
-            self.adapted += 1
             self.adapt_total_s += adapt_s
             self.adapt_s.append(adapt_s)
+        self.adapted += (adapt_s is not None) if used is None else used
 
     def costs(self) -> dict[str, Any]:
         p, a = self.predict_s, self.adapt_s
@@ -327,7 +442,8 @@ def _summary(adapter: OnlineAdapter, tot: StreamTotals, seconds: float, inp: _In
     mem = adapter.memory_bytes()
     out: dict[str, Any] = {
         "method": adapter.cfg.method, "deliverable": adapter.role, "frames": adapter.frames,
-        "adapted_frames": tot.adapted, "frames_skipped": tot.skipped, "every": adapter.scfg.every,
+        "adapted_frames": tot.adapted, "steps": adapter.steps_run, "frames_skipped": tot.skipped,
+        "every": adapter.scfg.every,
         "size": list(adapter.size) if adapter.size else None, **tot.costs(),
         "restores": adapter.restores, "memory_mib": {k: round(v / 2**20, 2) for k, v in mem.items()},
         "seconds": round(seconds, 1),

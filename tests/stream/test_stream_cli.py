@@ -28,6 +28,8 @@ def stream_frames(tmp_path: Path) -> tuple[Path, Path]:
 
 
 FAST = ["--window", "4", "--batch-size", "2", "--buffer", "4", "--checkpoint-every", "4", "--seed", "0"]
+# For a method that takes no training steps: batch and buffer are options it does not read (refused).
+STATS = ["--window", "4", "--checkpoint-every", "4", "--seed", "0"]
 
 
 def test_stream_runs_end_to_end_and_reports_its_costs(
@@ -101,13 +103,13 @@ def test_resume_refuses_other_stream_settings(
 ) -> None:
     out = tmp_path / "s"
     code, _, err = _run("stream", "-s", lraspp_checkpoint, "-i", stream_frames[0], "--out", out,
-                        "--method", "adabn", "--max-frames", "4", *FAST)  # fmt: skip
+                        "--method", "adabn", "--max-frames", "4", *STATS)  # fmt: skip
     assert code == 0, err
     code, _, err = _run("stream", "-s", lraspp_checkpoint, "-i", stream_frames[0], "--out", out,
-                        "--method", "adabn", "--resume", *FAST[:-4], "--every", "2")  # fmt: skip
+                        "--method", "adabn", "--resume", *STATS[:2], "--every", "2")  # fmt: skip
     assert code != 0 and "stream settings differ" in err and "Traceback" not in err
     code, _, err = _run("stream", "-s", lraspp_checkpoint, "-i", stream_frames[0], "--out", out,
-                        "--method", "adabn", *FAST)  # fmt: skip
+                        "--method", "adabn", *STATS)  # fmt: skip
     assert code != 0 and "--resume" in err
 
 
@@ -160,7 +162,7 @@ def test_a_corrupt_frame_in_the_stream_is_skipped_and_counted(
     good = (images / "f3.png").read_bytes()
     (images / "f3.png").write_bytes(good[: len(good) // 2])  # a valid header, a truncated body
     code, stdout, err = _run("stream", "-s", lraspp_checkpoint, "-i", images, "--out", tmp_path / "s",
-                             "--method", "adabn", "--json", *FAST)  # fmt: skip
+                             "--method", "adabn", "--json", *STATS)  # fmt: skip
     assert code == 0, err
     summary = json.loads(stdout)
     assert summary["frames"] == 5  # found by the scan or when decoded: skipped either way, with its reason
@@ -190,9 +192,9 @@ def test_labels_of_another_label_set_are_one_line_unless_ignored(
         "adabn",
         "--json",
     ]
-    code, _, err = _run(*args, "--out", tmp_path / "a", *FAST)
+    code, _, err = _run(*args, "--out", tmp_path / "a", *STATS)
     assert code != 0 and "class ids 17" in err and "--ignore-out-of-range" in err and "Traceback" not in err
-    code, stdout, err = _run(*args, "--out", tmp_path / "b", "--ignore-out-of-range", *FAST)
+    code, stdout, err = _run(*args, "--out", tmp_path / "b", "--ignore-out-of-range", *STATS)
     assert code == 0, err
     assert json.loads(stdout)["frames"] == 4
 
