@@ -72,7 +72,7 @@ def stream_command(
     """Adapt SOURCE online on a stream: predict each frame first, then learn from it, safely.
 
     KEY=VALUE sets any config field (``optim.lr=1e-4``) or stream setting (``stream.window=30``)."""
-    from stvm_sdk.boundary.args import parse_hw
+    from stvm_sdk.boundary.args import check_int, parse_hw
     from stvm_sdk.config import build_section
     from stvm_sdk.methods.registry import read_options
     from stvm_sdk.stream.online import online_config
@@ -82,6 +82,7 @@ def stream_command(
     if resume and out is None:
         raise typer.BadParameter("--resume needs --out (the stream directory to continue)")
     over = dict(overrides or {})
+    check_int(max_frames, "--max-frames", 1)
     stream_keys = {k[len("stream.") :]: over.pop(k) for k in list(over) if k.startswith("stream.")}
     cfg = online_config(over.pop("method", None), AdaptConfig.from_file(config) if config else None)
     check_settings_read(cfg.method, stream_keys)

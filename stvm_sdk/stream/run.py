@@ -40,6 +40,7 @@ from torch import nn
 from stvm_sdk.boundary.fields import Fields
 from stvm_sdk.boundary.fingerprint import sha256
 from stvm_sdk.boundary.labels import check_label_ids
+from stvm_sdk.boundary.names import output_stems
 from stvm_sdk.boundary.outputs import atomic_write
 from stvm_sdk.config import AdaptConfig
 from stvm_sdk.data.frames import FrameFolder, scan_frames
@@ -104,11 +105,12 @@ def _open_input(path: Path, labels: Path | None, num_classes: int, ignore_oor: b
             "pass a folder of frames or a video"
         )
     folder = scan_frames(path, labels)
+    names = output_stems([f.rel for f in folder.frames])  # a.png and a.jpg never share a prediction file
 
     def loaded(start: int) -> Frames:
         for i, frame in enumerate(folder.frames[start:], start):
             out = folder.load(frame, None, with_label=frame.label is not None)
-            name = frame.rel.with_suffix("").as_posix()
+            name = names[i].as_posix()
             if out is None:
                 yield i, name, None, None
                 continue

@@ -409,19 +409,7 @@ CaseFn = Callable[[Workspace, dict[str, Path]], Case]
 CASES: dict[str, CaseFn] = {name[2:]: fn for name, fn in sorted(globals().items()) if name.startswith("c_")}
 
 
-# Cases whose fix lives outside the deploy side: the stream's options are checked in cli/stream_cmd.py.
-PENDING = {
-    "stream_max_frames_zero": "cli/stream_cmd.py checks --max-frames with stvm_sdk.boundary.args.check_int",
-}
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(n, marks=pytest.mark.xfail(reason=PENDING[n], strict=False)) if n in PENDING else n
-        for n in sorted(CASES)
-    ],
-)
+@pytest.mark.parametrize("name", sorted(CASES))
 def test_right_answer_deploy(
     name: str, tmp_path: Path, lraspp_checkpoint: Path, exports: dict[str, Path]
 ) -> None:

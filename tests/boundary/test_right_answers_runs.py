@@ -31,6 +31,7 @@ import numpy as np
 import pytest
 import torch
 from matrix import RUNNER, Case, Workspace, check_case
+from PIL import Image
 from safetensors.torch import load_file
 from stvm_sdk.cli.app import app
 
@@ -237,6 +238,23 @@ def c_stream_shorter_than_its_batch(w: Workspace) -> Case:
         assert any("no training step ran" in line for line in summary["warnings"]), summary
 
     return Case(args, "ok", out=w.root / "run", check=check)
+
+
+def c_stream_save_pred_names_never_collide(w: Workspace) -> Case:
+    """``a.png`` and ``a.jpg`` in one folder: two frames, two prediction files (not one overwritten)."""
+    frames = w.frame_folder("same_stem", [])
+    for ext in ("png", "jpg", "bmp"):
+        Image.open(next(p for p in sorted(w.frames.rglob("*")) if p.is_file())).convert("RGB").save(
+            frames / f"a.{ext}"
+        )
+    out = w.root / "run"
+    args = _with_input(_stream(w, "--method", "adabn", "--save-pred"), frames)
+
+    def check(summary: dict[str, Any]) -> None:
+        written = sorted(p.name for p in out.rglob("*") if p.is_file() and p.parent.name == "pred")
+        assert summary["frames"] == 3 and len(written) == 3, (summary, written)
+
+    return Case(args, "ok", out=out, check=check)
 
 
 def c_stream_counts_frames_a_step_used(w: Workspace) -> Case:
