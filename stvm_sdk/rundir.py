@@ -54,7 +54,7 @@ from stvm_sdk.boundary.outputs import (
 from stvm_sdk.config import AdaptConfig
 from stvm_sdk.errors import ConfigError, DataError, DivergedError
 from stvm_sdk.methods.registry import migrate
-from stvm_sdk.models.io import atomic_save
+from stvm_sdk.models.io import atomic_save, non_finite
 from stvm_sdk.schema import SCHEMA, with_schema
 
 RUN_SCHEMA = SCHEMA  # run.json, checkpoints and summaries; 1: no run.json, per-kind checkpoint layouts
@@ -275,7 +275,7 @@ class RunDir:
 
     def require_finite(self, obj: Any, what: str, step: int, advice: str = "") -> None:
         """Refuse to save ``obj`` (a state, a network) when a tensor of it holds NaN or inf."""
-        bad = non_finite_tensors(obj)
+        bad = non_finite(obj)
         if bad:
             raise DivergedError(
                 f"the {self.kind} diverged by step {step}: {len(bad)} tensor(s) of the {what} hold NaN or "
@@ -332,7 +332,7 @@ class RunDir:
         else:
             f.integer("next_input", ckpt.get("next_input"), lo=0)
             f.mapping("totals", ckpt.get("totals", {}))
-        bad = non_finite_tensors(state)
+        bad = non_finite(state)
         if bad:  # never written so by a run: nothing non-finite is saved
             f.fail(f"state.{bad[0]}", "NaN or inf values", "finite numbers (the file was changed or damaged)")
         return dict(ckpt)
@@ -389,26 +389,6 @@ def overflowed(exc: BaseException, step: int, method: Any) -> DivergedError | No
         f"adaptation diverged at step {step}: a value overflowed the network's float type ({first}); "
         f"nothing of this step was saved. {divergence_advice(method)}"
     )
-
-
-def non_finite_tensors(obj: Any, prefix: str = "") -> list[str]:
-    """Names (dotted paths) of the floating tensors in ``obj`` (a module, or nested dicts, lists and
-    tensors) holding NaN or inf."""
-    if isinstance(obj, torch.nn.Module):
-        obj = obj.state_dict()
-    if isinstance(obj, torch.Tensor):
-        ok = not (obj.is_floating_point() or obj.is_complex()) or bool(torch.isfinite(obj).all())
-        return [] if ok else [prefix or "tensor"]
-    if isinstance(obj, dict):
-        items: Iterable[tuple[Any, Any]] = obj.items()
-    elif isinstance(obj, (list, tuple)):
-        items = enumerate(obj)
-    else:
-        return []
-    out: list[str] = []
-    for k, v in items:
-        out += non_finite_tensors(v, f"{prefix}.{k}" if prefix else str(k))
-    return out
 
 
 def _a(kind: str) -> str:

@@ -4,6 +4,7 @@ needs (classes, classifier head, normalisation, and for a model of a known famil
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -124,13 +125,24 @@ def from_module(
     )  # fmt: skip
 
 
-def non_finite(module: nn.Module) -> list[str]:
-    """Names of the parameters and floating buffers of ``module`` holding NaN or inf."""
-    return [
-        name
-        for name, t in module.state_dict().items()
-        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())
-    ]
+def non_finite(obj: Any, prefix: str = "") -> list[str]:
+    """Names (dotted paths) of the floating tensors in ``obj`` holding NaN or inf: a module's parameters
+    and buffers, or the tensors of nested dicts, lists and tuples (a checkpoint, an optimiser state)."""
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    if isinstance(obj, torch.Tensor):
+        ok = not (obj.is_floating_point() or obj.is_complex()) or bool(torch.isfinite(obj).all())
+        return [] if ok else [prefix or "tensor"]
+    if isinstance(obj, dict):
+        items: Iterable[tuple[Any, Any]] = obj.items()
+    elif isinstance(obj, (list, tuple)):
+        items = enumerate(obj)
+    else:
+        return []
+    out: list[str] = []
+    for k, v in items:
+        out += non_finite(v, f"{prefix}.{k}" if prefix else str(k))
+    return out
 
 
 def require_finite(model: SegModel, doing: str) -> None:
