@@ -12,7 +12,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[dev,hf,smp]'
+	$(PY) -m pip install -q -e '.[dev,hf,smp,video]'
 	touch $(STAMP)
 
 demo: setup

@@ -14,7 +14,7 @@ def predict_command(
         ..., help="Model: .safetensors/.pt, save_pretrained folder, .onnx graph or .engine."
     ),
     input: Path = typer.Option(
-        ..., "--input", "-i", help="Folder of frames, or a video file (needs OpenCV)."
+        ..., "--input", "-i", help="Folder of frames, or a video file (needs OpenCV: the video extra)."
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
     shape: str | None = typer.Option(None, "--shape", help="Inference size HxW (default: each frame's own)."),
@@ -77,12 +77,22 @@ def predict_command(
         "backend": runner.label,
         "legend": str(summary.out_dir / "legend.png"),
     }
+    if summary.video is not None:
+        result["fps"] = summary.fps
+        if summary.frames_expected:  # the header's count, and the frames of it never read
+            result["frames_expected"] = summary.frames_expected
+            result["frames_missing"] = max(0, summary.frames_expected - summary.frames)
+    if summary.warnings:
+        result["warnings"] = summary.warnings
+    for line in summary.warnings:  # stderr: stdout stays one JSON object with --json
+        typer.echo(f"warning: {line}", err=True)
     if json_out:
         print_json(result)
     else:
         console.print(
             f"wrote {summary.frames} frame(s) to {summary.out_dir}"
             + (f" ({summary.skipped} unreadable skipped)" if summary.skipped else "")
+            + (f"; overlay video: {summary.video}" if summary.video else "")
             + f"; colour legend: {result['legend']}",
             soft_wrap=True,
         )

@@ -6,15 +6,15 @@ probability, white = confident; needs a logits graph, not a baked-argmax one) an
 ``<name>_trainIds.png`` or ``<name>_labelIds.png`` (raw class ids). Output names mirror the input
 tree, one name per frame (frames whose names differ only in the extension keep it: ``a_png``,
 ``a_jpg``; :func:`stvm_sdk.boundary.names.output_stems`); ``legend.png`` at the top of the output folder
-shows each class's colour. Video needs OpenCV (``cv2``), which is optional: without it the command says
-how to install it or how to extract frames instead.
+shows each class's colour. A video gives ``<stem>_overlay.mp4`` at its own frame rate; it needs OpenCV
+(``cv2``, the ``video`` extra): without it the command says how to install it or how to extract frames.
 """
 
 from __future__ import annotations
 
 import io
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from stvm_sdk.boundary.frames import FrameRejected
 from stvm_sdk.boundary.names import output_stems
 from stvm_sdk.boundary.outputs import claim_dir, write_bytes_atomic
 from stvm_sdk.data.video import VIDEO_EXTENSIONS, video_frames
-from stvm_sdk.errors import ConfigError, DataError
+from stvm_sdk.errors import ConfigError, DataError, OutputError
 from stvm_sdk.export.palette import (
     ID_FORMATS,
     class_id_image,
@@ -51,6 +51,9 @@ class PredictSummary:
     video: Path | None = None
     skipped: int = 0
     skip_report: dict[str, Any] | None = None
+    fps: float | None = None  # a video's frame rate (the overlay video's too)
+    frames_expected: int | None = None  # the frame count a video's header announces (None: unknown)
+    warnings: list[str] = field(default_factory=list)  # work not done: a video that ended early
 
 
 def infer(
@@ -185,16 +188,24 @@ def predict_video(
     progress: Callable[[int, int], None] | None = None,
     ids: str | None = None,
 ) -> PredictSummary:
-    """Predict every frame of ``video``; write ``<stem>_overlay.mp4`` (and per-frame images if asked)."""
+    """Predict every frame of ``video``; write ``<stem>_overlay.mp4`` at the video's frame rate (and
+    per-frame images if asked).
+
+    A file that does not open as a video, or whose first frame does not decode, is refused before anything
+    is written. A video that stops decoding before the frame count its header announces (truncated or
+    damaged) keeps the overlay of the frames read, and says so in ``warnings``. The overlay is written to
+    a hidden temporary file and renamed at the end: a failure in between leaves no half-written video.
+    """
     if not video.is_file():
         raise DataError(f"video not found: {video}")
     _check_request(runner, ids, confidence and write_frames)
-    cv2, frames, fps, count = video_frames(video)
+    cv2, frames, fps, count = video_frames(video)  # refuses an unreadable file before anything is written
     claim_dir(out_dir, "predict", inputs=(runner.path, video))
     write_legend(runner, out_dir)
     target = out_dir / f"{video.stem}_overlay.mp4"
     tmp = target.with_name(f".{target.name}.tmp.mp4")
     writer, n, palette = None, 0, _palette(runner)
+    done = False
     try:
         for image in frames:
             cls, conf = infer(runner, image, size)
@@ -204,17 +215,34 @@ def predict_video(
             if writer is None:
                 h, w = image.shape[:2]
                 writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-            writer.write(imgs["overlay"][:, :, ::-1])
+                if not writer.isOpened():
+                    raise OutputError(
+                        f"cannot write {target.name} in {out_dir}: OpenCV has no mp4v encoder for "
+                        f"{w}x{h} frames here; pass --frames for per-frame images"
+                    )
+            writer.write(np.ascontiguousarray(imgs["overlay"][:, :, ::-1]))
             if write_frames:
                 _write(imgs, out_dir / f"{video.stem}_{n:06d}", confidence)
             n += 1
             if progress:
                 progress(n, count)
+        done = True
     finally:
         if writer is not None:
             writer.release()
-    if n == 0:
+        if not done:
+            close = getattr(frames, "close", None)
+            if close is not None:
+                close()  # releases the reader now, not when collected
+            tmp.unlink(missing_ok=True)
+    if n == 0:  # the reader checks the first frame: only a reader that changed its mind gets here
         tmp.unlink(missing_ok=True)
         raise DataError(f"no frames could be read from {video}")
     tmp.replace(target)
-    return PredictSummary(n, out_dir, video=target)
+    warnings = []
+    if count and n < count:
+        warnings.append(
+            f"{video} ended after {n} of the {count} frames its header announces (the file is truncated "
+            f"or damaged): {target.name} holds the {n} frame(s) read"
+        )
+    return PredictSummary(n, out_dir, video=target, fps=fps, frames_expected=count or None, warnings=warnings)
