@@ -57,10 +57,13 @@ def _print(report) -> None:  # type: ignore[no-untyped-def]
     m = report.machine
     title = f"batch {report.shape[0]} at {report.shape[2]}x{report.shape[3]} on {m['gpu'] or m['cpu']}"
     t = Table(title=title)
+    # What tells rows of one backend apart (static/dynamic graph, exporter, exported on the fly), when any.
+    variant = any(r.variant for r in report.rows)
     for col in (
         "model",
         "backend",
         "precision",
+        *(["graph"] if variant else []),
         "mean ms",
         "p50",
         "p90",
@@ -77,6 +80,7 @@ def _print(report) -> None:  # type: ignore[no-untyped-def]
             r.model,
             r.backend,
             r.precision,
+            *([r.variant or "-"] if variant else []),
             f"{r.mean_ms:.1f}",
             f"{r.p50_ms:.1f}",
             f"{r.p90_ms:.1f}",

@@ -55,12 +55,10 @@ def _print(s: dict[str, Any], out: Console | None = None) -> None:
         "exported ONNX vs PyTorch",
         f"max |logit diff| {v['max_abs_diff']:.2e}, same argmax on {v['argmax_agreement']:.2f} % of pixels",
     )
-    for row in s["bench"]:
+    for row in s["bench"]:  # each row's label says what tells it from the others (stvm_sdk.bench.timing)
         what = "PyTorch eager" if row["backend"] == "torch" else "ONNX Runtime"
-        t.add_row(
-            f"latency {Path(str(row['model'])).name} ({what}, {row['precision']})",
-            f"{row['mean_ms']:.1f} ms mean, p90 {row['p90_ms']:.1f} ms",
-        )
+        label = row.get("label") or f"{Path(str(row['model'])).name} ({what}, {row['precision']})"
+        t.add_row(f"latency {label}", f"{row['mean_ms']:.1f} ms mean, p90 {row['p90_ms']:.1f} ms")
     stages = ", ".join(f"{STAGES.get(k, k)} {v:.0f} s" for k, v in s["timings_s"].items())
     t.add_row("time", f"{s['seconds']:.0f} s ({stages})")
     out.print(t)

@@ -1,12 +1,18 @@
 """Pictures of a run a person looks at: per-frame panels (image | ground truth | before | after |
 reliability) and the run's curves (losses, mean reliability, mixed share) from ``metrics.jsonl``.
 
-Written with matplotlib's Agg backend (no display needed) into ``<run>/figures/``.
+Written with matplotlib's Agg backend (no display needed) into ``<run>/figures/``. Matplotlib's own
+messages never reach the user's terminal (:func:`quiet_matplotlib`): the CLI logs at INFO, and
+matplotlib logs its font-cache rebuild there ("generated new fontManager").
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import tempfile
+import warnings
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -25,7 +31,43 @@ LOSSES = ("loss", "loss_st", "loss_metric", "loss_entropy")
 RATES = {"mean_weight": "mean reliability weight", "mix_fraction": "share of pixels mixed (MOCM)"}
 
 
+def quiet_matplotlib() -> None:
+    """Keep matplotlib's own log lines off the user's terminal, and give it a cache it can keep.
+
+    Its ``matplotlib.*`` loggers only pass errors: at the CLI's INFO level, the font-cache rebuild
+    ("Matplotlib is building the font cache", "generated new fontManager") and the notices about its
+    cache folder would print among our lines. Where its default config/cache folder (under HOME) cannot
+    be written, ``MPLCONFIGDIR`` points at a per-user folder under the temporary directory, so the
+    font cache is built once, not on every run (a user's own ``MPLCONFIGDIR`` is kept).
+    """
+    logging.getLogger("matplotlib").setLevel(logging.ERROR)
+    if os.environ.get("MPLCONFIGDIR"):
+        return
+    try:
+        home = Path.home()
+        defaults = [
+            Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config") / "matplotlib",
+            Path(os.environ.get("XDG_CACHE_HOME") or home / ".cache") / "matplotlib",
+        ]
+    except RuntimeError:  # no home directory
+        defaults = []
+    if defaults and all(_writable_dir(d) for d in defaults):
+        return
+    own = Path(tempfile.gettempdir()) / f"stvm-matplotlib-{os.getuid() if hasattr(os, 'getuid') else 0}"
+    if _writable_dir(own, mode=0o700):
+        os.environ["MPLCONFIGDIR"] = str(own)
+
+
+def _writable_dir(path: Path, mode: int = 0o777) -> bool:
+    try:
+        path.mkdir(mode=mode, parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
+
+
 def _pyplot() -> Any:
+    quiet_matplotlib()
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -38,7 +80,9 @@ def _save(fig: Any, path: Path) -> Path:
     import io
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    with warnings.catch_warnings():  # drawing warns about fonts (missing glyphs): not the user's concern
+        warnings.simplefilter("ignore")
+        fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     _pyplot().close(fig)
     return write_bytes_atomic(buf.getvalue(), path)
 

@@ -6,6 +6,11 @@ temporary ONNX, in ``ort``; an ``.onnx`` runs in ``ort``; an ``.engine`` in ``tr
 ``backends="auto"`` every file gets all the backends it can serve here (TensorRT only where a GPU
 and TensorRT exist; an engine that cannot run here is an error, since it was given explicitly); a
 backend named in ``backends`` must apply to some file, or the call fails saying why.
+
+Each row says what its artifact is where rows differ (static or dynamic input, exporter, exported on
+the fly: :func:`stvm_sdk.bench.timing.label_rows`). ONNX Runtime sessions opened here stop spinning
+when a run returns (:func:`stvm_sdk.runners.ort.no_spinning_after_run`): its idle pool would otherwise
+take the cores the next backend is being timed on.
 """
 
 from __future__ import annotations
@@ -22,12 +27,15 @@ from typing import Any
 
 import numpy as np
 
-from stvm_sdk.bench.timing import Stats, measure_interleaved, open_and_warm
+from stvm_sdk.bench.timing import Stats, label_rows, measure_interleaved, open_and_warm
 from stvm_sdk.boundary.args import suggest
 from stvm_sdk.errors import ConfigError, ModelLoadError
 from stvm_sdk.runners.base import Runner
 from stvm_sdk.runners.dispatch import BACKENDS, backend_of, open_runner
+from stvm_sdk.runners.ort import no_spinning_after_run
 from stvm_sdk.runners.trt import TrtRunner
+
+ON_THE_FLY = "exported on the fly"
 
 
 @dataclass
@@ -115,8 +123,16 @@ def _pairs(paths: Sequence[Path], wanted: list[str] | None) -> list[tuple[Path, 
 
 
 def _open(
-    path: Path, backend: str, shape: tuple[int, ...], tmp: Path, threads: int | None, trust_pickle: bool
+    path: Path,
+    backend: str,
+    shape: tuple[int, ...],
+    tmp: Path,
+    threads: int | None,
+    trust_pickle: bool,
+    made: dict[Path, Any] | None = None,
 ) -> Runner:
+    """Open ``path`` in ``backend``; a checkpoint timed in ``ort`` is exported first (``made[path]``
+    gets that :class:`~stvm_sdk.export.onnx.OnnxExport`)."""
     if backend == "ort" and path.suffix.lower() not in (".onnx",):
         from stvm_sdk.export.onnx import export_onnx, fit_to_model
         from stvm_sdk.export.options import DEFAULT_OPSET
@@ -128,16 +144,36 @@ def _open(
         dynamic, exporter, opset, _ = fit_to_model(
             model, dynamic=True, exporter="auto", opset=DEFAULT_OPSET, hw=hw
         )
-        onnx_path = export_onnx(
+        # With "auto", a model the legacy exporter fails on is exported by the dynamo one at the bench shape.
+        exp = export_onnx(
             model, tmp / f"{path.stem}.onnx", dynamic=dynamic, exporter=exporter,  # type: ignore[arg-type]
             opset=opset, example_hw=hw,
-        ).path  # fmt: skip
-        runner = open_runner(onnx_path, "ort", threads=threads)
+        )  # fmt: skip
+        if made is not None:
+            made[path] = exp
+        runner = open_runner(exp.path, "ort", threads=threads)
         runner.path = path
         return runner
     if backend == "trt":
         TrtRunner.check_compatible(path, shape)  # profile and GPU/TensorRT match, before any TensorRT object
-    return open_runner(path, backend, trust_pickle=trust_pickle, threads=threads)
+    runner = open_runner(path, backend, trust_pickle=trust_pickle, threads=threads)
+    _check_static(runner, path, shape)
+    return runner
+
+
+def _check_static(runner: Runner, path: Path, shape: tuple[int, ...]) -> None:
+    """A static graph runs at its own size only: another --shape or --batch is one line, not a traceback."""
+    fixed = runner.fixed_size
+    session = getattr(runner, "session", None)  # ONNX Runtime's
+    inputs = session.get_inputs() if session is not None else []
+    batch = inputs[0].shape[0] if inputs else None
+    if fixed is not None and tuple(fixed) != tuple(shape[-2:]):
+        raise ConfigError(
+            f"{path.name} is a static graph for {fixed[0]}x{fixed[1]} images: bench it with --shape "
+            f"{fixed[0]}x{fixed[1]}"
+        )
+    if isinstance(batch, int) and batch != shape[0]:
+        raise ConfigError(f"{path.name} is a static graph for batch {batch}: bench it with --batch {batch}")
 
 
 def bench_models(
@@ -172,17 +208,69 @@ def bench_models(
     saved_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)  # eager torch gets the same thread budget as ONNX Runtime
-    with tempfile.TemporaryDirectory(prefix="stvm-bench-") as tmp, _restore_threads(saved_threads):
+    made: dict[Path, Any] = {}
+    with (
+        tempfile.TemporaryDirectory(prefix="stvm-bench-") as tmp,
+        _restore_threads(saved_threads),
+        no_spinning_after_run(),  # an idle ORT pool must not spin on the cores the next backend is timed on
+    ):
         opened = [
-            open_and_warm(functools.partial(_open, p, b, full, Path(tmp), threads, trust_pickle), x, warmup)
+            open_and_warm(
+                functools.partial(_open, p, b, full, Path(tmp), threads, trust_pickle, made), x, warmup
+            )
             for p, b in pairs
         ]
         runners, prepared, memory = (list(t) for t in zip(*opened, strict=True))
         rows = measure_interleaved(
-            runners, prepared, iters=iters, batch=batch, names=[p.name for p, _ in pairs], memory=memory
+            runners, prepared, iters=iters, batch=batch, names=_names([p for p, _ in pairs]), memory=memory
         )
+        for row, r, (p, b) in zip(rows, runners, pairs, strict=True):
+            row.shape, row.exporter, row.origin = artifact_facts(r, made.get(p) if b == "ort" else None)
+        label_rows(rows)
         est = edge_estimate(runners, full, Path(tmp)) if edge else None
     return BenchReport(rows, full, est, machine_info())  # type: ignore[arg-type]
+
+
+def _names(paths: Sequence[Path]) -> list[str]:
+    """Each file's name, with its folder where two different files share a name (a/model.onnx)."""
+    clash = {p.name for p in paths if len({q.resolve() for q in paths if q.name == p.name}) > 1}
+    return [f"{p.parent.name}/{p.name}" if p.name in clash else p.name for p in paths]
+
+
+def artifact_facts(runner: Runner, made: Any = None) -> tuple[str | None, str | None, str | None]:
+    """``(shape, exporter, origin)`` of what ``runner`` runs, for its row: ``static HxW`` or ``dynamic``,
+    the exporter and opset (from ``made``, the on-the-fly export, or the artifact's sidecar), and whether
+    it was exported on the fly; all None for eager torch."""
+    if runner.backend == "torch":
+        return None, None, None
+    meta: dict[str, Any] = getattr(runner, "sidecar", None) or getattr(runner, "meta", None) or {}
+    profile = getattr(runner, "profile", None)  # a TensorRT engine's
+    shape: str | None = None
+    if runner.fixed_size is not None:
+        shape = f"static {runner.fixed_size[0]}x{runner.fixed_size[1]}"
+    elif profile is not None:
+        lo, hi = profile.min, profile.max
+        shape = f"static {lo[2]}x{lo[3]}" if lo == hi else f"{lo[2]}x{lo[3]} to {hi[2]}x{hi[3]}"
+    elif runner.backend == "ort":
+        shape = "dynamic"
+    src = {"exporter": made.exporter, "opset": made.opset} if made is not None else meta
+    kind, opset = src.get("exporter"), src.get("opset")
+    if opset is None and runner.backend == "ort" and Path(str(runner.path)).suffix.lower() == ".onnx":
+        opset = _file_opset(Path(str(runner.path)))  # a graph without a sidecar: its opset at least
+    named = [f"{kind}" if kind else "", f"opset {opset}" if opset else ""]
+    exporter = ", ".join(n for n in named if n) or None
+    return shape, exporter, ON_THE_FLY if made is not None else None
+
+
+def _file_opset(path: Path) -> int | None:
+    import onnx
+
+    from stvm_sdk.export.onnx import graph_opset
+
+    try:
+        return graph_opset(onnx.load(str(path), load_external_data=False)) or None
+    except Exception:  # the session read it; a label is not worth an error
+        return None
 
 
 MAX_BATCH, MAX_CALLS = 1024, 1_000_000

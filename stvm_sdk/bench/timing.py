@@ -3,6 +3,10 @@
 On a shared CPU a neighbour's burst can slow whichever backend happens to run at that moment, so
 :func:`measure_interleaved` runs the backends round-robin in short chunks: every backend sees the
 same machine load, which keeps their *ratios* honest even when absolute times drift.
+
+Every row gets a ``label`` (:func:`label_rows`) that tells it from the other rows of the table: two
+ONNX Runtime rows of one model say which is the static graph and which the dynamic one, which was
+exported on the fly, which precision or exporter each is.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,9 +41,39 @@ class Stats:
     peak_mem_mb: float | None
     device: str
     ratio_to_torch: float | None = None
+    # What the artifact is, where it tells rows apart (None: not a graph, or not known).
+    shape: str | None = None  # "static 512x1024" or "dynamic" (the graph's or engine's input)
+    exporter: str | None = None  # e.g. "legacy, opset 17"
+    origin: str | None = None  # "exported on the fly" for a checkpoint timed in ONNX Runtime
+    variant: str = ""  # the facts above in which this row differs from rows of the same backend
+    label: str = ""  # one line naming the row among the others (:func:`label_rows`)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+
+
+BACKEND_NAMES = {"torch": "PyTorch eager", "ort": "ONNX Runtime", "trt": "TensorRT"}
+_FACTS = ("shape", "exporter", "origin")
+
+
+def label_rows(rows: list[Stats]) -> list[Stats]:
+    """Give each row a ``label`` that tells it from the others: its file (when the rows come from
+    several), backend and precision, and ``variant``: the facts (static/dynamic input, exporter and
+    opset, exported on the fly) in which it differs from other rows of the same backend."""
+    several_files = len({r.model for r in rows}) > 1
+    for r in rows:
+        peers = [o for o in rows if o.backend == r.backend]
+        differs = [f for f in _FACTS if len({getattr(o, f) for o in peers}) > 1]
+        r.variant = ", ".join(str(getattr(r, f)) for f in differs if getattr(r, f))
+        parts = [BACKEND_NAMES.get(r.backend, r.backend), r.precision, *([r.variant] if r.variant else [])]
+        r.label = f"{r.model} ({', '.join(parts)})" if several_files else ", ".join(parts)
+    seen: Counter[str] = Counter(r.label for r in rows)
+    nth: Counter[str] = Counter()
+    for r in rows:  # the same file, backend and facts twice (given twice): number them
+        if seen[r.label] > 1:
+            nth[r.label] += 1
+            r.label = f"{r.label} #{nth[r.label]}"
+    return rows
 
 
 def summarize(
@@ -146,8 +181,10 @@ def measure_interleaved(
 ) -> list[Stats]:  # fmt: skip
     """Time ``iters`` calls per runner, in rounds of a few consecutive calls per runner.
 
-    Each round starts with one untimed call: thread pools of the previous runtime (ONNX Runtime and
-    OpenMP spin for a while after a call) then no longer steal cores from the one being timed.
+    Each round starts with one untimed call: thread pools of the previous runtime (OpenMP's spin for a
+    while after a call) then no longer steal cores from the one being timed. That call is shorter than
+    ONNX Runtime's spinning (~30 ms), so `stvm bench` opens its sessions not to spin after a run
+    (:func:`stvm_sdk.runners.ort.no_spinning_after_run`).
 
     Args:
         runners: warmed-up backends to compare; ``prepared``: their inputs (the same images).
@@ -166,7 +203,7 @@ def measure_interleaved(
     for i, r in enumerate(runners):
         mem = memory[i] if memory else None
         rows.append(summarize(times[i], r, names[i] if names else Path(r.path).name, batch, mem))
-    return add_ratios(rows)
+    return label_rows(add_ratios(rows))
 
 
 def add_ratios(rows: list[Stats]) -> list[Stats]:

@@ -11,7 +11,11 @@ Exporter choice (what each exporter can do on CPU: docs/environment.md):
   **opset 17**, the newest opset TensorRT 8.5/8.6 parse (JetPack 5 and DRIVE OS 6 ship those), so
   one file builds on every car we target. It is deprecated upstream but works in torch <= 2.14.
 * ``dynamo`` (``torch.export``-based) is an order of magnitude slower and needs opset >= 18 (TensorRT
-  >= 10). It is the future-proof path, used by ``exporter="auto"`` only where the legacy exporter is gone.
+  >= 10). It is the future-proof path, used by ``exporter="auto"`` where the legacy exporter is gone,
+  and as ``auto``'s fallback: when the legacy exporter fails on a model (e.g. smp's PSPNet, whose
+  adaptive pooling it cannot translate with dynamic sizes), the dynamo exporter exports it at a fixed
+  input size and opset >= 18, said in one line (:func:`fallback_note`). An exporter the user named
+  is kept: its failure is the error, with what to try instead.
 
 The graph carries how to feed it and read it (precision, classes, input normalisation and mean/std,
 output kind) in its ``metadata_props`` (:func:`stvm_sdk.export.sidecar.graph_facts`), and is checked
@@ -23,10 +27,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import sys
+import tempfile
 import time
 import warnings
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -47,6 +54,49 @@ CLASSES_NAME = "classes"
 IN_AXES = {0: "batch", 2: "height", 3: "width"}
 # Weights above this size go to an external-data file; protobuf refuses messages over 2 GiB.
 EXTERNAL_DATA_THRESHOLD = 1 << 30
+DYNAMO_MIN_OPSET = 18  # the dynamo exporter emits opset >= 18
+
+
+class ExporterFailed(ModelLoadError):
+    """One exporter could not export the model: ``kind`` names it, ``gist`` is its error's first line.
+
+    The message says what to try instead; ``auto`` exports fall back on it (:func:`fallback_note`)."""
+
+    def __init__(self, kind: str, gist: str) -> None:
+        self.kind, self.gist = kind, gist
+        other = f"dynamo --opset {DYNAMO_MIN_OPSET}" if kind == "legacy" else "legacy"
+        super().__init__(f"ONNX export ({kind}) failed: {gist[:300]}; try --exporter {other}")
+
+    @property
+    def short(self) -> str:
+        """What failed, in a few words: the error's first sentence, cut at 120 characters."""
+        first = self.gist.split(". ", 1)[0].strip().rstrip(".")
+        return first if len(first) <= 120 else first[:117].rstrip() + "..."
+
+
+def fallback_note(failed: ExporterFailed, opset: int, hw: tuple[int, int]) -> str:
+    """The one line said when ``auto`` falls back from the legacy to the dynamo exporter."""
+    return (
+        f"the legacy ONNX exporter failed ({failed.short}): exporting with the dynamo exporter at opset "
+        f"{opset} instead; the graph has a fixed input size {hw[0]}x{hw[1]} and batch 1"
+    )
+
+
+def both_failed(first: ExporterFailed, second: ExporterFailed, opset: int, hw: tuple[int, int]) -> str:
+    """The one error line when the legacy exporter and the dynamo fallback both failed."""
+    return (
+        f"ONNX export failed with both exporters: legacy: {first.short}; dynamo (opset {opset}, fixed "
+        f"input size {hw[0]}x{hw[1]}): {second.short}"
+    )
+
+
+def resolve_exporter(exporter: str, opset: int) -> str:
+    """The exporter ``exporter`` runs first: ``auto`` is ``legacy`` where this torch still has it.
+
+    Raises:
+        ConfigError: an unknown exporter, or the dynamo exporter below opset 18.
+    """
+    return _pick_exporter(exporter, opset)
 
 
 class DeployModule(nn.Module):
@@ -88,6 +138,8 @@ class OnnxExport:
     external_data: Path | None
     output_name: str
     op_counts: dict[str, int] = field(default_factory=dict)
+    dynamic: bool = True  # False: a fixed input size (asked for, or the dynamo fallback's)
+    fallback: str | None = None  # the line said when ``auto`` fell back to the dynamo exporter
 
     @property
     def size_bytes(self) -> int:
@@ -107,8 +159,13 @@ def export_onnx(
     fp16: bool = False,
     example_hw: tuple[int, int] = (64, 128),
     external_data: bool | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> OnnxExport:
     """Export ``model`` to ``path`` (atomically) and check the graph.
+
+    With ``exporter="auto"``, a model the legacy exporter fails on is exported by the dynamo exporter
+    at the fixed size ``example_hw`` (batch 1) and opset >= 18: ``log`` gets one line saying so, and
+    the result's ``dynamic``, ``exporter``, ``opset`` and ``fallback`` say what was written.
 
     Args:
         model: the model; never modified (a copy is exported).
@@ -119,11 +176,13 @@ def export_onnx(
         bake_normalize: input is [0,1] RGB and the graph normalises; else the input is normalised.
         argmax: output ``classes [B,H,W] uint8`` instead of ``logits [B,K,H,W] float32``.
         fp16: half-precision weights and compute with float32 input/output (for GPUs).
-        example_hw: the trace input size (any size the model accepts).
+        example_hw: the trace input size (any size the model accepts); the input size of a static graph.
         external_data: force (True) or forbid (False) ``<name>.onnx.data``; None decides by size.
+        log: where the fallback line goes (None: only in the result's ``fallback``).
 
     Raises:
-        ConfigError: bad option combination. ModelLoadError: the model cannot be exported.
+        ConfigError: bad option combination. ModelLoadError: the model cannot be exported
+            (:class:`ExporterFailed` when the exporter itself failed).
     """
     final = Path(path)
     kind = _pick_exporter(exporter, opset)
@@ -141,10 +200,23 @@ def export_onnx(
     wrapper = _deploy_module(model, bake_normalize=bake_normalize, argmax=argmax, half=fp16)
     out_name = CLASSES_NAME if argmax else LOGITS_NAME
     start = time.perf_counter()
+    note = None
     with staging_dir(final) as stage:
         raw = stage / "raw" / final.name
         raw.parent.mkdir()
-        _run_exporter(kind, wrapper, raw, opset, dynamic, out_name, example_hw)
+        try:
+            _run_exporter(kind, wrapper, raw, opset, dynamic, out_name, example_hw)
+        except ExporterFailed as first:
+            if exporter != "auto" or kind != "legacy":
+                raise
+            kind, opset, dynamic = "dynamo", max(opset, DYNAMO_MIN_OPSET), False
+            note = fallback_note(first, opset, example_hw)
+            if log is not None:
+                log(note)
+            try:
+                _run_exporter(kind, wrapper, raw, opset, dynamic, out_name, example_hw)
+            except ExporterFailed as second:
+                raise ModelLoadError(both_failed(first, second, opset, example_hw)) from second
         facts = graph_facts(
             model, precision="fp16" if fp16 else "fp32", baked_normalize=bake_normalize, argmax=argmax,
             dynamic=dynamic, size=example_hw,
@@ -167,6 +239,8 @@ def export_onnx(
         data_final,
         out_name,
         counts,
+        dynamic,
+        note,
     )
 
 
@@ -234,17 +308,54 @@ def _run_exporter(
         with exporting(), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # deprecation + tracer warnings on every export
             if kind == "legacy":
-                torch.onnx.export(
-                    module, (example,), str(out), dynamo=False, opset_version=opset,
-                    input_names=[INPUT_NAME], output_names=[out_name], do_constant_folding=True,
-                    dynamic_axes={INPUT_NAME: IN_AXES, out_name: out_axes} if dynamic else None,
-                )  # fmt: skip
+                with _native_output_quiet():
+                    torch.onnx.export(
+                        module, (example,), str(out), dynamo=False, opset_version=opset,
+                        input_names=[INPUT_NAME], output_names=[out_name], do_constant_folding=True,
+                        dynamic_axes={INPUT_NAME: IN_AXES, out_name: out_axes} if dynamic else None,
+                    )  # fmt: skip
             else:
                 _export_dynamo(module, example, out, opset, dynamic, out_name)
     except Exception as exc:  # exporter failures are long; the user needs the gist and what to try
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        other = "dynamo --opset 18" if kind == "legacy" else "legacy"
-        raise ModelLoadError(f"ONNX export ({kind}) failed: {first[:300]}; try --exporter {other}") from exc
+        raise ExporterFailed(kind, first) from exc
+
+
+@contextlib.contextmanager
+def _native_output_quiet() -> Iterator[None]:
+    """Drop what native code writes to the process's stdout and stderr meanwhile.
+
+    When the legacy exporter fails, torch's C++ side prints the whole TorchScript graph (hundreds of
+    lines) on stdout first (``_jit_onnx_log``, always on in torch 2.x): noise for the user, and it
+    would break ``--json``, whose stdout holds one JSON object. The error raised after it says what failed.
+    """
+    with contextlib.ExitStack() as stack:
+        for stream in (sys.__stdout__, sys.__stderr__):
+            stack.enter_context(_fd_to_sink(stream))
+        yield
+
+
+@contextlib.contextmanager
+def _fd_to_sink(stream: Any) -> Iterator[None]:
+    """Point ``stream``'s file descriptor at a scratch file until the block ends (nothing without one)."""
+    try:
+        fd = stream.fileno()
+        saved = os.dup(fd)
+    except (AttributeError, OSError, ValueError):  # no real descriptor (embedded interpreter)
+        yield
+        return
+    try:
+        with tempfile.TemporaryFile() as sink:
+            for s in (sys.stdout, sys.stderr, stream):
+                with contextlib.suppress(Exception):
+                    s.flush()
+            os.dup2(sink.fileno(), fd)
+            try:
+                yield
+            finally:
+                os.dup2(saved, fd)
+    finally:
+        os.close(saved)
 
 
 def _export_dynamo(

@@ -9,6 +9,10 @@ artifacts that were kept, and what to do (e.g. ``--min-agreement`` for an fp16 g
 near-tied pixels); no engine is built then. Engines are built last: when TensorRT or a GPU is
 missing the verified ONNX files stay and :attr:`ExportReport.trt_error` says what is missing (the
 CLI then exits non-zero).
+
+With ``--exporter auto`` (the default) the graphs are written by the legacy exporter; when it fails on
+the model, every row is written again by the dynamo exporter at the verification size (``--shape``'s
+OPT, batch 1) and opset >= 18, said in one line; an exporter the user named is never swapped.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from stvm_sdk.boundary.outputs import claim_dir, write_json_atomic
-from stvm_sdk.errors import ConfigError, DataError, VerificationError
+from stvm_sdk.errors import ConfigError, DataError, ModelLoadError, VerificationError
 from stvm_sdk.export import sidecar as sc
 from stvm_sdk.export.artifacts import publish, staging_dir
 from stvm_sdk.export.frames import VerifyFrame, load_frames
@@ -69,6 +73,11 @@ def export_model(
     say = log or (lambda _msg: None)
     rows, profile = _check_options(opts)
     opts = _fit_to_model(model, opts, profile, say)
+    auto = opts.exporter == "auto"
+    if auto:  # the exporter tried first; its failure is retried here, at the verification size
+        from stvm_sdk.export.onnx import resolve_exporter
+
+        opts = replace(opts, exporter=resolve_exporter(opts.exporter, opts.opset))  # type: ignore[arg-type]
     require_finite(model, "export it")
     claim_dir(opts.out_dir, "export", inputs=(source, opts.calib, opts.labels))
     size = (profile.opt[2], profile.opt[3])
@@ -80,7 +89,8 @@ def export_model(
         job = ExportJob(
             model, opts, stage, verify, calib, _comparer(model, opts), say, calib_disjoint=disjoint
         )
-        staged = [_stage(job, row, report) for row in rows]
+        staged = _stage_rows(job, rows, report, size, fallback=auto)
+        opts = job.opts  # after a fallback: the dynamo exporter and a fixed size, which the sidecars say
         if show:
             show([s.verification for s in staged])
         failed = [s for s in staged if not s.verification.passed or (opts.trt and s.problems)]
@@ -92,6 +102,32 @@ def export_model(
     if opts.trt:
         _build_engines(report, profile, opts, say)
     return report
+
+
+def _stage_rows(
+    job: ExportJob, rows: list[Precision], report: ExportReport, size: tuple[int, int], *, fallback: bool
+) -> list[_Staged]:
+    """Every row staged; with ``fallback``, a legacy exporter failure stages them all again with the
+    dynamo exporter at the fixed size ``size`` (batch 1), said in one line (``job.opts`` then says so)."""
+    from stvm_sdk.export.onnx import DYNAMO_MIN_OPSET, ExporterFailed, both_failed, fallback_note
+
+    try:
+        return [_stage(job, row, report) for row in rows]
+    except ExporterFailed as exc:
+        if not fallback or exc.kind != "legacy":
+            raise
+        first = exc
+    o = job.opts
+    job.opts = replace(o, exporter="dynamo", dynamic=False, opset=max(o.opset, DYNAMO_MIN_OPSET))
+    job.base, report.calibration = None, None
+    report.seconds.clear()
+    job.say(fallback_note(first, job.opts.opset, size))
+    try:
+        return [_stage(job, row, report) for row in rows]
+    except ExporterFailed as second:
+        if second.kind != "dynamo":
+            raise
+        raise ModelLoadError(both_failed(first, second, job.opts.opset, size)) from second
 
 
 def _failure_line(failed: list[_Staged], report: ExportReport, opts: ExportOptions) -> str:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +22,42 @@ from stvm_sdk.runners.contract import (
     unknown_input_line,
 )
 
+# ONNX Runtime's thread pools keep spinning (busy-waiting on their cores) for a while after each run,
+# ready for the next one: ~30 ms of a core after a 5 ms lraspp run at 128x256 on the 2-core dev box.
+# Beside another runtime, that spinning takes the cores the other one is timed on: `stvm bench`
+# interleaves backends, and there eager torch's p50 rose from ~19 to 21-30 ms, and a second ORT
+# session's from ~5.5 to 9-10 ms. So benchmark sessions (inside `no_spinning_after_run`) stop
+# spinning as soon as a run returns ("session.force_spinning_stop"; they still spin within a run, so
+# ORT's own latency is kept: "allow_spinning=0" instead made ORT alone ~35 % slower there).
+# Predict, eval, stream and export verification keep ORT's default: they run ORT alone, back to back,
+# which is what its spinning is tuned for (force_spinning_stop measured 0-10 % slower p50 there),
+# and nothing else is timed beside it.
+FORCE_SPINNING_STOP = "session.force_spinning_stop"
+_SPIN_AFTER_RUN: ContextVar[bool] = ContextVar("stvm_ort_spin_after_run", default=True)
 
-def ort_session(path: Path, *, providers: list[str] | None = None, threads: int | None = None) -> Any:
-    """An ONNX Runtime session with full graph optimisation; a bad file is a one-line error."""
+
+@contextlib.contextmanager
+def no_spinning_after_run() -> Iterator[None]:
+    """Sessions made meanwhile (:func:`ort_session`, :class:`OrtRunner`) stop spinning when a run returns."""
+    token = _SPIN_AFTER_RUN.set(False)
+    try:
+        yield
+    finally:
+        _SPIN_AFTER_RUN.reset(token)
+
+
+def ort_session(
+    path: Path,
+    *,
+    providers: list[str] | None = None,
+    threads: int | None = None,
+    spin_after_run: bool | None = None,
+) -> Any:
+    """An ONNX Runtime session with full graph optimisation; a bad file is a one-line error.
+
+    ``spin_after_run=False`` stops its thread pools spinning when a run returns (for timing it beside
+    other runtimes); None: False inside :func:`no_spinning_after_run`, else ORT's default (spinning).
+    """
     import onnxruntime as ort
 
     if not path.is_file():
@@ -31,6 +67,8 @@ def ort_session(path: Path, *, providers: list[str] | None = None, threads: int 
     opts.log_severity_level = 3  # warnings about unused initialisers etc. are noise for users
     if threads:
         opts.intra_op_num_threads = threads
+    if not (_SPIN_AFTER_RUN.get() if spin_after_run is None else spin_after_run):
+        opts.add_session_config_entry(FORCE_SPINNING_STOP, "1")  # both pools (intra- and inter-op)
     try:
         return ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
     except Exception as exc:
