@@ -31,6 +31,7 @@ STREAM_OPTIONS = (
     ConfigOption("--bn-predict", "bn_predict", StreamConfig, prefix="stream."),
     ConfigOption("--bn-momentum", "bn_momentum", StreamConfig, prefix="stream."),
     ConfigOption("--on-collapse", "health.restore", StreamConfig, prefix="stream."),
+    ConfigOption("--reset-every", "reset_every", StreamConfig, prefix="stream."),
     ConfigOption("--lr", "optim.lr", AdaptConfig, " (constant on a stream)."),
     ConfigOption("--device", "run.device", AdaptConfig),
     ConfigOption("--seed", "run.seed", AdaptConfig, " (and of the buffer's draws)."),
@@ -60,6 +61,12 @@ def stream_command(
     ),
     max_frames: int | None = typer.Option(None, "--max-frames", help="Stop after this many frames."),
     resume: bool = typer.Option(False, "--resume", help="Continue the stream in --out from its checkpoint."),
+    asynchronous: bool = typer.Option(
+        False, "--async", help="Adapt in a worker thread: prediction never waits for a training step."
+    ),
+    fps: float | None = typer.Option(
+        None, "--fps", help="Replay the input at this frame rate: frames not served in time are dropped."
+    ),
     num_classes: int | None = typer.Option(
         None, "--num-classes", help="Check the model has this many classes."
     ),
@@ -97,6 +104,7 @@ def stream_command(
             checkpoint_every=checkpoint_every, max_frames=max_frames, device=cfg.run.device,
             seed=cfg.run.seed, trust_pickle=trust_pickle, num_classes=num_classes, classifier=classifier,
             on_window=live.update if live else None, ignore_out_of_range=ignore_out_of_range,
+            asynchronous=asynchronous, fps=fps,
         )  # fmt: skip
     finally:
         if live is not None:
@@ -189,9 +197,10 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
     table = Table(title="stvm stream", show_header=False)
     for key in (
-        "method", "deliverable", "frames", "adapted_frames", "steps", "frames_skipped", "frames_expected",
-        "frames_missing", "fps", "predict_ms_p50",
-        "predict_ms_p99", "adapt_ms_p50", "adapt_ms_p99", "adapt_ms_per_frame", "miou_online", "restores",
+        "method", "mode", "deliverable", "frames", "adapted_frames", "steps", "frames_skipped",
+        "frames_expected", "frames_missing", "fps_target", "frames_dropped", "fps", "predict_ms_p50",
+        "predict_ms_p99", "predict_ms_p99_adapting", "latency_ms_p99", "adapt_ms_p50", "adapt_ms_p99",
+        "adapt_ms_per_frame", "version", "miou_online", "restores",
         "memory_mib", "seconds", "run_dir", "model_path", "metrics_path",
     ):  # fmt: skip
         value = summary.get(key)

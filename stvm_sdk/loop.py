@@ -38,7 +38,7 @@ from stvm_sdk.data.images import resize_image
 from stvm_sdk.errors import DataError, DivergedError, StvmError
 from stvm_sdk.eval.evaluate import EvalResult, evaluate_frames
 from stvm_sdk.methods.base import Method
-from stvm_sdk.methods.parts.norm import reestimate_bn
+from stvm_sdk.methods.parts.norm import mix_statistics, reestimate_bn
 from stvm_sdk.models.contract import forward_logits, normalize
 from stvm_sdk.models.io import SegModel, model_suffix, save_model, save_native, save_torchscript
 from stvm_sdk.result import AdaptResult
@@ -88,6 +88,7 @@ def start(job: Job, resume: bool) -> tuple[Method, int]:
         # With the global batch (B x world) on every process: the statistics of a one-process run
         # with that batch, identical everywhere. It is one pass without gradients.
         reestimate_bn(work.module, _bn_batches(job, work, cfg.data.batch_size * ddp.world))
+        mix_statistics(work.module, job.source.module, job.method.source_share(cfg))
     method = job.method.build(work, cfg, torch.Generator().manual_seed(cfg.run.seed)).to(job.device)
     step = 0
     if checkpoint is not None:

@@ -45,8 +45,9 @@ class Online:
 
     adapts: bool = True  # False: the method only predicts on a stream (nothing about it changes)
     # How BatchNorm normalises a predicted frame: "stream" (as the stream's settings say), "frame"
-    # (always by the frame's own statistics: the method's test-time rule) or "running" (always by the
-    # running statistics).
+    # (always by the frame's own statistics: the method's test-time rule), "running" (always by the
+    # running statistics) or "mix" (Method.source_share x the running statistics + the rest x the
+    # frame's own).
     bn_predict: str = "stream"
     follow_bn: bool = True  # BatchNorm running statistics follow the stream's frames
     min_batch: int = 1  # frames a training step needs
@@ -55,8 +56,8 @@ class Online:
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.bn_predict not in ("stream", "frame", "running"):
-            raise ValueError(f"Online.bn_predict must be stream|frame|running, got {self.bn_predict!r}")
+        if self.bn_predict not in ("stream", "frame", "running", "mix"):
+            raise ValueError(f"Online.bn_predict must be stream|frame|running|mix, got {self.bn_predict!r}")
 
 
 @dataclass
@@ -125,6 +126,12 @@ class Method(nn.Module):
     def trains(cls) -> bool:
         """Whether the method takes training steps (it implements :meth:`loss`)."""
         return cls.loss is not Method.loss
+
+    @classmethod
+    def source_share(cls, cfg: AdaptConfig) -> float:
+        """The share of the source model's BatchNorm statistics kept beside the target's: after decision
+        0 offline, and per predicted frame on a stream (``Online.bn_predict = "mix"``); 0 by default."""
+        return 0.0
 
     @classmethod
     def lr_key(cls) -> str | None:

@@ -50,7 +50,7 @@ from stvm_sdk.config import AdaptConfig
 from stvm_sdk.distributed import BATCH_STREAM, step_generator
 from stvm_sdk.errors import ConfigError, DataError
 from stvm_sdk.methods.base import Method
-from stvm_sdk.methods.parts.norm import BN_TYPES, batchnorms
+from stvm_sdk.methods.parts.norm import BN_TYPES, batchnorms, mixed_statistics_hooks
 from stvm_sdk.methods.registry import get_method, resolve
 from stvm_sdk.models.contract import forward_logits, normalize
 from stvm_sdk.models.segmodel import SegModel
@@ -82,10 +82,13 @@ def unread_settings(method: str) -> dict[str, str]:
     if not (online.adapts and cls.trains()):
         why = "takes no training steps"
         out.update(batch_size=why, buffer=why, restore_prob=why)
+    if not (online.adapts and (cls.trains() or online.follow_bn)):
+        out["reset_every"] = "changes nothing on a stream to reset"
     if not (online.adapts and online.follow_bn):
         out["bn_momentum"] = "does not follow BatchNorm statistics on a stream"
     if online.bn_predict != "stream":
-        out["bn_predict"] = f"always predicts with BatchNorm's {online.bn_predict} statistics"
+        what = {"mix": "mixed source and frame"}.get(online.bn_predict, online.bn_predict)
+        out["bn_predict"] = f"always predicts with BatchNorm's {what} statistics"
     return out
 
 
@@ -97,14 +100,18 @@ def _own_statistics(bn: nn.Module, inputs: tuple[Tensor, ...]) -> None:
 
 
 @contextlib.contextmanager
-def _modes(net: nn.Module, bn_train: bool = False, keep_stats: bool = False) -> Iterator[None]:
+def _modes(
+    net: nn.Module, bn_train: bool = False, keep_stats: bool = False, mix: float | None = None
+) -> Iterator[None]:
     """Run ``net`` in eval mode (BatchNorm normalising by the input's statistics when ``bn_train``,
-    see :func:`_own_statistics`; with ``keep_stats`` their running statistics do not move); modes
-    restored after."""
+    see :func:`_own_statistics`; with ``keep_stats`` their running statistics do not move; with
+    ``mix``, by that share of the running statistics + the rest x the input's); modes restored after."""
     saved = [(m, m.training) for m in net.modules()]
     bns = [m for m in net.modules() if isinstance(m, BN_TYPES)] if bn_train else []
     momenta = [bn.momentum for bn in bns]
     hooks = [bn.register_forward_pre_hook(_own_statistics) for bn in bns]
+    if mix is not None:
+        hooks += mixed_statistics_hooks(net, mix)
     net.eval()
     for bn in bns:
         bn.train()
@@ -171,6 +178,8 @@ class FrameResult:
     # step used for the first time (none until the buffer holds a batch, then all those waiting); for
     # one that only follows BatchNorm statistics, this frame.
     used: int = 0
+    version: int | None = None  # asynchronous mode: the published weights that predicted the frame
+    busy: bool = False  # asynchronous mode: the worker was adapting while the frame was predicted
 
 
 class OnlineAdapter:
@@ -223,6 +232,7 @@ class OnlineAdapter:
         # Each predicted frame normalised by its own statistics: the method's rule, or the stream's.
         rule = self.scfg.bn_predict if online.bn_predict == "stream" else online.bn_predict
         self.batch_stats = rule == "frame"
+        self.mix_share = self.method_cls.source_share(self.cfg) if rule == "mix" else None
         self.follow_bn = self.scfg.bn_momentum > 0 and online.follow_bn
         self.adapts = online.adapts
         self.buffer = RingBuffer(self.scfg.buffer)
@@ -233,6 +243,7 @@ class OnlineAdapter:
         self.pushed = 0  # frames adapted on (taken into the buffer)
         self.pending = 0  # of those, frames no training step has used yet (a method that trains)
         self._used = 0  # frames the last adaptation counted as adapted
+        self.used_total = 0  # frames counted as adapted over the stream (since this process started)
         self.restores: list[dict[str, Any]] = []  # every restore: frame, to what, why
         self.size: tuple[int, int] | None = None
         self._initial = _cpu_copy(self.method.state_dict())  # the method at the start: "source"
@@ -266,12 +277,15 @@ class OnlineAdapter:
         (:meth:`step` predicts, then adapts)."""
         return self.predict_with_confidence(frame)[0]
 
-    @torch.no_grad()
-    def predict_with_confidence(self, frame: Tensor) -> tuple[Tensor, float]:
-        """:meth:`predict`, and the prediction's mean max-softmax."""
+    def predict_with_confidence(
+        self, frame: Tensor, network: nn.Module | None = None
+    ) -> tuple[Tensor, float]:
+        """:meth:`predict`, and the prediction's mean max-softmax; ``network``: another copy of the
+        deliverable to predict with (the asynchronous mode's published weights)."""
+        net = self.network if network is None else network
         x = normalize(self._check(frame)[None], self.source.mean, self.source.std)
-        with _modes(self.network, bn_train=self.batch_stats, keep_stats=True):
-            logits = forward_logits(self.network, x).float()
+        with torch.no_grad(), _modes(net, bn_train=self.batch_stats, keep_stats=True, mix=self.mix_share):
+            logits = forward_logits(net, x).float()
         conf, labels = logits.softmax(1).max(1)
         return labels[0], float(conf.mean())
 
@@ -282,27 +296,50 @@ class OnlineAdapter:
         t0 = time.perf_counter()
         labels, conf = self.predict_with_confidence(frame)
         t1 = time.perf_counter()
-        adapted = self.frames % self.scfg.every == 0 and self.adapts
+        adapted, window = self.learn(frame, labels, conf)
+        t2 = time.perf_counter()
+        return FrameResult(labels, conf, t1 - t0, t2 - t1 if adapted else 0.0, adapted, window, self._used)
+
+    def wants(self, index: int) -> bool:
+        """Whether the ``index``-th frame of the stream (0-based) is one to adapt on (``every``)."""
+        return self.adapts and index % self.scfg.every == 0
+
+    def learn(
+        self, frame: Tensor | None, labels: Tensor, conf: float, *, step: bool = True
+    ) -> tuple[bool, dict[str, Any] | None]:
+        """Everything after the prediction of one frame: adapt on it when it is one to adapt on (with
+        ``step=False`` it only joins the buffer: a later step's batch draws it), observe its health,
+        close the window when it is full. ``frame`` may be None for a frame not adapted on (only its
+        prediction ``labels`` and confidence are observed). Returns (adapted on, window record or None)."""
+        adapted = self.wants(self.frames) and frame is not None
         self.frames += 1
         logs: dict[str, float] = {}
         source_pred = None
         self._used = 0
-        if adapted:
-            logs, source_pred = self.adapt(self._check(frame))
-        t2 = time.perf_counter()
+        if adapted and frame is not None:
+            if step:
+                logs, source_pred = self.adapt(self._check(frame))
+            else:
+                self.take(self._check(frame))
         self.monitor.observe(labels, source_pred, conf, logs)
-        window = None
-        if self.frames % self.scfg.window == 0:
-            window = self.close_window()
-        return FrameResult(labels, conf, t1 - t0, t2 - t1 if adapted else 0.0, adapted, window, self._used)
+        self.used_total += self._used
+        window = self.close_window() if self.frames % self.scfg.window == 0 else None
+        reset = self.scfg.reset_every
+        if reset and self.frames % reset == 0 and (self.trains or self.follow_bn):
+            self.restore([f"periodic reset every {reset} frames"], to="source", periodic=True)
+        return adapted, window
+
+    def take(self, frame: Tensor) -> None:
+        """``frame`` joins the buffer without a step of its own (a later step's batch may draw it)."""
+        self.buffer.push(frame.to(self.device))
+        self.pushed += 1
+        self.pending += 1
 
     def adapt(self, frame: Tensor) -> tuple[dict[str, float], Tensor]:
         """One adaptation on ``frame``: buffer, BatchNorm statistics, a training step, the anchor.
         Returns the health logs and the frozen source model's labels for the frame."""
         x = frame.to(self.device)
-        self.buffer.push(x)
-        self.pushed += 1
-        self.pending += 1
+        self.take(x)
         with torch.no_grad():
             src = forward_logits(self.source.module, normalize(x[None], self.source.mean, self.source.std))
             source_pred = src.argmax(1)[0]
@@ -349,10 +386,13 @@ class OnlineAdapter:
             self._healthy = _cpu_copy(self.method.state_dict())
         return record
 
-    def restore(self, reasons: list[str]) -> str:
+    def restore(self, reasons: list[str], *, to: str | None = None, periodic: bool = False) -> str:
         """Put back the last healthy weights (or the source's, per the rule, or when there is no
-        healthy snapshot or it is the one that just failed); returns which."""
-        rule = self.scfg.health.restore  # "off": close_window restores nothing (called directly: as default)
+        healthy snapshot or it is the one that just failed; or ``to="source"``); returns which.
+        ``periodic``: a scheduled reset (``reset_every``), not a health verdict."""
+        rule = (
+            to or self.scfg.health.restore
+        )  # "off": close_window restores nothing (called directly: as default)
         # A second collapse right after a restore to the last healthy snapshot: that snapshot was
         # already on its way down, so go back to the source.
         repeat = (
@@ -367,7 +407,10 @@ class OnlineAdapter:
         if to == "source":
             self.steps = 0  # the teacher's EMA ramp and STvM's metric warm-up start over
             self._healthy = None
-        self.restores.append({"frame": self.frames, "to": to, "reasons": reasons})
+        entry: dict[str, Any] = {"frame": self.frames, "to": to, "reasons": reasons}
+        if periodic:
+            entry["periodic"] = True
+        self.restores.append(entry)
         return to
 
     # --- parts -----------------------------------------------------------------------------------------
@@ -434,7 +477,7 @@ class OnlineAdapter:
             "pending": self.pending, "size": self.size, "method": self.method.state_dict(),
             "optimizer": opt.state_dict() if opt is not None else None, "buffer": self.buffer.state_dict(),
             "monitor": self.monitor.state_dict(), "healthy": self._healthy,
-            "restores": copy.deepcopy(self.restores),
+            "restores": copy.deepcopy(self.restores), "used_total": self.used_total,
         }  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -442,6 +485,7 @@ class OnlineAdapter:
         # Streams checkpointed before these were kept: their steps since the last restore, no frame waiting.
         self.steps_run = int(state.get("steps_run", self.steps))
         self.pushed, self.pending = int(state.get("pushed", 0)), int(state.get("pending", 0))
+        self.used_total = int(state.get("used_total", 0))
         self.size = tuple(state["size"]) if state["size"] is not None else None  # type: ignore[assignment]
         self.method.load_state_dict(state["method"])
         if self.method.optimizer is not None and state["optimizer"] is not None:

@@ -23,6 +23,7 @@ seed and the frame count).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -53,7 +54,9 @@ from stvm_sdk.inputs import as_segmodel, check_method_fits, folder_fingerprint, 
 from stvm_sdk.methods.registry import get_method
 from stvm_sdk.models.io import SegModel, model_suffix, require_finite, save_model
 from stvm_sdk.rundir import KEEP_LAST, RunDir, divergence_advice
+from stvm_sdk.stream.asynchronous import AsyncAdapter
 from stvm_sdk.stream.online import OnlineAdapter, online_config, resize_frame
+from stvm_sdk.stream.pace import Pacer
 from stvm_sdk.stream.settings import StreamConfig
 
 log = logging.getLogger("stvm_sdk")
@@ -63,7 +66,7 @@ log = logging.getLogger("stvm_sdk")
 class StreamResult:
     """What a stream run produced (``summary`` is summary.json)."""
 
-    adapter: OnlineAdapter
+    adapter: OnlineAdapter | AsyncAdapter
     run_dir: Path
     summary: dict[str, Any] = field(default_factory=dict)
 
@@ -143,6 +146,8 @@ def adapt_stream(
     classifier: str | None = None,
     on_window: Callable[[dict[str, Any]], None] | None = None,
     ignore_out_of_range: bool = False,
+    asynchronous: bool = False,
+    fps: float | None = None,
 ) -> StreamResult:
     """Adapt ``source_model`` online on the frames of ``input_path`` (a folder, in sorted order, or a video).
 
@@ -150,12 +155,18 @@ def adapt_stream(
     (:class:`~stvm_sdk.stream.online.OnlineAdapter`). ``on_window`` receives each health window's
     record (the lines of metrics.jsonl). With ``labels_dir``, predictions are also scored (online mIoU;
     label ids outside the model's classes are an error, or ignored with ``ignore_out_of_range``).
+    With ``asynchronous``, prediction uses the last published weights while a worker thread adapts
+    (:class:`~stvm_sdk.stream.asynchronous.AsyncAdapter`). With ``fps``, frames arrive at that rate
+    (:class:`~stvm_sdk.stream.pace.Pacer`): a frame the predictor cannot serve before the next arrives is
+    dropped, counted, and scored (with labels) by the last prediction served.
 
     Raises:
         StvmError: a one-line problem the caller can fix; nothing outside the stream folder is written.
     """
     if checkpoint_every < 1:
         raise ConfigError(f"--checkpoint-every must be >= 1 frame, got {checkpoint_every}")
+    if fps is not None and not (isinstance(fps, (int, float)) and 0 < fps <= 1000):
+        raise ConfigError(f"--fps must be a frame rate in (0, 1000], got {fps}")
     cfg = online_config(method, config)
     scfg = stream_config or StreamConfig()
     t_start = time.perf_counter()
@@ -172,7 +183,9 @@ def adapt_stream(
     # Scanned before the run folder is claimed: an unusable input changes nothing on disk.
     frames_in = _open_input(inp, labels, source.num_classes, ignore_out_of_range)
     inputs = {"source": source_fingerprint(src_path, source), "target": frames_in.fingerprint}
-    settings = {"stream": scfg.to_dict(), "size": list(size) if size else None, "seed": seed}
+    settings: dict[str, Any] = {"stream": scfg.to_dict(), "size": list(size) if size else None, "seed": seed}
+    if asynchronous:  # a resume keeps the mode (only the synchronous one resumes bit for bit)
+        settings["async"] = True
     run = RunDir.open(
         out_dir,
         cfg,
@@ -186,7 +199,7 @@ def adapt_stream(
         return _stream(
             run, source, cfg, scfg, frames_in, inp, size=size, save_pred=save_pred, resume=resume,
             checkpoint_every=checkpoint_every, max_frames=max_frames, device=device, seed=seed,
-            on_window=on_window, t_start=t_start,
+            on_window=on_window, t_start=t_start, asynchronous=asynchronous, fps=fps,
         )  # fmt: skip
     finally:
         run.release()
@@ -209,9 +222,40 @@ def _stream(
     seed: int,
     on_window: Callable[[dict[str, Any]], None] | None,
     t_start: float,
+    asynchronous: bool = False,
+    fps: float | None = None,
 ) -> StreamResult:
     dev = resolve_device(device)
-    adapter = OnlineAdapter(source, cfg.method, config=cfg, stream=scfg, device=dev, seed=seed)
+    sync = OnlineAdapter(source, cfg.method, config=cfg, stream=scfg, device=dev, seed=seed)
+    adapter: OnlineAdapter | AsyncAdapter = AsyncAdapter(sync) if asynchronous else sync
+    try:
+        return _stream_frames(
+            run, source, adapter, frames_in, inp, size=size, save_pred=save_pred, resume=resume,
+            checkpoint_every=checkpoint_every, max_frames=max_frames, on_window=on_window,
+            t_start=t_start, pacer=Pacer(fps) if fps else None,
+        )  # fmt: skip
+    finally:
+        if isinstance(adapter, AsyncAdapter):
+            with contextlib.suppress(Exception):  # the worker's own error, if any, was raised already
+                adapter.close()
+
+
+def _stream_frames(
+    run: RunDir,
+    source: SegModel,
+    adapter: OnlineAdapter | AsyncAdapter,
+    frames_in: _Input,
+    inp: Path,
+    *,
+    size: tuple[int, int] | None,
+    save_pred: bool,
+    resume: bool,
+    checkpoint_every: int,
+    max_frames: int | None,
+    on_window: Callable[[dict[str, Any]], None] | None,
+    t_start: float,
+    pacer: Pacer | None,
+) -> StreamResult:
     start, carried = 0, {}
     ckpt = run.load_checkpoint() if resume else None
     if ckpt is not None:
@@ -232,14 +276,41 @@ def _stream(
         run.truncate_log(0)
     if size is None and adapter.size is not None:
         size = adapter.size
-    tot = StreamTotals.from_dict(carried, source.num_classes)
-    win = StreamTotals(source.num_classes)
+    k = source.num_classes
+    tot = StreamTotals.from_dict(carried, k)
+    win = StreamTotals(k)
     pred_dir = run.path / "pred"
+    served = adapter.frames  # frames predicted (the adapter's count, resumed)
     last_i = start - 1
     capped = False  # stopped by max_frames, not by the end of the input
     steps_before = adapter.steps_run
+    last_labels: torch.Tensor | None = None  # what the car shows while frames are dropped
+    seen = 0  # frames of this invocation, served or dropped (the pacer's clock)
+
+    def window_line(window: dict[str, Any], i: int) -> None:
+        nonlocal win, steps_before
+        record = {"step": served, "input_index": i, **window, **win.costs()}
+        record["steps"] = adapter.steps_run - steps_before  # training steps in this window
+        steps_before = adapter.steps_run
+        if win.dropped or pacer is not None:
+            record["frames_dropped"] = win.dropped
+        if win.conf.sum() > 0:
+            record["miou_online"] = round(100 * mean_iou(win.conf), 3)
+        record["seconds"] = round(time.perf_counter() - t_start, 1)
+        run.log(record)
+        if record["restore"]:
+            done = record.get("restored_to")
+            log.warning(
+                "frame %d: health rule fired (%s): %s",
+                record["frame"], "; ".join(record["reasons"]),
+                f"restored the {done} weights" if done else "--on-collapse off: nothing restored",
+            )  # fmt: skip
+        if on_window is not None:
+            on_window(record)
+        win = StreamTotals(k)
+
     for i, name, image, label in frames_in.frames(start):
-        if max_frames is not None and adapter.frames >= max_frames:
+        if max_frames is not None and served + tot.dropped >= max_frames:
             capped = True
             break
         last_i = i
@@ -248,45 +319,44 @@ def _stream(
             continue
         if size is None:
             size = (int(image.shape[1]), int(image.shape[2]))
+        if pacer is not None and not pacer.admit(seen):
+            seen += 1
+            for t in (tot, win):
+                t.dropped += 1
+            if label is not None and last_labels is not None:  # scored by what the car still shows
+                c = confusion_matrix(_to_label_size(last_labels, label.shape), label, k)
+                tot.conf += c
+                win.conf += c
+            continue
+        seen += 1
         frame = resize_frame(image, size)
         res = adapter.step(frame)
-        labels_out = res.labels.cpu()
+        served += 1
+        labels_out = last_labels = res.labels.cpu()
+        late = pacer.late_s if pacer is not None else None
         for t in (tot, win):
-            t.add(res.predict_s, res.adapt_s if res.adapted else None, used=res.used)
+            t.add(res.predict_s, res.adapt_s if res.adapted and res.adapt_s else None, used=res.used,
+                  busy=res.busy, late_s=late)  # fmt: skip
         if label is not None:
-            scored = _to_label_size(labels_out, label.shape)
-            c = confusion_matrix(scored, label, source.num_classes)
+            c = confusion_matrix(_to_label_size(labels_out, label.shape), label, k)
             tot.conf += c
             win.conf += c
         if save_pred:  # at the frame's own size
             _save_pred(pred_dir / f"{name}.png", _to_label_size(labels_out, image.shape[1:]))
         if res.window is not None:
-            record = {"step": adapter.frames, "input_index": i, **res.window, **win.costs()}
-            record["steps"] = adapter.steps_run - steps_before  # training steps in this window
-            steps_before = adapter.steps_run
-            if win.conf.sum() > 0:
-                record["miou_online"] = round(100 * mean_iou(win.conf), 3)
-            record["seconds"] = round(time.perf_counter() - t_start, 1)
-            run.log(record)
-            if record["restore"]:
-                done = record.get("restored_to")
-                log.warning(
-                    "frame %d: health rule fired (%s): %s",
-                    adapter.frames, "; ".join(record["reasons"]),
-                    f"restored the {done} weights" if done else "--on-collapse off: nothing restored",
-                )  # fmt: skip
-            if on_window is not None:
-                on_window(record)
-            win = StreamTotals(source.num_classes)
-        if adapter.frames % checkpoint_every == 0:
+            window_line(res.window, i)
+        if served % checkpoint_every == 0:
             _checkpoint(run, adapter, i + 1, tot)
-    if adapter.frames == 0:
+    if isinstance(adapter, AsyncAdapter):  # every frame predicted taken in; its last windows logged
+        for window in adapter.close():
+            window_line(window, last_i)
+    if served == 0:
         raise DataError(f"no frame of {inp} could be read ({tot.skipped} unreadable): check the input")
     _checkpoint(run, adapter, last_i + 1, tot)
     warnings = _shortfalls(adapter, frames_in, inp, read=last_i + 1, capped=capped)
     for line in warnings:
         log.warning("warning: %s", line)
-    summary = _summary(adapter, tot, time.perf_counter() - t_start, frames_in)
+    summary = _summary(adapter, tot, time.perf_counter() - t_start, frames_in, pacer)
     if frames_in.expected and not capped:  # a video: the frames its header announces, and those missing
         summary.update(
             frames_expected=frames_in.expected, frames_missing=max(0, frames_in.expected - last_i - 1)
@@ -297,7 +367,9 @@ def _stream(
     return StreamResult(adapter, run.path, summary)
 
 
-def _shortfalls(adapter: OnlineAdapter, inp: _Input, path: Path, *, read: int, capped: bool) -> list[str]:
+def _shortfalls(
+    adapter: OnlineAdapter | AsyncAdapter, inp: _Input, path: Path, *, read: int, capped: bool
+) -> list[str]:
     """What the stream did not do that its summary would otherwise seem to say: a training method
     that never took a step, a video that ended before the frame count its header announces."""
     out = []
@@ -329,7 +401,9 @@ def _save_pred(path: Path, labels: torch.Tensor) -> None:
     atomic_write(path, lambda fh: img.save(fh, format="PNG"))
 
 
-def _checkpoint(run: RunDir, adapter: OnlineAdapter, next_input: int, tot: StreamTotals) -> None:
+def _checkpoint(
+    run: RunDir, adapter: OnlineAdapter | AsyncAdapter, next_input: int, tot: StreamTotals
+) -> None:
     """Adapter state and input position, then the current deliverable (exportable at any time); both
     checked finite first (:class:`~stvm_sdk.errors.DivergedError`: nothing written, the last kept)."""
     advice = divergence_advice(adapter.method_cls)
@@ -367,10 +441,14 @@ def _check_checkpoint(run: RunDir, ckpt: dict[str, Any], num_classes: int) -> No
         for key in ("busy_s", "adapt_total_s"):
             f.number(f"totals.{key}", totals.get(key), lo=0)
         f.tensor("totals.conf", totals.get("conf"), shape=(num_classes, num_classes), floating=False)
-        for key in ("predict_s", "adapt_s"):
-            f.tensor(f"totals.{key}", totals.get(key), shape=(None,), floating=True)
+        for key in _SERIES:
+            if key in totals or key in ("predict_s", "adapt_s"):
+                f.tensor(f"totals.{key}", totals.get(key), shape=(None,), floating=True)
+        if "dropped" in totals:
+            f.integer("totals.dropped", totals["dropped"], lo=0)
 
 
+_SERIES = ("predict_s", "adapt_s", "predict_busy_s", "predict_idle_s", "latency_s")
 LATENCIES_KEPT = 10_000  # p50/p99 are over the most recent frames: memory stays bounded on any stream
 
 
@@ -385,20 +463,39 @@ class StreamTotals:
     busy_s: float = 0.0  # predicting + adapting
     adapt_total_s: float = 0.0
     skipped: int = 0
+    dropped: int = 0  # frames the predictor could not serve before the next arrived (--fps)
     predict_s: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCIES_KEPT))
     adapt_s: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCIES_KEPT))
+    # Predictions made while an asynchronous worker was adapting, and those made while it was idle.
+    predict_busy_s: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCIES_KEPT))
+    predict_idle_s: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCIES_KEPT))
+    latency_s: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCIES_KEPT))  # arrival -> labels
     conf: torch.Tensor = field(init=False)
 
     def __post_init__(self) -> None:
         self.conf = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64)
 
-    def add(self, predict_s: float, adapt_s: float | None, used: int | None = None) -> None:
+    def add(
+        self,
+        predict_s: float,
+        adapt_s: float | None,
+        used: int | None = None,
+        *,
+        busy: bool | None = None,
+        late_s: float | None = None,
+    ) -> None:
         """One frame: its prediction time, its adaptation time (None: not adapted on), and how many
         frames its adaptation counts as adapted (default: 1 when adapted on; a training method's frames
-        count once a training step used them, :attr:`~stvm_sdk.stream.online.FrameResult.used`)."""
+        count once a training step used them, :attr:`~stvm_sdk.stream.online.FrameResult.used`);
+        ``busy``: an asynchronous worker was adapting meanwhile (None: synchronous); ``late_s``: the
+        frame waited this long after its arrival for the predictor (paced streams)."""
         self.frames += 1
         self.busy_s += predict_s + (adapt_s or 0.0)
         self.predict_s.append(predict_s)
+        if busy is not None:
+            (self.predict_busy_s if busy else self.predict_idle_s).append(predict_s)
+        if late_s is not None:
+            self.latency_s.append(late_s + predict_s)
         if adapt_s is not None:
             self.adapt_total_s += adapt_s
             self.adapt_s.append(adapt_s)
@@ -406,19 +503,31 @@ class StreamTotals:
 
     def costs(self) -> dict[str, Any]:
         p, a = self.predict_s, self.adapt_s
-        return {
+        out = {
             "predict_ms_p50": percentile_ms(p, 50), "predict_ms_p99": percentile_ms(p, 99),
             "adapt_ms_p50": percentile_ms(a, 50), "adapt_ms_p99": percentile_ms(a, 99),
             "adapt_ms_per_frame": round(1000 * self.adapt_total_s / max(self.frames, 1), 2),
             "fps": round(self.frames / self.busy_s, 2) if self.busy_s > 0 else None,
         }  # fmt: skip
+        if self.predict_busy_s or self.predict_idle_s:
+            b, i = self.predict_busy_s, self.predict_idle_s
+            out.update(
+                predict_ms_p99_adapting=percentile_ms(b, 99),
+                predict_ms_p99_idle=percentile_ms(i, 99),
+                predict_frames_adapting=len(b),
+            )
+        if self.latency_s:
+            out.update(
+                latency_ms_p50=percentile_ms(self.latency_s, 50),
+                latency_ms_p99=percentile_ms(self.latency_s, 99),
+            )
+        return out
 
     def to_dict(self) -> dict[str, Any]:
-        keys = ("frames", "adapted", "busy_s", "adapt_total_s", "skipped")
+        keys = ("frames", "adapted", "busy_s", "adapt_total_s", "skipped", "dropped")
         return {
             **{k: getattr(self, k) for k in keys}, "conf": self.conf.clone(),
-            "predict_s": torch.tensor(list(self.predict_s), dtype=torch.float64),
-            "adapt_s": torch.tensor(list(self.adapt_s), dtype=torch.float64),
+            **{k: torch.tensor(list(getattr(self, k)), dtype=torch.float64) for k in _SERIES},
         }  # fmt: skip
 
     @classmethod
@@ -427,8 +536,10 @@ class StreamTotals:
         if data:
             t.frames, t.adapted, t.skipped = int(data["frames"]), int(data["adapted"]), int(data["skipped"])
             t.busy_s, t.adapt_total_s = float(data["busy_s"]), float(data["adapt_total_s"])
-            t.predict_s.extend(data["predict_s"].tolist())
-            t.adapt_s.extend(data["adapt_s"].tolist())
+            t.dropped = int(data.get("dropped", 0))
+            for k in _SERIES:
+                if k in data:  # a checkpoint of an earlier version may lack the newer series
+                    getattr(t, k).extend(data[k].tolist())
             t.conf = data["conf"].clone()
         return t
 
@@ -440,16 +551,30 @@ def percentile_ms(values: deque[float] | list[float], q: int) -> float | None:
     return round(1000 * float(np.percentile(np.asarray(values), q)), 2)
 
 
-def _summary(adapter: OnlineAdapter, tot: StreamTotals, seconds: float, inp: _Input) -> dict[str, Any]:
+def _summary(
+    adapter: OnlineAdapter | AsyncAdapter, tot: StreamTotals, seconds: float, inp: _Input, pacer: Pacer | None
+) -> dict[str, Any]:
     mem = adapter.memory_bytes()
+    asynchronous = isinstance(adapter, AsyncAdapter)
     out: dict[str, Any] = {
         "method": adapter.cfg.method, "deliverable": adapter.role, "frames": adapter.frames,
-        "adapted_frames": tot.adapted, "steps": adapter.steps_run, "frames_skipped": tot.skipped,
-        "every": adapter.scfg.every,
+        "adapted_frames": adapter.used_total if asynchronous else tot.adapted, "steps": adapter.steps_run,
+        "frames_skipped": tot.skipped, "every": adapter.scfg.every,
+        "mode": "async" if asynchronous else "sync",
         "size": list(adapter.size) if adapter.size else None, **tot.costs(),
         "restores": adapter.restores, "memory_mib": {k: round(v / 2**20, 2) for k, v in mem.items()},
         "seconds": round(seconds, 1),
     }  # fmt: skip
+    if isinstance(adapter, AsyncAdapter):  # adaptation ran on the worker: its own costs
+        out.update(
+            adapt_ms_p50=percentile_ms(adapter.adapt_s, 50),
+            adapt_ms_p99=percentile_ms(adapter.adapt_s, 99),
+            version=adapter.version,
+            frames_not_adapted=adapter.not_taken,
+        )
+    if pacer is not None or tot.dropped:
+        out["fps_target"] = round(1 / pacer.period, 3) if pacer is not None else None
+        out["frames_dropped"] = tot.dropped
     if tot.conf.sum() > 0:
         out["miou_online"] = round(100 * mean_iou(tot.conf), 3)
     if inp.folder is not None and inp.folder.skipped:

@@ -46,6 +46,9 @@ class StreamConfig:
     bn_predict: str = "frame"
     restore_prob: float = 0.01  # share of trained weights set back to the source's per step (0: off)
     window: int = 20  # frames per health window (one metrics.jsonl line each)
+    # Every N frames the method goes back to the source model, whatever its health (RDumb's periodic
+    # reset, Press et al., NeurIPS 2023); 0: never.
+    reset_every: int = 0
     health: HealthRule = field(default_factory=HealthRule)
 
     def __post_init__(self) -> None:
@@ -56,6 +59,7 @@ class StreamConfig:
             (0 <= self.bn_momentum <= 1, f"bn_momentum must be in [0,1], got {self.bn_momentum}"),
             (0 <= self.restore_prob < 1, f"restore_prob must be in [0,1), got {self.restore_prob}"),
             (self.window >= 1, f"window must be >= 1, got {self.window}"),
+            (self.reset_every >= 0, f"reset_every must be >= 0 (0: never), got {self.reset_every}"),
             (self.bn_predict in ("running", "frame"), f"bn_predict must be running|frame: {self.bn_predict}"),
         )
         for ok, line in checks:

@@ -28,8 +28,8 @@ from stvm_sdk.methods.registry import builtin_names
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "custom_method.py"
 LADDER = (
-    "source_only", "adabn", "tent", "threshold_st", "mean_teacher", "confidence_weighted",
-    "stvm_no_mocm", "stvm",
+    "source_only", "adabn", "bn_mix", "tent", "soft_teacher", "threshold_st", "mean_teacher",
+    "confidence_weighted", "stvm_no_mocm", "stvm",
 )  # fmt: skip
 
 
@@ -55,7 +55,7 @@ def test_every_builtin_module_registers_the_method_named_after_it() -> None:
         assert issubclass(cls, Method) and cls.name == name and cls.__module__ == f"stvm_sdk.methods.{name}"
         assert cls.summary and cls.updates, f"{name} needs a summary and what it updates (stvm methods)"
     assert [c.name for c in ladder()] == list(LADDER)  # the table order: baselines first, STvM last
-    assert [c.name for c in ladder() if not c.trains()] == ["source_only", "adabn"]
+    assert [c.name for c in ladder() if not c.trains()] == ["source_only", "adabn", "bn_mix"]
 
 
 def test_method_names_are_read_without_importing_torch() -> None:
@@ -119,7 +119,8 @@ def test_stvm_methods_lists_every_method_with_its_options(custom: ModuleType) ->
     res = CliRunner().invoke(app, ["methods", "--json"])
     assert res.exit_code == 0, res.output
     rows = {r["name"]: r for r in json.loads(res.stdout)["methods"]}
-    assert list(rows) == [*LADDER[:5], "confidence_weighted", "entropy_weighted", *LADDER[6:]]
+    cw = LADDER.index("confidence_weighted")
+    assert list(rows) == [*LADDER[: cw + 1], "entropy_weighted", *LADDER[cw + 1 :]]
     assert rows["tent"]["options"] == {"lr": 1e-4} and rows["stvm"]["torchscript"] is False
     assert rows["entropy_weighted"]["options"]["power"] == 1.0
 

@@ -177,3 +177,46 @@ def configure_tent(model: nn.Module) -> list[nn.Parameter]:
     for p in params:
         p.requires_grad_(True)
     return params
+
+
+@torch.no_grad()
+def mix_statistics(model: nn.Module, source: nn.Module, source_share: float) -> None:
+    """BatchNorm running statistics of ``model`` become ``source_share`` x ``source``'s plus the rest of
+    its own (mean and variance alike: the statistics mixing of DIGA, Wang et al., CVPR 2023)."""
+    if source_share == 0:
+        return
+    for bn, src in zip(batchnorms(model), batchnorms(source), strict=True):
+        bn.running_mean.mul_(1 - source_share).add_(src.running_mean, alpha=source_share)
+        bn.running_var.mul_(1 - source_share).add_(src.running_var, alpha=source_share)
+
+
+def mixed_statistics_hooks(model: nn.Module, source_share: float) -> list[Any]:
+    """Forward hooks under which every eager BatchNorm of ``model`` (in eval mode) normalises by
+    ``source_share`` x its running statistics + the rest x the input's own, then puts its running
+    statistics back: predictions from mixed statistics without a backward pass. A branch with one value
+    per channel (DeepLabV3's image pooling) keeps its running statistics. Remove the handles after."""
+    stash: dict[int, tuple[Tensor, Tensor]] = {}
+
+    def before(bn: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+        x = inputs[0]
+        if bn.training or x.numel() <= x.shape[1]:
+            return
+        dims = [d for d in range(x.dim()) if d != 1]
+        mean, var = x.mean(dims), x.var(dims, unbiased=False)
+        rm: Tensor = bn.running_mean  # type: ignore[assignment]
+        rv: Tensor = bn.running_var  # type: ignore[assignment]
+        stash[id(bn)] = (rm.clone(), rv.clone())
+        rm.mul_(source_share).add_(mean.to(rm.dtype), alpha=1 - source_share)
+        rv.mul_(source_share).add_(var.to(rv.dtype), alpha=1 - source_share)
+
+    def after(bn: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+        saved = stash.pop(id(bn), None)
+        if saved is not None:
+            bn.running_mean.copy_(saved[0])  # type: ignore[union-attr,operator]
+            bn.running_var.copy_(saved[1])  # type: ignore[union-attr,operator]
+
+    handles = []
+    for bn in model.modules():
+        if isinstance(bn, BN_TYPES) and bn.track_running_stats:
+            handles += [bn.register_forward_pre_hook(before), bn.register_forward_hook(after)]
+    return handles
