@@ -1,17 +1,22 @@
-"""Continual adaptation benchmark: one stream, target -> fog -> night -> target, repeated for rounds.
+"""Continual adaptation benchmark: one stream, target -> fog -> night -> target, repeated for rounds,
+replayed at a fixed frame rate.
 
-    python benchmarks/continual.py            # 2 archs x 5 methods x 3 seeds, 10 rounds
+    python benchmarks/continual.py            # 2 archs x every row, 10 rounds at 8 frames/s
     python benchmarks/continual.py --quick    # lraspp, seed 0, 2 rounds
 
 The continual protocol of the test-time-adaptation literature (CoTTA) on the synthetic domains: every
 frame is seen once, in order; each is predicted by the current deliverable *before* the method adapts
 on it, and those online predictions are scored against the frame's label (mIoU per segment and round).
-Forgetting: the method's mIoU on held-out `target` and `source` frames after the whole sequence against
-the same predictor before it (the source weights, in the method's BatchNorm mode). Methods run through
-:class:`stvm_sdk.stream.OnlineAdapter` with the same settings as `stvm stream`. Each (arch, method,
-seed) cell is cached under --cache as JSON and skipped on re-run. Tuning variants (`--set`,
-`--method-set`, `--data-seed 20`, `--tag`) write their own files.
-Writes benchmarks/results/continual{,_quick}.{md,json}.
+The stream is replayed at ``--fps`` frames per second on this CPU (constant speed,
+:class:`stvm_sdk.stream.pace.Pacer`): a frame the predictor cannot serve before the next one arrives is
+dropped, counted, and scored by the last prediction served (what the car still shows), so a slow method
+pays for its cost in dropped frames. Rows that train adapt asynchronously by default
+(:class:`stvm_sdk.stream.asynchronous.AsyncAdapter`: prediction never waits; the worker uses the time
+left); ``stvm_sync`` is STvM adapting between frames, ``stvm_off`` the same predictor adapting on nothing
+(the latency reference). Forgetting: the method's mIoU on held-out `target` and `source` frames after
+the whole sequence against the same predictor before it. Each (arch, row, seed) cell is cached under
+--cache as JSON and skipped on re-run. Tuning variants (`--set`, `--method-set`, `--data-seed 20`,
+`--tag`) write their own files. Writes benchmarks/results/continual{,_quick}.{md,json}.
 """
 
 from __future__ import annotations
@@ -39,16 +44,52 @@ from stvm_sdk import load_model  # noqa: E402
 from stvm_sdk.data.frames import FrameFolder, scan_frames  # noqa: E402
 from stvm_sdk.eval.evaluate import evaluate_frames  # noqa: E402
 from stvm_sdk.eval.metrics import confusion_matrix, mean_iou  # noqa: E402
-from stvm_sdk.methods import resolve  # noqa: E402
+from stvm_sdk.methods import get_method, resolve  # noqa: E402
 from stvm_sdk.stream import OnlineAdapter, StreamConfig, online_config  # noqa: E402
-from stvm_sdk.stream.run import StreamTotals  # noqa: E402
+from stvm_sdk.stream.asynchronous import AsyncAdapter  # noqa: E402
+from stvm_sdk.stream.pace import Pacer  # noqa: E402
+from stvm_sdk.stream.run import StreamTotals, percentile_ms  # noqa: E402
 from stvm_sdk.synthetic.cache import DomainSpec, ensure_domain  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ONLINE_METHODS = ("source_only", "adabn", "tent", "mean_teacher", "stvm")  # the methods this table runs
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of the table: a registered method with its own settings."""
+
+    method: str
+    config: tuple[tuple[str, Any], ...] = ()  # config keys (inside the method's section or absolute)
+    stream: tuple[tuple[str, Any], ...] = ()  # StreamConfig fields
+    asynchronous: bool | None = None  # None: the plan's mode (only rows that train differ by mode)
+    what: str = ""
+
+
+ROWS: dict[str, Row] = {
+    "source_only": Row("source_only", what="no adaptation"),
+    "adabn": Row("adabn", what="BatchNorm statistics follow the stream"),
+    "bn_mix_0": Row("bn_mix", (("source_share", 0.0),), what="each frame's own BatchNorm statistics"),
+    "bn_mix_0.5": Row("bn_mix", (("source_share", 0.5),), what="statistics 0.5 source + 0.5 frame"),
+    "bn_mix_0.8": Row("bn_mix", (("source_share", 0.8),), what="statistics 0.8 source + 0.2 frame"),
+    "tent": Row("tent"),
+    "soft_teacher": Row("soft_teacher", what="soft-target mean teacher + stochastic restore (CoTTA-lite)"),
+    "mean_teacher": Row("mean_teacher"),
+    "stvm": Row("stvm"),
+    "stvm_reset": Row(
+        "stvm", stream=(("reset_every", 100),), what="STvM, reset to the source every 100 frames"
+    ),
+    "stvm_sync": Row("stvm", asynchronous=False, what="STvM adapting between frames (synchronous)"),
+    "stvm_off": Row("stvm", stream=(("every", 10**6),), what="STvM's predictor adapting on nothing"),
+}
+ONLINE_METHODS = tuple(ROWS)  # the rows this table runs
+# Rows whose result depends on the seed (they train): the others run the first seed only.
+SEEDED = ("tent", "soft_teacher", "mean_teacher", "stvm", "stvm_reset", "stvm_sync")
 ARCH_COST = {"lraspp_mobilenet_v3_large": 1.0, "deeplabv3_mobilenet_v3_large": 1.8}
-METHOD_COST = {"source_only": 0.05, "adabn": 0.15, "tent": 0.4, "mean_teacher": 1.0, "stvm": 1.1}
+METHOD_COST = {"source_only": 0.05, "adabn": 0.15, "bn_mix": 0.1, "tent": 0.4, "soft_teacher": 0.9,
+               "mean_teacher": 1.0, "stvm": 1.1}  # fmt: skip
 SHORT = {"lraspp_mobilenet_v3_large": "lraspp", "deeplabv3_mobilenet_v3_large": "deeplabv3"}
+# The soft teacher's learning rate, tuned on the tuning stream (data seed 20; continual_tuning.md).
+SOFT_TEACHER_LR = 2.5e-4
 
 
 @dataclass(frozen=True)
@@ -56,8 +97,11 @@ class Plan:
     """What the benchmark runs; every number is stated in the report."""
 
     archs: tuple[str, ...] = ("lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large")
-    methods: tuple[str, ...] = ONLINE_METHODS
+    methods: tuple[str, ...] = ONLINE_METHODS  # rows (ROWS)
     seeds: tuple[int, ...] = (0, 1, 2)
+    fps: float | None = 8.0  # replay rate (None: unpaced, every frame served whatever it costs)
+    asynchronous: bool = True  # rows that train adapt in a worker thread (Row.asynchronous overrides)
+    threads: int = 2  # intra-op threads of a paced cell (the whole CPU; async splits them 1 + 1)
     sequence: tuple[str, ...] = ("target", "fog", "night", "target")
     rounds: int = 10
     frames: int = 10  # per segment; every frame is new
@@ -91,17 +135,35 @@ class Plan:
             out[d] = out.get(d, 0) + self.rounds * self.frames
         return out
 
-    def stream_cfg(self) -> StreamConfig:
-        over = dict(self.stream_over)
+    def row(self, name: str) -> Row:
+        return ROWS.get(name) or Row(name)
+
+    def row_seeds(self, name: str) -> tuple[int, ...]:
+        return self.seeds if name in SEEDED or name not in ROWS else self.seeds[:1]
+
+    def row_async(self, name: str) -> bool:
+        row = self.row(name)
+        trains = get_method(row.method).trains()
+        return trains and (self.asynchronous if row.asynchronous is None else row.asynchronous)
+
+    def stream_cfg(self, name: str | None = None) -> StreamConfig:
+        over = {**dict(self.stream_over), **dict(self.row(name).stream if name else ())}
         health = {k.split(".", 1)[1]: v for k, v in over.items() if k.startswith("health.")}
         top = {k: v for k, v in over.items() if not k.startswith("health.")}
         cfg = StreamConfig(every=self.every)
         return replace(cfg, **top, health=replace(cfg.health, **health))
 
-    def method_cfg(self, method: str, seed: int) -> Any:
+    def method_cfg(self, name: str, seed: int) -> Any:
+        row = self.row(name)
+        method = row.method
         h, _ = self.size
-        own = {"mix.patch": max(8, h // 8), "metric.warmup": self.warmup}  # STvM's, where a method has them
-        over = {"run.seed": seed, **method_over(method, {**own, **dict(self.method_over)})}
+        own: dict[str, Any] = {"mix.patch": max(8, h // 8), "metric.warmup": self.warmup}
+        if method == "soft_teacher":
+            own["optim.lr"] = SOFT_TEACHER_LR
+        over = {
+            "run.seed": seed,
+            **method_over(method, {**own, **dict(row.config), **dict(self.method_over)}),
+        }
         return resolve(online_config(method).with_overrides(over))[0]
 
 
@@ -135,7 +197,9 @@ def _settings(plan: Plan, arch: str, method: str, seed: int) -> dict[str, Any]:
         json.dumps(
             {
                 "plan": data,
-                "stream": plan.stream_cfg().to_dict(),
+                "row": asdict(plan.row(method)),
+                "async": plan.row_async(method),
+                "stream": plan.stream_cfg(method).to_dict(),
                 "method": plan.method_cfg(method, seed).to_dict(),
                 "source_train": asdict(plan.source_plan().train_cfg(arch)),
             }
@@ -172,8 +236,10 @@ def _exported_eval(model: Any, folders: dict[str, FrameFolder], n: int) -> dict[
 
 
 def run_cell(plan: Plan, cache: Path, arch: str, method: str, seed: int) -> dict[str, Any]:
-    """One (arch, method, seed): the whole stream, scored online, plus forgetting and costs."""
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    """One (arch, row, seed): the whole stream, scored online at the plan's frame rate, plus forgetting
+    and costs. ``method`` names a row of :data:`ROWS` (or a registered method with its defaults)."""
+    threads = plan.threads if plan.fps else int(os.environ.get("OMP_NUM_THREADS", "1"))
+    torch.set_num_threads(threads)
     path = _cell_path(cache, plan, arch, method, seed)
     settings = _settings(plan, arch, method, seed)
     if path.is_file():
@@ -192,27 +258,58 @@ def run_cell(plan: Plan, cache: Path, arch: str, method: str, seed: int) -> dict
     eval_folders = {d: scan_frames(r, r, require_labels=True) for d, r in _eval_roots(plan, cache).items()}
     folders = {d: scan_frames(r, r, require_labels=True) for d, r in roots.items()}
     k = source.num_classes
+    row = plan.row(method)
     adapter = OnlineAdapter(
-        source, method, config=plan.method_cfg(method, seed), stream=plan.stream_cfg(), seed=seed
+        source, row.method, config=plan.method_cfg(method, seed), stream=plan.stream_cfg(method), seed=seed
     )
     before = _forget_eval(adapter, eval_folders, plan.n_forget)  # the same predictor before the stream
-    conf = torch.zeros(plan.rounds, len(plan.sequence), k, k, dtype=torch.int64)
-    totals, windows = StreamTotals(k), []
+    stream = []  # every frame decoded before the clock starts: the camera hands frames over decoded
     for r, s, d, i in stream_order(plan):
         loaded = folders[d].load(folders[d].frames[i], None, with_label=True)
         assert loaded is not None and loaded[1] is not None
-        img, label = loaded
-        res = adapter.step(img)
-        conf[r, s] += confusion_matrix(res.labels.cpu(), label, k)
-        totals.add(res.predict_s, res.adapt_s if res.adapted else None)
-        if res.window is not None:
-            windows.append({**res.window, "round": r, "segment": s})
-    stream_s = time.perf_counter() - t0
+        stream.append((r, s, *loaded))
+    conf = torch.zeros(plan.rounds, len(plan.sequence), k, k, dtype=torch.int64)
+    dropped = [[0] * len(plan.sequence) for _ in range(plan.rounds)]
+    totals, windows = StreamTotals(k), []
+    runner: OnlineAdapter | AsyncAdapter = AsyncAdapter(adapter) if plan.row_async(method) else adapter
+    pacer = Pacer(plan.fps) if plan.fps else None
+    last: torch.Tensor | None = None
+    t_stream = time.perf_counter()
+    try:
+        for n, (r, s, img, label) in enumerate(stream):
+            if pacer is not None and not pacer.admit(n):
+                dropped[r][s] += 1
+                totals.dropped += 1
+                if last is not None:  # scored by what the car still shows
+                    conf[r, s] += confusion_matrix(last, label, k)
+                continue
+            res = runner.step(img)
+            last = res.labels.cpu()
+            conf[r, s] += confusion_matrix(last, label, k)
+            busy = res.busy if isinstance(runner, AsyncAdapter) else None
+            late = pacer.late_s if pacer is not None else None
+            totals.add(res.predict_s, res.adapt_s if res.adapted and res.adapt_s else None, used=res.used,
+                       busy=busy, late_s=late)  # fmt: skip
+            if res.window is not None:
+                windows.append({**res.window, "round": r, "segment": s})
+        stream_s = time.perf_counter() - t_stream
+    finally:
+        if isinstance(runner, AsyncAdapter):
+            windows += runner.close()
     after = _forget_eval(adapter, eval_folders, plan.n_forget)
     exported = _exported_eval(adapter.deliverable(), eval_folders, plan.n_forget)
     seg = [
         [round(100 * mean_iou(conf[r, s]), 3) for s in range(len(plan.sequence))] for r in range(plan.rounds)
     ]
+    cost = {"frames": totals.frames, "adapted_frames": totals.adapted, **totals.costs(), "threads": threads}
+    if isinstance(runner, AsyncAdapter):  # adaptation ran on the worker: its own times and counts
+        cost.update(
+            adapt_ms_p50=percentile_ms(runner.adapt_s, 50),
+            adapt_ms_p99=percentile_ms(runner.adapt_s, 99),
+            adapted_frames=adapter.used_total,
+            adapt_ms_per_frame=None,
+            adapt_busy_share=round(sum(runner.adapt_s) / stream_s, 3),
+        )
     cell = {
         "arch": arch, "method": method, "seed": seed, "settings": settings,
         "segment_miou": seg,  # [round][segment]
@@ -228,10 +325,9 @@ def run_cell(plan: Plan, cache: Path, arch: str, method: str, seed: int) -> dict
         "restores": adapter.restores,
         "unhealthy_windows": sum(not w["healthy"] for w in windows),
         "windows": windows,
-        "cost": {
-            "frames": totals.frames, "adapted_frames": totals.adapted, **totals.costs(),
-            "threads": torch.get_num_threads(),
-        },
+        "dropped": dropped, "frames_dropped": totals.dropped, "steps": adapter.steps_run,
+        "version": runner.version if isinstance(runner, AsyncAdapter) else None,
+        "cost": cost,
         "memory_bytes": adapter.memory_bytes(),
         "seconds": round(time.perf_counter() - t0, 1), "stream_seconds": round(stream_s, 1),
     }  # fmt: skip
@@ -262,36 +358,68 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
+def _health_restores(cell: dict[str, Any]) -> int:
+    return sum(not r.get("periodic") for r in cell["restores"])
+
+
+def _cost(mc: list[dict[str, Any]], key: str) -> float | None:
+    """The median over seeds (cells that shared the CPU with other work read slower)."""
+    values = [c["cost"].get(key) for c in mc if c["cost"].get(key) is not None]
+    return statistics.median(values) if values else None
+
+
+def _ms(*values: float | None) -> str:
+    return " / ".join("-" if v is None else f"{v:.0f}" for v in values)
+
+
 def report(plan: Plan, cells: list[dict[str, Any]], wall_s: float, jobs: int) -> tuple[str, dict[str, Any]]:
     """The Markdown report and the JSON summary."""
     tag = f"_{plan.tag}" if plan.tag else "_quick" if plan.quick else ""
+    scfg = plan.stream_cfg()
+    pace = (
+        f"replayed at {plan.fps:g} frames/s on this CPU ({plan.threads} intra-op threads per cell; an "
+        "asynchronous cell gives the worker one of them): a frame the predictor cannot serve before the "
+        "next arrives is dropped and scored by the last prediction served"
+        if plan.fps
+        else "unpaced (every frame served, whatever adaptation costs)"
+    )
     lines = [
         f"# Continual adaptation on a stream{' (quick)' if plan.quick else ''}",
         "",
         f"Generated by `python benchmarks/continual.py{' --quick' if plan.quick else ''}` on "
-        f"{platform.machine()} / {platform.processor() or 'cpu'}, CPU only, {jobs} job(s) of "
-        f"{os.environ.get('OMP_NUM_THREADS', '?')} thread(s); wall {wall_s / 60:.1f} min for this invocation "
-        f"(cached cells are reused), {sum(c.get('seconds', 0) for c in cells) / 60:.1f} min of cell time "
-        "in all.",
+        f"{platform.machine()} / {platform.processor() or 'cpu'}, CPU only, {jobs} job(s); wall "
+        f"{wall_s / 60:.1f} min for this invocation (cached cells are reused), "
+        f"{sum(c.get('seconds', 0) for c in cells) / 60:.1f} min of cell time in all.",
         "",
         f"Stream: {' -> '.join(plan.sequence)}, {plan.rounds} rounds of {plan.frames} frames per segment "
         f"({plan.rounds * plan.frames * len(plan.sequence)} frames, each seen once), "
-        f"{plan.size[0]}x{plan.size[1]}, "
-        f"synthetic frames of seed {plan.data_seed}. Each frame is predicted by the current deliverable "
-        f"before the method adapts on it; adaptation on 1 frame in {plan.every}, batch "
-        f"{plan.stream_cfg().batch_size} from a ring buffer of {plan.stream_cfg().buffer}. Online mIoU "
-        "(%) of those predictions per segment; the sequence mean averages every segment of every round. "
-        f"Forgetting: the method's predictions after the sequence minus the same predictor before it "
-        f"(source weights), on {plan.n_forget} held-out frames of `target` and `source`. Seeds: "
+        f"{plan.size[0]}x{plan.size[1]}, synthetic frames of seed {plan.data_seed}, {pace}. Each frame "
+        "is predicted by the current deliverable before the method adapts on it; rows that train adapt "
+        + (
+            "asynchronously (a worker thread; prediction uses the last published weights)"
+            if plan.asynchronous
+            else "between frames"
+        )
+        + f" on 1 frame in {plan.every}, batch {scfg.batch_size} from a ring buffer of {scfg.buffer}. "
+        "Online mIoU (%) per segment; the sequence mean averages every segment of every round. "
+        "Forgetting: the method's predictions after the sequence minus the same predictor before it "
+        f"(source weights), on {plan.n_forget} held-out frames of `target` and `source`. Seeds "
         + ", ".join(map(str, plan.seeds))
-        + ".",
+        + " for the rows that train, the first for the others.",
         "",
-        f"Stream settings: {plan.stream_cfg().to_dict()}; metric warm-up {plan.warmup} steps"
+        f"Stream settings: {scfg.to_dict()}; metric warm-up {plan.warmup} steps; soft_teacher lr "
+        f"{SOFT_TEACHER_LR:g} (tuned on the tuning stream)"
         + (f"; method overrides {dict(plan.method_over)}" if plan.method_over else "")
         + ".",
         "",
+        "Columns: `dropped` frames not served in time (mean over seeds); `steps` training steps taken; "
+        "`restores` by the health rule (periodic resets not counted); `predict` the prediction's compute "
+        "time p50 / p99 over all frames, and p99 of the predictions made while the worker was adapting; "
+        "`latency p99` from a frame's arrival to its labels; `adapt` one adaptation (p50 / p99).",
+        "",
     ]
     summary: dict[str, Any] = {"plan": asdict(plan), "wall_s": round(wall_s, 1), "blocks": {}}
+    domains = list(dict.fromkeys(plan.sequence))
     for arch in plan.archs:
         rows = [c for c in cells if c["arch"] == arch]
         if not rows:
@@ -299,12 +427,10 @@ def report(plan: Plan, cells: list[dict[str, Any]], wall_s: float, jobs: int) ->
         lines += [
             f"## {SHORT.get(arch, arch)}",
             "",
-            "| method | sequence mean | "
-            + " | ".join(dict.fromkeys(plan.sequence))
-            + " | round 1 | last round | forgetting target | forgetting source | "
-            "unhealthy windows / restores | "
-            "predict ms p50/p99 | adapt ms p50/p99 | adapt ms/frame | frames/s (median of seeds) | seeds |",
-            "|---" * (12 + len(dict.fromkeys(plan.sequence))) + "|",
+            "| row | mode | sequence mean | " + " | ".join(domains) + " | round 1 | last round | "
+            "forgetting target | forgetting source | dropped | steps | restores | predict ms p50 / p99 / "
+            "p99 adapting | latency p99 ms | adapt ms p50 / p99 | seeds |",
+            "|---" * (15 + len(domains)) + "|",
         ]
         block: dict[str, Any] = {}
         for method in plan.methods:
@@ -312,40 +438,43 @@ def report(plan: Plan, cells: list[dict[str, Any]], wall_s: float, jobs: int) ->
             if not mc:
                 continue
             seq = [c["sequence_mean"] for c in mc]
-            dom = {d: [c["domain_mean"][d] for c in mc] for d in dict.fromkeys(plan.sequence)}
+            dom = {d: [c["domain_mean"][d] for c in mc] for d in domains}
             r1 = [c["round_mean"][0] for c in mc]
             rl = [c["round_mean"][-1] for c in mc]
             ft = [c["forgetting"]["target"] for c in mc]
             fs = [c["forgetting"]["source"] for c in mc]
-            restores = sum(len(c["restores"]) for c in mc)
-            unhealthy = sum(c["unhealthy_windows"] for c in mc)
-            # Costs: the median over seeds (cells that shared the CPU with other work read slower).
-            cost = {
-                k: (statistics.median(c["cost"][k] for c in mc) if mc[0]["cost"][k] is not None else None)
-                for k in mc[0]["cost"]
-            }
-
-            def ms(a: str, b: str, cost: dict[str, Any] = cost) -> str:
-                return "-" if cost[a] is None else f"{cost[a]:.0f} / {cost[b]:.0f}"
-
+            restores = sum(_health_restores(c) for c in mc)
+            drop = statistics.fmean(c.get("frames_dropped", 0) for c in mc)
+            steps = statistics.fmean(c.get("steps", 0) for c in mc)
+            mode = (
+                "async"
+                if _is_async(mc[0])
+                else ("sync" if get_method(plan.row(method).method).trains() else "-")
+            )
+            predict = _ms(
+                *(_cost(mc, k) for k in ("predict_ms_p50", "predict_ms_p99", "predict_ms_p99_adapting"))
+            )
             lines.append(
-                f"| {method} | {_mean_std(seq)} | "
+                f"| {method} | {mode} | {_mean_std(seq)} | "
                 + " | ".join(_mean_std(v) for v in dom.values())
                 + f" | {_mean_std(r1)} | {_mean_std(rl)} | {_mean_std(ft)} | {_mean_std(fs)} | "
-                f"{unhealthy} / {restores} | "
-                f"{ms('predict_ms_p50', 'predict_ms_p99')} | {ms('adapt_ms_p50', 'adapt_ms_p99')} | "
-                f"{cost['adapt_ms_per_frame']:.0f} | {cost['fps']:.1f} | {len(mc)} |"
+                f"{drop:.1f} | {steps:.0f} | {restores} | "
+                f"{predict} | {_ms(_cost(mc, 'latency_ms_p99'))} | "
+                f"{_ms(_cost(mc, 'adapt_ms_p50'), _cost(mc, 'adapt_ms_p99'))} | "
+                f"{len(mc)} |"
             )
             block[method] = {
-                "sequence_mean": statistics.fmean(seq), "sequence_mean_per_seed": seq,
+                "mode": mode, "sequence_mean": statistics.fmean(seq), "sequence_mean_per_seed": seq,
                 "domain_mean": {d: statistics.fmean(v) for d, v in dom.items()},
                 "round_mean": [statistics.fmean(c["round_mean"][r] for c in mc) for r in range(plan.rounds)],
                 "forgetting": {"target": statistics.fmean(ft), "source": statistics.fmean(fs)},
                 "restores": restores, "unhealthy_windows": sum(c["unhealthy_windows"] for c in mc),
-                "cost_median": cost, "memory_bytes": mc[0]["memory_bytes"], "seeds": [c["seed"] for c in mc],
+                "frames_dropped": drop, "steps": steps,
+                "cost_median": {k: _cost(mc, k) for k in mc[0]["cost"]},
+                "memory_bytes": mc[0]["memory_bytes"], "seeds": [c["seed"] for c in mc],
             }  # fmt: skip
         lines += ["", f"Sequence mean per round (mean over seeds), {SHORT.get(arch, arch)}:", ""]
-        lines += ["| method | " + " | ".join(f"r{r + 1}" for r in range(plan.rounds)) + " |"]
+        lines += ["| row | " + " | ".join(f"r{r + 1}" for r in range(plan.rounds)) + " |"]
         lines += ["|---" * (plan.rounds + 1) + "|"]
         for method, b in block.items():
             lines.append(f"| {method} | " + " | ".join(f"{v:.1f}" for v in b["round_mean"]) + " |")
@@ -358,26 +487,57 @@ def report(plan: Plan, cells: list[dict[str, Any]], wall_s: float, jobs: int) ->
     return "\n".join(lines), summary
 
 
+def _is_async(cell: dict[str, Any]) -> bool:
+    return bool((cell.get("settings") or {}).get("async", cell.get("version") is not None))
+
+
 def _verdict(plan: Plan, summary: dict[str, Any]) -> list[str]:
     out = ["## Targets", ""]
     for arch, block in summary["blocks"].items():
         if "stvm" not in block:
             continue
-        s = block["stvm"]["sequence_mean"]
-        beats = {m: s - block[m]["sequence_mean"] for m in ("source_only", "adabn", "tent") if m in block}
+        name = SHORT.get(arch, arch)
+        b = block["stvm"]
+        s = b["sequence_mean"]
+        others = {m: v for m, v in block.items() if plan.row(m).method != "stvm"}
+        beats = {m: s - v["sequence_mean"] for m, v in others.items()}
         ok = all(v > 0 for v in beats.values())
+        spread = (
+            statistics.stdev(b["sequence_mean_per_seed"]) if len(b["sequence_mean_per_seed"]) > 1 else 0.0
+        )
         diffs = ", ".join(f"{m} {v:+.2f}" for m, v in beats.items())
         out.append(
-            f"- {SHORT.get(arch, arch)}: online STvM {s:.2f} on the sequence mean, "
-            f"{'above' if ok else 'NOT above'} every baseline listed ({diffs})."
+            f"- {name}: online STvM {s:.2f} (seed spread {spread:.2f}) on the sequence mean, "
+            f"{'above' if ok else 'NOT above'} every other method ({diffs})."
         )
-        collapses = {m: b["restores"] for m, b in block.items() if b["restores"]}
+        if not ok:
+            best = max(others, key=lambda m: others[m]["sequence_mean"])
+            out.append(f"  - the best other row is {best} at {others[best]['sequence_mean']:.2f} "
+                       f"({others[best]['sequence_mean'] - s:+.2f} over STvM).")  # fmt: skip
+        collapses = {m: v["restores"] for m, v in block.items() if v["restores"]}
         out.append(
-            f"- {SHORT.get(arch, arch)}: restores by the health rule over {plan.rounds} rounds: "
+            f"- {name}: restores by the health rule over {plan.rounds} rounds: "
             + (", ".join(f"{m} {n}" for m, n in collapses.items()) if collapses else "none")
-            + f"; STvM's last round {block['stvm']['round_mean'][-1]:.2f} vs first "
-            f"{block['stvm']['round_mean'][0]:.2f}."
+            + f"; STvM's last round {b['round_mean'][-1]:.2f} vs first {b['round_mean'][0]:.2f}."
         )
+        off = block.get("stvm_off")
+        p99 = b["cost_median"].get("predict_ms_p99")
+        if off and p99 and off["cost_median"].get("predict_ms_p99"):
+            p99_off = off["cost_median"]["predict_ms_p99"]
+            ratio = p99 / p99_off
+            out.append(
+                f"- {name}: prediction p99 with asynchronous adaptation {p99:.0f} ms vs {p99_off:.0f} ms "
+                f"with adaptation off: {ratio:.2f}x ({'within' if ratio <= 1.2 else 'ABOVE'} the 1.2x "
+                "target); "
+                f"frames dropped {b['frames_dropped']:.1f} vs {off['frames_dropped']:.1f}."
+            )
+        sync = block.get("stvm_sync")
+        if sync:
+            out.append(
+                f"- {name}: synchronous STvM at the same rate: {sync['sequence_mean']:.2f} "
+                f"({sync['sequence_mean'] - s:+.2f} vs asynchronous), {sync['frames_dropped']:.0f} frames "
+                "dropped."
+            )
     return out + [""]
 
 
@@ -439,6 +599,8 @@ def main(argv: list[str] | None = None) -> int:
         help="config key=value (a variant): optim.lr=..., or mix.tau=... for each method that has it",
     )
     ap.add_argument("--tag", type=str, default="", help="name of this variant's cache and results files")
+    ap.add_argument("--fps", type=float, default=None, help="replay rate (default: the plan's; 0: unpaced)")
+    ap.add_argument("--sync", action="store_true", help="rows that train adapt between frames")
     ap.add_argument("--tuning-table", action="store_true", help="write continual_tuning.md from the cache")
     args = ap.parse_args(argv)
     if args.tuning_table:
@@ -467,12 +629,18 @@ def main(argv: list[str] | None = None) -> int:
         plan = replace(plan, seeds=tuple(int(s) for s in args.seeds.split(",")))
     if args.archs:
         plan = replace(plan, archs=tuple(args.archs.split(",")))
+    if args.fps is not None:
+        plan = replace(plan, fps=args.fps or None)
+    if args.sync:
+        plan = replace(plan, asynchronous=False)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     t0 = time.perf_counter()
     torch.set_num_threads(os.cpu_count() or 1)  # data and source models first, on every core
     _prepare(plan, args.cache)
-    todo = [(a, m, s) for s in plan.seeds for a in plan.archs for m in plan.methods]
-    todo.sort(key=lambda t: (t[2], -ARCH_COST.get(t[0], 1.0) * METHOD_COST.get(t[1], 1.0)))
+    if plan.fps and args.jobs > 1:
+        ap.error("--jobs > 1 with a paced stream: cells would share the CPU they are timed on")
+    todo = [(a, m, s) for a in plan.archs for m in plan.methods for s in plan.row_seeds(m)]
+    todo.sort(key=lambda t: (t[2], t[0], -METHOD_COST.get(plan.row(t[1]).method, 1.0)))
     cells: list[dict[str, Any]] = []
     if args.jobs > 1:
         ctx = mp.get_context("spawn")

@@ -59,12 +59,13 @@ def test_report_states_the_target_verdict_from_the_cells(cont, tmp_path: Path, m
         for s in (0, 1)
     ]
     text, summary = cont.report(plan, cells, 60.0, 2)
-    assert "| stvm | 13.05 ± 0.07 |" in text
-    assert "online STvM 13.05 on the sequence mean, above every baseline listed" in text
+    assert "| stvm | sync | 13.05 ± 0.07 |" in text
+    assert "online STvM 13.05 (seed spread 0.07) on the sequence mean, above every other method" in text
     assert "mean_teacher 2" in text  # restores are counted per method over seeds
     block = summary["blocks"]["lraspp_mobilenet_v3_large"]
     assert block["stvm"]["sequence_mean_per_seed"] == [13.0, 13.1]
     assert json.loads((tmp_path / "continual_t.json").read_text())["plan"]["rounds"] == 2
     cells[-1]["sequence_mean"] = cells[-2]["sequence_mean"] = 11.5
     text, _ = cont.report(plan, cells, 60.0, 2)
-    assert "NOT above every baseline listed" in text and "tent -0.55" in text
+    assert "NOT above every other method" in text and "tent -0.55" in text
+    assert "the best other row is mean_teacher at 12.55 (+1.05 over STvM)" in text

@@ -223,19 +223,29 @@ def test_mixing_at_share_one_is_the_source_and_offline_mixing_is_the_weighted_su
 
 
 def test_soft_teacher_learns_the_teachers_softmax(source) -> None:
-    cfg = resolve(AdaptConfig(method="soft_teacher"))[0]
-    m = get_method("soft_teacher").build(source, cfg, torch.Generator().manual_seed(0))
-    x = _frames(2)[0][None].repeat(2, 1, 1, 1)
-    g = torch.Generator().manual_seed(0)
-    loss, logs = m.loss(x, 0, g, g)
     from stvm_sdk.models.contract import forward_logits, normalize
 
-    xn = normalize(x, m.mean, m.std)
-    with torch.no_grad():
-        p = forward_logits(m.teacher, xn).float().softmax(1)
-    expected = -(p * forward_logits(m.student, xn).float().log_softmax(1)).sum(1).mean()
-    torch.testing.assert_close(loss, expected)
-    assert m.deliverable_role == "teacher"
+    x = _frames(2)[0][None].repeat(2, 1, 1, 1)
+    grads = {}
+    for augment in (False, True):
+        cfg = resolve(
+            AdaptConfig(method="soft_teacher").with_overrides({"methods.soft_teacher.augment": augment})
+        )[0]
+        m = get_method("soft_teacher").build(source, cfg, torch.Generator().manual_seed(0))
+        g = torch.Generator().manual_seed(0)
+        loss, logs = m.loss(x, 0, g, g)
+        if not augment:  # the soft cross-entropy of the student against the teacher's softmax
+            xn = normalize(x, m.mean, m.std)
+            with torch.no_grad():
+                p = forward_logits(m.teacher, xn).float().softmax(1)
+            expected = -(p * forward_logits(m.student, xn).float().log_softmax(1)).sum(1).mean()
+            torch.testing.assert_close(loss, expected)
+        loss.backward()
+        grads[augment] = sum(float(q.grad.abs().sum()) for q in m.student.parameters() if q.grad is not None)
+        assert m.deliverable_role == "teacher"
+    # A student equal to its teacher on the same input has no gradient: the default jitters its input.
+    assert grads[False] < 1e-6 < grads[True]
+    assert resolve(AdaptConfig(method="soft_teacher"))[0].methods["soft_teacher"]["augment"] is True
 
 
 def test_a_periodic_reset_puts_the_source_weights_back(source) -> None:
