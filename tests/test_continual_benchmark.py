@@ -69,3 +69,19 @@ def test_report_states_the_target_verdict_from_the_cells(cont, tmp_path: Path, m
     text, _ = cont.report(plan, cells, 60.0, 2)
     assert "NOT above every other method" in text and "tent -0.55" in text
     assert "the best other row is mean_teacher at 12.55 (+1.05 over STvM)" in text
+
+
+def test_rows_name_their_method_settings_seeds_and_mode(cont) -> None:
+    plan = cont.Plan()
+    assert plan.fps and plan.asynchronous and plan.threads == 2
+    assert plan.row("bn_mix_0.5").method == "bn_mix"
+    assert plan.method_cfg("bn_mix_0.5", 0).methods["bn_mix"]["source_share"] == 0.5
+    assert plan.method_cfg("soft_teacher", 0).optim.lr == cont.SOFT_TEACHER_LR
+    assert plan.stream_cfg("stvm_reset").reset_every == 100 and plan.stream_cfg("stvm").reset_every == 0
+    assert plan.row_async("stvm") and not plan.row_async("stvm_sync") and not plan.row_async("adabn")
+    assert plan.row_seeds("stvm") == (0, 1, 2) and plan.row_seeds("stvm_sync") == (0,)
+    assert plan.row_seeds("bn_mix_0") == (0,)
+    assert plan.stream_cfg("stvm_off").every > plan.rounds * plan.frames * len(plan.sequence)
+    # a row's settings are part of its cache key: two rows of one method never share a cell
+    s1, s2 = (cont._settings(plan, plan.archs[0], r, 0) for r in ("bn_mix_0", "bn_mix_0.8"))
+    assert s1 != s2

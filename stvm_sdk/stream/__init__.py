@@ -10,16 +10,22 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
+    "AsyncAdapter": "stvm_sdk.stream.asynchronous",
+    "Pacer": "stvm_sdk.stream.pace",
     "FrameResult": "stvm_sdk.stream.online",
     "OnlineAdapter": "stvm_sdk.stream.online",
     "online_config": "stvm_sdk.stream.online",
     "StreamConfig": "stvm_sdk.stream.settings",
     "HealthRule": "stvm_sdk.stream.settings",
 }
-__all__ = ["FrameResult", "HealthRule", "OnlineAdapter", "StreamConfig", "online_config"]
+__all__ = [
+    "AsyncAdapter", "FrameResult", "HealthRule", "OnlineAdapter", "Pacer", "StreamConfig", "online_config",
+]  # fmt: skip
 
 if TYPE_CHECKING:
+    from stvm_sdk.stream.asynchronous import AsyncAdapter
     from stvm_sdk.stream.online import FrameResult, OnlineAdapter, online_config
+    from stvm_sdk.stream.pace import Pacer
     from stvm_sdk.stream.settings import HealthRule, StreamConfig
 
 

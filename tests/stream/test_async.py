@@ -295,3 +295,23 @@ def test_stream_async_at_a_frame_rate_from_the_command_line(tmp_path: Path) -> N
     sync = [a for a in args if a != "--async"] + ["--resume"]
     res = RUNNER.invoke(app, sync)
     assert res.exit_code != 0 and "settings differ" in res.output
+
+
+@pytest.mark.parametrize("fps", ["0", "-3", "nan", "inf", "5000"])
+def test_a_frame_rate_out_of_range_is_one_line(tmp_path: Path, fps: str) -> None:
+    torch.manual_seed(0)
+    model = tmp_path / "tiny.pt"
+    torch.save(TinySegNet().eval(), model)
+    images, _ = make_frames(tmp_path / "d", n=2, nested=False)
+    res = RUNNER.invoke(app, ["stream", "-s", str(model), "-i", str(images), "--out", str(tmp_path / "o"),
+                              "--fps", fps, "--trust-pickle"])  # fmt: skip
+    assert res.exit_code != 0
+    assert "--fps must be a frame rate in (0, 1000]" in res.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_reset_every_is_refused_for_a_method_that_changes_nothing_on_a_stream(tmp_path: Path) -> None:
+    from stvm_sdk.stream.online import unread_settings
+
+    assert "reset_every" in unread_settings("source_only") and "reset_every" in unread_settings("bn_mix")
+    assert "reset_every" not in unread_settings("adabn") and "reset_every" not in unread_settings("stvm")
