@@ -334,9 +334,10 @@ def _stream_frames(
         served += 1
         labels_out = last_labels = res.labels.cpu()
         late = pacer.late_s if pacer is not None else None
+        busy = res.busy if res.version is not None else None  # asynchronous only
         for t in (tot, win):
             t.add(res.predict_s, res.adapt_s if res.adapted and res.adapt_s else None, used=res.used,
-                  busy=res.busy, late_s=late)  # fmt: skip
+                  busy=busy, late_s=late)  # fmt: skip
         if label is not None:
             c = confusion_matrix(_to_label_size(labels_out, label.shape), label, k)
             tot.conf += c

@@ -315,3 +315,19 @@ def test_reset_every_is_refused_for_a_method_that_changes_nothing_on_a_stream(tm
 
     assert "reset_every" in unread_settings("source_only") and "reset_every" in unread_settings("bn_mix")
     assert "reset_every" not in unread_settings("adabn") and "reset_every" not in unread_settings("stvm")
+
+
+def test_a_synchronous_paced_stream_reports_drops_but_no_worker_figures(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = tmp_path / "tiny.pt"
+    torch.save(TinySegNet().eval(), model)
+    images, labels = make_frames(tmp_path / "d", n=6, nested=False)
+    out = tmp_path / "run"
+    res = RUNNER.invoke(app, ["stream", "-s", str(model), "-i", str(images), "--labels", str(labels),
+                              "--out", str(out), "--method", "adabn", "--window", "3", "--fps", "1000",
+                              "--trust-pickle", "--json"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["mode"] == "sync" and summary["frames"] + summary["frames_dropped"] == 6
+    assert "predict_ms_p99_adapting" not in summary and "version" not in summary
+    assert "latency_ms_p99" in summary
