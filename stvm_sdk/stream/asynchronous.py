@@ -112,7 +112,9 @@ class AsyncAdapter:
 
     @property
     def network(self) -> nn.Module:
-        """The published deliverable (what predicts now)."""
+        """The published deliverable (what predicts now). Read it, do not keep it: a copy is rewritten
+        once two publications have passed it by (predict through :meth:`step`, or :meth:`deliverable`
+        for a model of one's own)."""
         with self._lock:
             return self._published
 
