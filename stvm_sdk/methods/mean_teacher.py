@@ -84,15 +84,10 @@ class MeanTeacherOptions:
                 raise ConfigError(line)
 
 
-@register_method
-class MeanTeacher(Method):
-    """Teacher T = EMA of student S (decision 8); S learns from T's pseudo-labels on augmented frames."""
-
-    name = "mean_teacher"
-    summary = "mean teacher: all pseudo-labels, each pixel weighted 1"
-    updates = "all student weights; the teacher follows by EMA"
-    order = 40
-    Options = MeanTeacherOptions
+class EmaTeacher(Method):
+    """A student and its EMA teacher (decision 8): what every teacher method shares. Its ``Options``
+    carry ``student_bn``, ``deliverable`` and ``ema_max`` (:class:`MeanTeacherOptions`,
+    ``SoftTeacherOptions``); the loss is the subclass's."""
 
     def __init__(self, source: SegModel, cfg: AdaptConfig, generator: torch.Generator) -> None:
         super().__init__(source, cfg, generator)
@@ -115,6 +110,22 @@ class MeanTeacher(Method):
     @property
     def deliverable_role(self) -> str:
         return str(self.options.deliverable)
+
+    def after_step(self, step: int) -> None:
+        if step >= self.warmup:
+            assert self.teacher is not None
+            ema_update(self.teacher, self.student, ema_beta(step - self.warmup, self.options.ema_max))
+
+
+@register_method
+class MeanTeacher(EmaTeacher):
+    """Teacher T = EMA of student S (decision 8); S learns from T's pseudo-labels on augmented frames."""
+
+    name = "mean_teacher"
+    summary = "mean teacher: all pseudo-labels, each pixel weighted 1"
+    updates = "all student weights; the teacher follows by EMA"
+    order = 40
+    Options = MeanTeacherOptions
 
     def weigh(
         self, t_logits: Tensor, conf: Tensor, pseudo: Tensor, g_batch: torch.Generator, logs: Logs
@@ -173,8 +184,3 @@ class MeanTeacher(Method):
             l_st = weighted_cross_entropy(s_logits, labels, weights, normalize=norm, backend=backend)
         logs["loss_st"] = l_st.detach()
         return loss + l_st, logs
-
-    def after_step(self, step: int) -> None:
-        if step >= self.warmup:
-            assert self.teacher is not None
-            ema_update(self.teacher, self.student, ema_beta(step - self.warmup, self.options.ema_max))

@@ -10,26 +10,19 @@ tuned, it is within about half a point of recent methods on published continual 
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from stvm_sdk.errors import ConfigError
-from stvm_sdk.methods.base import Logs, Method, phase
+from stvm_sdk.methods.base import Logs, phase
+from stvm_sdk.methods.mean_teacher import EmaTeacher
 from stvm_sdk.methods.parts.augment import strong_augment
-from stvm_sdk.methods.parts.ema import ema_beta, ema_update
-from stvm_sdk.methods.parts.norm import batchnorms
 from stvm_sdk.methods.parts.options import AugConfig
 from stvm_sdk.methods.parts.pseudo import label_counts
 from stvm_sdk.methods.registry import register_method
 from stvm_sdk.models.contract import forward_logits, normalize
-
-if TYPE_CHECKING:
-    from stvm_sdk.config import AdaptConfig
-    from stvm_sdk.models.io import SegModel
 
 
 @dataclass(frozen=True)
@@ -55,7 +48,7 @@ class SoftTeacherOptions:
 
 
 @register_method
-class SoftTeacher(Method):
+class SoftTeacher(EmaTeacher):
     """Student S learns the EMA teacher T's softmax on the same frames: -sum_c p_T(c) log p_S(c)."""
 
     name = "soft_teacher"
@@ -63,27 +56,6 @@ class SoftTeacher(Method):
     updates = "all student weights; the teacher follows by EMA"
     order = 25
     Options = SoftTeacherOptions
-
-    def __init__(self, source: SegModel, cfg: AdaptConfig, generator: torch.Generator) -> None:
-        super().__init__(source, cfg, generator)
-        if self.options.student_bn == "frozen":
-            for bn in batchnorms(self.student):
-                bn.eval()
-        self.teacher = copy.deepcopy(source.module).eval()
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
-
-    @property
-    def batch_statistics(self) -> bool:
-        return bool(self.options.student_bn == "train")
-
-    @property
-    def deliverable_role(self) -> str:
-        return str(self.options.deliverable)
-
-    def after_step(self, step: int) -> None:
-        assert self.teacher is not None
-        ema_update(self.teacher, self.student, ema_beta(step, self.options.ema_max))
 
     def loss(
         self, images: Tensor, step: int, g: torch.Generator, g_batch: torch.Generator

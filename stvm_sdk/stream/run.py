@@ -195,41 +195,13 @@ def adapt_stream(
         inputs=inputs,
         input_paths=(src_path, inp, labels),
     )
+    adapter: OnlineAdapter | AsyncAdapter | None = None
     try:  # the folder is locked until the stream stops, however it stops
+        sync = OnlineAdapter(
+            source, cfg.method, config=cfg, stream=scfg, device=resolve_device(device), seed=seed
+        )
+        adapter = AsyncAdapter(sync) if asynchronous else sync
         return _stream(
-            run, source, cfg, scfg, frames_in, inp, size=size, save_pred=save_pred, resume=resume,
-            checkpoint_every=checkpoint_every, max_frames=max_frames, device=device, seed=seed,
-            on_window=on_window, t_start=t_start, asynchronous=asynchronous, fps=fps,
-        )  # fmt: skip
-    finally:
-        run.release()
-
-
-def _stream(
-    run: RunDir,
-    source: SegModel,
-    cfg: AdaptConfig,
-    scfg: StreamConfig,
-    frames_in: _Input,
-    inp: Path,
-    *,
-    size: tuple[int, int] | None,
-    save_pred: bool,
-    resume: bool,
-    checkpoint_every: int,
-    max_frames: int | None,
-    device: str,
-    seed: int,
-    on_window: Callable[[dict[str, Any]], None] | None,
-    t_start: float,
-    asynchronous: bool = False,
-    fps: float | None = None,
-) -> StreamResult:
-    dev = resolve_device(device)
-    sync = OnlineAdapter(source, cfg.method, config=cfg, stream=scfg, device=dev, seed=seed)
-    adapter: OnlineAdapter | AsyncAdapter = AsyncAdapter(sync) if asynchronous else sync
-    try:
-        return _stream_frames(
             run, source, adapter, frames_in, inp, size=size, save_pred=save_pred, resume=resume,
             checkpoint_every=checkpoint_every, max_frames=max_frames, on_window=on_window,
             t_start=t_start, pacer=Pacer(fps) if fps else None,
@@ -238,9 +210,10 @@ def _stream(
         if isinstance(adapter, AsyncAdapter):
             with contextlib.suppress(Exception):  # the worker's own error, if any, was raised already
                 adapter.close()
+        run.release()
 
 
-def _stream_frames(
+def _stream(
     run: RunDir,
     source: SegModel,
     adapter: OnlineAdapter | AsyncAdapter,

@@ -269,14 +269,19 @@ def test_a_periodic_reset_puts_the_source_weights_back(source) -> None:
     assert a.steps == 0
 
 
+def _tiny_model(tmp_path: Path) -> Path:
+    """The tests' tiny net, pickled (the commands read it with --trust-pickle)."""
+    torch.manual_seed(0)
+    model = tmp_path / "tiny.pt"
+    torch.save(TinySegNet().eval(), model)
+    return model
+
+
 # --- the command ----------------------------------------------------------------------------------------
 
 
 def test_stream_async_at_a_frame_rate_from_the_command_line(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    model = tmp_path / "tiny.pt"
-    torch.save(TinySegNet().eval(), model)
-    images, labels = make_frames(tmp_path / "d", n=12, nested=False)
+    model, (images, labels) = _tiny_model(tmp_path), make_frames(tmp_path / "d", n=12, nested=False)
     out = tmp_path / "run"
     args = ["stream", "-s", str(model), "-i", str(images), "--labels", str(labels), "--out", str(out),
             "--method", "mean_teacher", "--batch-size", "2", "--window", "4", "--async", "--fps", "50",
@@ -299,10 +304,7 @@ def test_stream_async_at_a_frame_rate_from_the_command_line(tmp_path: Path) -> N
 
 @pytest.mark.parametrize("fps", ["0", "-3", "nan", "inf", "5000"])
 def test_a_frame_rate_out_of_range_is_one_line(tmp_path: Path, fps: str) -> None:
-    torch.manual_seed(0)
-    model = tmp_path / "tiny.pt"
-    torch.save(TinySegNet().eval(), model)
-    images, _ = make_frames(tmp_path / "d", n=2, nested=False)
+    model, (images, _) = _tiny_model(tmp_path), make_frames(tmp_path / "d", n=2, nested=False)
     res = RUNNER.invoke(app, ["stream", "-s", str(model), "-i", str(images), "--out", str(tmp_path / "o"),
                               "--fps", fps, "--trust-pickle"])  # fmt: skip
     assert res.exit_code != 0
@@ -318,10 +320,7 @@ def test_reset_every_is_refused_for_a_method_that_changes_nothing_on_a_stream(tm
 
 
 def test_a_synchronous_paced_stream_reports_drops_but_no_worker_figures(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    model = tmp_path / "tiny.pt"
-    torch.save(TinySegNet().eval(), model)
-    images, labels = make_frames(tmp_path / "d", n=6, nested=False)
+    model, (images, labels) = _tiny_model(tmp_path), make_frames(tmp_path / "d", n=6, nested=False)
     out = tmp_path / "run"
     res = RUNNER.invoke(app, ["stream", "-s", str(model), "-i", str(images), "--labels", str(labels),
                               "--out", str(out), "--method", "adabn", "--window", "3", "--fps", "1000",
