@@ -12,7 +12,7 @@ import typer
 from stvm_sdk.cli.common import IGNORE_OUT_OF_RANGE, TRUST_PICKLE, console, print_json, user_errors
 from stvm_sdk.cli.options import ConfigOption, with_config_options
 
-from stvm_sdk.config import AdaptConfig  # class defaults: no torch imported
+from stvm_sdk.config import VALIDATORS, AdaptConfig  # class defaults: no torch imported
 from stvm_sdk.methods import method_names  # names only: read from the package folder, no torch
 
 # The flags that set config fields; every other field is KEY=VALUE (cli/options.py).
@@ -28,7 +28,19 @@ ADAPT_OPTIONS = (
     ),
     ConfigOption("--device", "run.device", AdaptConfig),
     ConfigOption("--seed", "run.seed", AdaptConfig),
+    ConfigOption(
+        "--eval-every", "run.eval_every", AdaptConfig, ". Needs --labels; the curve: figures/curves.png."
+    ),
+    ConfigOption("--deliver", "run.deliver", AdaptConfig),
+    ConfigOption(
+        "--validator",
+        "run.validator",
+        AdaptConfig,
+        f": {' | '.join(VALIDATORS)} (docs/method.md, decision 15).",
+    ),
+    ConfigOption("--holdout", "run.holdout", AdaptConfig),
 )
+STRICT_EXIT = 3  # `--strict` and the gate did not pass: nothing is wrong with the command itself
 
 
 @user_errors
@@ -67,6 +79,12 @@ def adapt_command(
     trust_pickle: bool = TRUST_PICKLE,
     ignore_out_of_range: bool = IGNORE_OUT_OF_RANGE,
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    strict: bool = typer.Option(
+        False,
+        "--strict",
+        help=f"Exit with status {STRICT_EXIT} when the deploy gate does not pass (the delivered model "
+        "looks worse than the source model, or collapsed, on the held-out frames); the run is kept.",
+    ),
     nproc_per_node: int = typer.Option(
         1,
         "--nproc-per-node",
@@ -115,6 +133,12 @@ def adapt_command(
         print_json(result.metrics)
     else:
         print_summary(result.metrics, result.model.class_names)
+    gate = (result.metrics.get("label_free") or {}).get("gate", "pass")
+    if strict and gate != "pass":
+        from stvm_sdk.selection import gate_line
+
+        typer.echo(f"error: --strict: gate {gate}: {gate_line(result.metrics['label_free'])}", err=True)
+        raise typer.Exit(STRICT_EXIT)
 
 
 def worker_args(ctx: typer.Context, out: Path) -> list[str]:
@@ -159,6 +183,13 @@ def print_summary(metrics: dict[str, Any], class_names: list[str]) -> None:
         value = metrics.get(key)
         if value is not None:
             table.add_row(key, format_value(key, value))
+    label_free = metrics.get("label_free")
+    if label_free:
+        table.add_row("delivered_step", f"{label_free['delivered_step']} ({label_free['delivered_because']})")
+        gate = label_free["gate"]
+        table.add_row(
+            "gate", gate if gate == "pass" else f"[bold red]{gate}[/]: {'; '.join(label_free['reasons'])}"
+        )
     console.print(table)
     per_class = metrics.get("per_class_iou")
     if per_class:

@@ -94,6 +94,10 @@ class OptimConfig:
         _check(self.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {self.weight_decay}")
 
 
+# The label-free validators (stvm_sdk.eval.label_free), named here so the config reads without torch.
+VALIDATORS = ("ensemble", "consistency", "im", "confidence", "neg_entropy", "snd", "source_agreement")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Loop length, logging, checkpoints, devices."""
@@ -114,9 +118,30 @@ class RunConfig:
     # Steps at which the deliverable is also saved to <out>/snapshots/step_<N> (a run's curve, or
     # checkpoints to choose from); steps at or beyond run.iters are the run's own model.
     snapshots: tuple[int, ...] = ()
+    # Label-free choice and deploy gate (docs/method.md, decision 15): candidates are the deliverable at
+    # the start, at `candidates` - 1 evenly spaced steps, at every snapshot step and at the end.
+
+    # share of the target frames (at most 32) held out from training to score candidates without labels;
+    # 0: none, and the last network is delivered
+    holdout: float = 0.1
+    candidates: int = 4  # evenly spaced candidate steps (with the start and the end)
+    validator: str = "ensemble"  # label-free score that ranks the candidates
+    deliver: str = "best"  # best: the candidate the validator ranks first; last: the run's last network
+    gate_margin: float = 0.0  # the gate calls a model worse when its score's 95 % interval is below -margin
+    # score the deliverable on the labelled frames every N steps (metrics.jsonl "miou"); 0: never
+    eval_every: int = 0
 
     def __post_init__(self) -> None:
         check_fields(self, "run.")
+        _check(0.0 <= self.holdout <= 0.5, f"run.holdout must be a share in [0, 0.5], got {self.holdout}")
+        _check(1 <= self.candidates <= 64, f"run.candidates must be in [1, 64], got {self.candidates}")
+        _check(
+            self.validator in VALIDATORS,
+            f"run.validator must be one of {', '.join(VALIDATORS)}, got {self.validator!r}",
+        )
+        _check(self.deliver in ("best", "last"), f"run.deliver must be best|last, got {self.deliver!r}")
+        _check(0.0 <= self.gate_margin <= 1.0, f"run.gate_margin must be in [0, 1], got {self.gate_margin}")
+        _check(self.eval_every >= 0, f"run.eval_every must be >= 0, got {self.eval_every}")
         _check(
             all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in self.snapshots)
             and list(self.snapshots) == sorted(set(self.snapshots)),

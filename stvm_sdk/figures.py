@@ -172,15 +172,21 @@ def frame_panels(
     return written
 
 
-def curves(metrics_jsonl: Path, out: Path) -> Path | None:
-    """Losses and rates against the step, from a run's ``metrics.jsonl`` (None if it has no record)."""
+def curves(metrics_jsonl: Path, out: Path, label_free: dict[str, Any] | None = None) -> Path | None:
+    """Losses and rates against the step, from a run's ``metrics.jsonl`` (None if it has no record);
+    with ``miou`` records (``run.eval_every``) or the summary's ``label_free`` section, a third panel:
+    the mIoU on the labelled frames and the validator's score of each candidate."""
     if not metrics_jsonl.is_file():
         return None
     records = [json.loads(line) for line in metrics_jsonl.read_text().splitlines() if line.strip()]
     if not records:
         return None
     plt = _pyplot()
-    fig, (ax_loss, ax_rate) = plt.subplots(1, 2, figsize=(10, 3.6))
+    miou = [(r["step"], r["miou"]) for r in records if isinstance(r.get("miou"), (int, float))]
+    scores = [(c["step"], c["score"]) for c in (label_free or {}).get("snapshots", [])]
+    panels = 3 if miou or scores else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.6))
+    ax_loss, ax_rate = axes[0], axes[1]
     for key in LOSSES:
         pts = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
         if pts:
@@ -197,7 +203,31 @@ def curves(metrics_jsonl: Path, out: Path) -> Path | None:
     ax_rate.set_title("reliability and mixing", fontsize=10)
     if ax_rate.lines:
         ax_rate.legend(fontsize=8)
+    if panels == 3:
+        _quality_panel(axes[2], miou, scores, label_free or {})
     return _save(fig, out)
+
+
+def _quality_panel(
+    ax: Any, miou: list[tuple[int, float]], scores: list[tuple[int, float]], label_free: dict[str, Any]
+) -> None:
+    """mIoU on the labelled frames (left axis) and the label-free score of each candidate (right)."""
+    ax.set_xlabel("step")
+    ax.set_title("mIoU and label-free score", fontsize=10)
+    if miou:
+        ax.plot(*zip(*miou, strict=True), marker="o", color="tab:blue", label="mIoU (labelled frames)")
+        ax.set_ylabel("mIoU", color="tab:blue")
+    if scores:
+        right = ax.twinx()
+        right.plot(*zip(*scores, strict=True), marker="s", color="tab:orange",
+                   label=f"{label_free.get('validator')} (held-out, no labels)")  # fmt: skip
+        delivered = label_free.get("delivered_step")
+        if delivered is not None:
+            right.axvline(delivered, color="tab:green", linestyle="--", label=f"delivered: step {delivered}")
+        right.set_ylabel("label-free score", color="tab:orange")
+        right.legend(fontsize=8, loc="lower right")
+    if miou:
+        ax.legend(fontsize=8, loc="upper left")
 
 
 def run_figures(result: Any, before: SegModel, folder: FrameFolder, n: int = 4) -> Path:
@@ -212,5 +242,5 @@ def run_figures(result: Any, before: SegModel, folder: FrameFolder, n: int = 4) 
         reliability=(lambda images: result.pixel_weights(images.to(device))[1]) if has_weights else None,
         after_name=f"after ({result.config.method})",
     )  # fmt: skip
-    curves(RunDir(result.run_dir).metrics_path, out / "curves.png")
+    curves(RunDir(result.run_dir).metrics_path, out / "curves.png", result.metrics.get("label_free"))
     return out

@@ -19,6 +19,7 @@ The loop never asks which method runs (:class:`~stvm_sdk.methods.base.Method` is
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -33,7 +34,7 @@ from stvm_sdk import distributed
 from stvm_sdk.boundary.fields import Fields
 from stvm_sdk.config import AdaptConfig
 from stvm_sdk.data.batches import BatchLoader
-from stvm_sdk.data.frames import FrameFolder
+from stvm_sdk.data.frames import Frame, FrameFolder
 from stvm_sdk.data.images import resize_image
 from stvm_sdk.errors import DataError, DivergedError, StvmError
 from stvm_sdk.eval.evaluate import EvalResult, evaluate_frames
@@ -43,6 +44,8 @@ from stvm_sdk.models.contract import forward_logits, normalize
 from stvm_sdk.models.io import SegModel, model_suffix, save_model, save_native, save_torchscript
 from stvm_sdk.result import AdaptResult
 from stvm_sdk.rundir import KEEP_LAST, RunDir, divergence_advice, overflowed
+from stvm_sdk.selection import Judge, candidate_steps, gate_line, load_held_out, scoring_size, split_holdout
+from stvm_sdk.stream.settings import HealthRule
 
 log = logging.getLogger("stvm_sdk")
 
@@ -60,10 +63,25 @@ class Job:
     ignore_out_of_range: bool = False
     t_start: float = field(default_factory=time.perf_counter)
     figures: bool = True  # with labels: frame panels and curves in <run>/figures
+    train_frames: list[Frame] = field(init=False)  # what batches and decision 0's statistics read
+    held_out: list[Frame] = field(init=False)  # never trained on: the label-free judgement's frames
+    judge: Judge | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        frames = self.folder.frames
+        self.train_frames, self.held_out = split_holdout(frames, self.cfg.run.holdout)
+        if len(self.train_frames) < self.cfg.data.batch_size:  # too few frames to spare any
+            self.train_frames, self.held_out = list(frames), []
 
     @property
     def device(self) -> torch.device:
         return self.ddp.device
+
+    @property
+    def candidates(self) -> list[int]:
+        """Steps whose deliverable the judge scores (:func:`~stvm_sdk.selection.candidate_steps`)."""
+        iters = self.cfg.run.iters if self.method.trains() else 0
+        return candidate_steps(iters, self.cfg.run.candidates, self.cfg.run.snapshots)
 
     def evaluate(self, model: SegModel) -> EvalResult | None:
         """``model``'s mIoU on the labelled frames (None without labels)."""
@@ -97,14 +115,33 @@ def start(job: Job, resume: bool) -> tuple[Method, int]:
         step = _restore(method, checkpoint, ddp.world)
         if ddp.is_main:
             job.run.truncate_log(step)
+    if ddp.is_main:
+        job.judge = _judge(job)
+        if job.judge is not None and step == 0:
+            job.run.log({"step": 0, "label_free": _candidate(method, job, 0)})
     ddp.prepare(method, cfg)
     return method, step
+
+
+def _judge(job: Job) -> Judge | None:
+    """The run's label-free judge on its held-out frames (or, with none held out, on up to 32 training
+    frames, spread over the folder), the source model's outputs taken; None without a readable frame."""
+    frames = job.held_out or split_holdout(job.folder.frames, 1.0)[1]
+    size = scoring_size(frames, job.cfg.run.eval_size or job.cfg.data.resize)
+    images = load_held_out(job.folder, frames, size)
+    if images is None:
+        return None
+    judge = Judge(images, job.cfg.run.validator, HealthRule(), job.device, job.cfg.data.batch_size)
+    source = job.source.clone()
+    source.module.to(job.device)
+    judge.start(source)
+    return judge
 
 
 def _bn_batches(job: Job, model: SegModel, batch_size: int) -> Iterator[torch.Tensor]:
     """Decision 0's batches. Frames of another size than most are resized to it: statistics per channel
     barely move, and a batch of one odd-sized small frame would leave BatchNorm one value per channel."""
-    frames = job.folder.frames[: job.cfg.run.bn_init_frames]
+    frames = job.train_frames[: job.cfg.run.bn_init_frames]
     sizes = [f.size for f in frames if f.size is not None]
     size = job.cfg.data.resize or (max(set(sizes), key=sizes.count) if sizes else None)
     for i in range(0, len(frames), batch_size):
@@ -161,10 +198,11 @@ def train(
     cfg, ddp, run = job.cfg, job.ddp, job.run
     iters = cfg.run.iters if method.optimizer is not None else 0
     loader = BatchLoader(
-        job.folder.frames, batch_size=cfg.data.batch_size, crop=cfg.data.crop, resize=cfg.data.resize,
+        job.train_frames, batch_size=cfg.data.batch_size, crop=cfg.data.crop, resize=cfg.data.resize,
         seed=cfg.run.seed, workers=cfg.data.workers, shard=(ddp.rank, ddp.world), on_reject=job.folder.reject,
     )  # fmt: skip
     meter = _Meter()
+    candidates = set(job.candidates)
     bar_on = progress and ddp.is_main
     try:
         with progress_bar(total=iters, start=start_step, enabled=bar_on, description=cfg.method) as bar:
@@ -182,10 +220,14 @@ def train(
                 if done % cfg.run.log_every == 0 or done == iters:
                     record = meter.record(done, ddp.average_logs)  # every process takes part
                     _check_finite(record.get("loss"), done, run, method)
-                    if ddp.is_main:
-                        run.log(record)
-                        if on_log is not None:
-                            on_log(record)
+                if done in candidates and record is None and "loss" in logs:  # judge no diverged state
+                    _check_finite(float(ddp.average_logs({"loss": logs["loss"]})["loss"]), done, run, method)
+                extra = _judged(method, job, done, iters, candidates) if ddp.is_main else {}
+                if ddp.is_main and (record is not None or extra):
+                    record = {**(record or {"step": done}), **extra}
+                    run.log(record)
+                    if on_log is not None:
+                        on_log(record)
                 bar.update(done, record)
                 if done % cfg.run.checkpoint_every == 0 and done < iters:
                     if "loss" in logs:  # never save a diverged state; averaged so every process agrees
@@ -203,19 +245,49 @@ def train(
     return iters
 
 
+def _judged(method: Method, job: Job, done: int, iters: int, candidates: set[int]) -> dict[str, Any]:
+    """What the step's record gains: the label-free signals at a candidate step, the mIoU every
+    ``run.eval_every`` steps (with labels)."""
+    extra: dict[str, Any] = {}
+    if done in candidates and job.judge is not None:
+        extra["label_free"] = _candidate(method, job, done, keep=done < iters)
+    every = job.cfg.run.eval_every
+    if every and done % every == 0 and (scored := job.evaluate(_deliverable(method, job.source))):
+        extra["miou"] = scored.miou
+    return extra
+
+
 def _deliverable(method: Method, source: SegModel) -> SegModel:
     """The network the run delivers (decision 10), as a model like the source."""
     net = method.teacher if method.teacher is not None and method.deliverable_role == "teacher" else None
     return replace(source, module=net if net is not None else method.student)
 
 
-def _snapshot(method: Method, job: Job, step: int) -> Path:
-    """Save the deliverable as it is after ``step`` steps (``run.snapshots``)."""
+def _snapshot(method: Method, job: Job, step: int, path: Path | None = None) -> Path:
+    """Save the deliverable as it is after ``step`` steps (``run.snapshots``, or a candidate's ``path``)."""
     model = _deliverable(method, job.source)
     job.run.require_finite(model.module, "snapshot", step, divergence_advice(method))
-    path = job.run.snapshot_path(step, model_suffix(model))
+    path = path or job.run.snapshot_path(step, model_suffix(model))
     path.parent.mkdir(exist_ok=True)
     return save_model(model, path, then=KEEP_LAST)
+
+
+def _candidate_path(job: Job, step: int, suffix: str) -> Path:
+    """A candidate's file: the snapshot of that step where one is asked for, else ``candidates/``."""
+    if step in job.cfg.run.snapshots:
+        return job.run.snapshot_path(step, suffix)
+    return job.run.path / "candidates" / f"step_{step:06d}{suffix}"
+
+
+def _candidate(method: Method, job: Job, step: int, keep: bool = True) -> dict[str, Any]:
+    """The label-free signals of the deliverable after ``step`` steps; ``keep`` saves it too (to
+    deliver it if it is chosen; the last step's is the run's own model)."""
+    assert job.judge is not None
+    model = _deliverable(method, job.source)
+    path = _candidate_path(job, step, model_suffix(model))
+    if keep and not path.is_file():
+        _snapshot(method, job, step, path)
+    return job.judge.observe(step, model, replace(job.source, module=method.student))
 
 
 _Sums = dict[str, torch.Tensor]
@@ -289,6 +361,9 @@ def finish(method: Method, job: Job, steps: int, before: EvalResult | None) -> A
     _require_finite_prediction(model, job, steps, advice)
     if not ddp.is_main:  # the same networks as rank 0 (checked); rank 0 writes and evaluates
         return AdaptResult(model, teacher, student, run.path, {"rank": ddp.rank}, method.extras(), cfg)
+    label_free = None
+    if job.judge is not None:
+        model, label_free = _choose(job, model, student, steps)
     ext = model_suffix(model)
     paths = {
         "model_path": save_model(model, run.model_path("model", ext), then=KEEP_LAST),
@@ -325,6 +400,8 @@ def finish(method: Method, job: Job, steps: int, before: EvalResult | None) -> A
     }
     if snapshots:
         metrics["snapshots"] = snapshots
+    if label_free is not None:
+        metrics["label_free"] = label_free
     if before is not None:
         after = job.evaluate(model)
         assert after is not None  # labelled frames exist: `before` was scored on them
@@ -340,6 +417,50 @@ def finish(method: Method, job: Job, steps: int, before: EvalResult | None) -> A
         metrics["figures_dir"] = str(_figures(result, job))
     result.metrics = run.write_summary(metrics)
     return result
+
+
+def _choose(job: Job, final: SegModel, student: SegModel, steps: int) -> tuple[SegModel, dict[str, Any]]:
+    """The candidate to deliver (``run.deliver``), the gate's verdict on it, and the summary's
+    ``label_free`` section; the delivered model (``final``, or a candidate's weights in its network)."""
+    judge, cfg = job.judge, job.cfg.run
+    assert judge is not None
+    suffix = model_suffix(final)
+    for step in job.candidates:  # scored before a resume: read back from the candidate's file
+        path = _candidate_path(job, step, suffix)
+        if step not in judge.outputs and step != steps and path.is_file():
+            judge.observe(step, _weights_from(path, final))
+    if steps not in judge.outputs:  # scored in the loop's last step, unless the run resumed there
+        judge.observe(steps, final, student)
+    chosen, why = judge.choose(cfg.deliver if job.held_out else "last")
+    if not job.held_out:
+        why = "no frame was held out (run.holdout = 0, or too few frames): the last network is delivered"
+    delivered = final if chosen == steps else _weights_from(_candidate_path(job, chosen, suffix), final)
+    verdict = judge.gate(chosen, cfg.gate_margin)
+    scores = judge.scores()
+    section = {
+        "validator": judge.validator,
+        "frames": int(judge.images.shape[0]),
+        "frames_held_out": bool(job.held_out),
+        "snapshots": [{"step": s, "score": round(scores[s], 5)} for s in sorted(scores)],
+        "delivered_step": chosen,
+        "delivered_because": why,
+        "signals": judge.records.get(chosen, {}),
+        **verdict,
+    }
+    log.info("label-free: delivered step %d (%s)", chosen, why)
+    if verdict["gate"] != "pass":
+        log.warning("gate: %s", gate_line(section))
+    return delivered, section
+
+
+def _weights_from(path: Path, like: SegModel) -> SegModel:
+    """``like`` with the weights of the candidate file ``path`` (a file this run wrote)."""
+    from stvm_sdk.models.io import load_model
+
+    loaded = load_model(path, trust_pickle=True)  # written by this run, in its own folder
+    net = copy.deepcopy(like.module)
+    net.load_state_dict(loaded.module.state_dict())
+    return replace(like, module=net.eval())
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-SHOWN = ("loss_st", "loss_metric", "loss_entropy", "mean_weight")
+SHOWN = ("loss_st", "loss_metric", "loss_entropy", "mean_weight", "miou")
 LINE_FIELDS = ("loss", *SHOWN)
 DEFAULT_INTERVAL_S = 30.0
 

@@ -75,7 +75,9 @@ def test_run_directory_holds_config_metrics_checkpoint_and_models(
         resolve(AdaptConfig.from_dict(json.loads((run / "config.json").read_text())))[0] == resolve(_cfg())[0]
     )
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == [2, 4]
+    assert [r["step"] for r in records if "loss" in r] == [2, 4]  # a record every run.log_every steps
+    # and the label-free signals of every candidate: the start, 1, 2, 3 (run.candidates = 4) and the end
+    assert [r["step"] for r in records if "label_free" in r] == [0, 1, 2, 3, 4]
     for key in ("loss", "loss_metric", "mean_weight", "pseudo_hist", "lr", "images_per_s"):
         assert key in records[-1], key
     assert len(records[-1]["pseudo_hist"]) == 5 and "loss_st" in records[-1]

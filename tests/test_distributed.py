@@ -97,7 +97,8 @@ def test_every_process_ends_with_identical_networks(two_procs: SimpleNamespace) 
     assert "proxies" in a["metric"]
     summary = json.loads((two_procs.run / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["steps"] == ITERS
-    assert [r["step"] for r in _log(two_procs.run)] == list(range(1, ITERS + 1))  # rank 0 alone logs
+    logged = [r["step"] for r in _log(two_procs.run) if "loss" in r]
+    assert logged == list(range(1, ITERS + 1))  # rank 0 alone logs
 
 
 def test_two_processes_of_batch_b_train_like_one_process_of_batch_2b(
@@ -181,4 +182,4 @@ def test_killed_process_stops_the_run_and_resume_matches_the_uninterrupted_run(
         a = load_file(two_procs.run / name)
         b = load_file(run / name)
         assert all(torch.equal(a[k], b[k]) for k in a), f"{name} differs from the uninterrupted run"
-    assert [r["step"] for r in _log(run)] == list(range(1, ITERS + 1))
+    assert [r["step"] for r in _log(run) if "loss" in r] == list(range(1, ITERS + 1))

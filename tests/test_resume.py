@@ -89,5 +89,11 @@ def test_resume_after_sigkill_is_bit_identical(
         b = load_file(run / name)
         for key in a:
             assert torch.equal(a[key], b[key]), f"{name}:{key} differs after resume"
-    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [2, 4, 6, 8]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [2, 4, 6, 8]
+    assert [r["step"] for r in records if "label_free" in r] == [0, 2, 4, 6, 8]  # none twice
+    # candidates scored before the kill are scored again from their files: the same choice and gate
+    full_lf = json.loads((tmp_path / "full" / "summary.json").read_text())["label_free"]
+    resumed_lf = json.loads(resumed.stdout)["label_free"]
+    for key in ("snapshots", "delivered_step", "gate", "source_score", "delivered_score"):
+        assert resumed_lf[key] == full_lf[key], key
