@@ -159,12 +159,19 @@ class Plan:
             "run.seed": seed,
             "run.checkpoint_every": 10_000,
             "run.log_every": 25,
+            **TABLE_DELIVERY,
         }
         own = {"metric.warmup": self.warmup, "mix.patch": max(8, h // 8)}  # STvM's, where a method has them
         return AdaptConfig(method=method).with_overrides({**base, **method_over(method, {**own, **over})})
 
 
 ROOT_KEYS = frozenset(f.name for f in fields(AdaptConfig))  # method, bn_init, data, optim, run, methods
+# The table compares what each method's training reaches: every target frame trained on and the last
+# network scored, as before runs held frames out and chose a candidate without labels (decision 15).
+TABLE_DELIVERY = {"run.holdout": 0.0, "run.deliver": "last"}
+# The label-free keys a config recorded before they existed would have held under TABLE_DELIVERY.
+RECORDED_LABEL_FREE = {"holdout": 0.0, "candidates": 4, "validator": "im", "deliver": "last",
+                       "gate_margin": 0.0, "eval_every": 0}  # fmt: skip
 
 
 def method_over(method: str, over: dict[str, Any]) -> dict[str, Any]:
@@ -186,6 +193,8 @@ def current_config(config: Any) -> Any:
     """A recorded config dict in today's layout: a config of schema 1 (STvM's and the mean teacher's
     knobs at the root, cells cached before the methods owned them) migrated as ``load_run`` does, so
     a cell cached for the same experiment stays valid; None if it no longer reads."""
+    if isinstance(config, dict) and isinstance(config.get("run"), dict) and "holdout" not in config["run"]:
+        config = {**config, "run": {**config["run"], **RECORDED_LABEL_FREE}}  # recorded before decision 15
     if not (isinstance(config, dict) and any(k.split(".")[0] in config for k in MOVED if "." not in k)):
         return config
     try:

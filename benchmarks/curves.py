@@ -28,7 +28,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from accuracy import Plan, method_over, save_frames, source_model  # benchmarks/ is on sys.path as a script
+from accuracy import (
+    TABLE_DELIVERY,
+    Plan,
+    current_config,
+    method_over,
+    save_frames,
+    source_model,
+)  # benchmarks/ on sys.path
 
 from stvm_sdk import AdaptConfig, adapt, evaluate, load_model
 from stvm_sdk.eval.metrics import paired_bootstrap_diff
@@ -59,6 +66,7 @@ def curve_config(
         "run.seed": seed,
         "run.checkpoint_every": 10_000,
         "run.log_every": 25,
+        **TABLE_DELIVERY,  # every snapshot is scored here: the run trains on every frame
         **method_over(method, {"mix.patch": max(8, h // 8), **(over or {})}),  # the plan's patch for its size
     }
     return AdaptConfig(method=method).with_overrides(over)
@@ -93,7 +101,10 @@ def run_curve(
     if record.is_file() and frames.is_file():
         with open(record) as f:
             done = json.load(f)
-        if done.get("key") == key:
+        recorded = done.get("key")
+        if isinstance(recorded, dict):
+            recorded = {**recorded, "config": current_config(recorded.get("config"))}
+        if recorded == key:
             return dict(done)
     t0 = time.perf_counter()
     source = source_model(plan, arch, cache)

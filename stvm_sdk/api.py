@@ -5,7 +5,9 @@
 3. scan the target frames (and labels, when given, to evaluate before and after);
 4. open the run directory (new, or the same run with the same inputs to resume);
 5. :mod:`stvm_sdk.loop`: start the method (decision 0's statistics, or the last checkpoint), train
-   it, save teacher, student and the deliverable, evaluate, draw the figures; return an
+   it on the frames not held out, score its candidates on the held-out frames without labels
+   (:mod:`stvm_sdk.selection`), save teacher, student and the chosen deliverable, judge it against the
+   source model (the deploy gate), evaluate, draw the figures; return an
    :class:`~stvm_sdk.result.AdaptResult`.
 
 Every argument is checked first: a wrong type raises :class:`~stvm_sdk.errors.ArgumentTypeError` (a

@@ -95,7 +95,7 @@ class OptimConfig:
 
 
 # The label-free validators (stvm_sdk.eval.label_free), named here so the config reads without torch.
-VALIDATORS = ("ensemble", "consistency", "im", "confidence", "neg_entropy", "snd", "source_agreement")
+VALIDATORS = ("im", "consistency", "ensemble", "source_agreement", "confidence", "neg_entropy", "snd")
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,7 @@ class RunConfig:
     # 0: none, and the last network is delivered
     holdout: float = 0.1
     candidates: int = 4  # evenly spaced candidate steps (with the start and the end)
-    validator: str = "ensemble"  # label-free score that ranks the candidates
+    validator: str = "im"  # label-free score that ranks the candidates
     deliver: str = "best"  # best: the candidate the validator ranks first; last: the run's last network
     gate_margin: float = 0.0  # the gate calls a model worse when its score's 95 % interval is below -margin
     # score the deliverable on the labelled frames every N steps (metrics.jsonl "miou"); 0: never

@@ -132,7 +132,7 @@ def run_demo(
         "model_path": str(result.model_path), "figures_dir": str(figures), "onnx_path": export["onnx_path"],
         "sidecar_path": export["sidecar_path"], "verification": export["verification"], "bench": bench,
         "settings": dict(settings.__dict__), "timings_s": {k: round(v, 1) for k, v in timings.items()},
-        "seconds": round(time.perf_counter() - t0, 1),
+        "seconds": round(time.perf_counter() - t0, 1), "label_free": result.metrics.get("label_free"),
     }  # fmt: skip
 
 

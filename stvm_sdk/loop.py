@@ -5,10 +5,13 @@ stage reads) to the three stages here:
 
 1. :func:`start` - target BatchNorm statistics (decision 0), the method's networks, or the run's last
    checkpoint when resuming;
-2. :func:`train` - ``run.iters`` steps, a log record every ``run.log_every`` steps, an atomic
-   checkpoint every ``run.checkpoint_every`` steps;
-3. :func:`finish` - save the deliverable, teacher and student, score them, draw the figures (with
-   labels), write ``summary.json``.
+2. :func:`train` - ``run.iters`` steps on the frames not held out, a log record every
+   ``run.log_every`` steps, an atomic checkpoint every ``run.checkpoint_every`` steps, the label-free
+   signals of the deliverable at every candidate step (:mod:`stvm_sdk.selection`), its mIoU every
+   ``run.eval_every`` steps with labels;
+3. :func:`finish` - choose the candidate to deliver and judge it against the source model (the deploy
+   gate), save the deliverable, teacher and student, score them, draw the figures (with labels), write
+   ``summary.json``.
 
 Nothing known to be wrong is saved: a checkpoint, snapshot or network holding NaN or inf, or a
 deliverable whose prediction on a target frame does, stops the run with one

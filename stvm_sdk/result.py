@@ -37,6 +37,12 @@ class AdaptResult:
         return RunDir(self.run_dir).model_path("model")
 
     @property
+    def gate(self) -> str | None:
+        """The deploy gate's verdict without labels: ``pass``, ``worse_than_source`` or ``collapsed``
+        (``metrics["label_free"]`` says why); None for a run that was not judged."""
+        return (self.metrics.get("label_free") or {}).get("gate")
+
+    @property
     def metric(self) -> nn.Module | None:
         """Deprecated: ``extras.get("metric")`` (kept for one version)."""
         warnings.warn(

@@ -60,7 +60,7 @@ class Outputs:
     def histogram(self) -> Tensor:
         """``[N,K]`` pixels per predicted class, per frame."""
         k = self.num_classes
-        flat = self.pred.flatten(1)
+        flat = self.pred.flatten(1).long()
         return torch.zeros(flat.shape[0], k, dtype=torch.float64).scatter_add_(
             1, flat, torch.ones_like(flat, dtype=torch.float64)
         )
@@ -87,12 +87,14 @@ def model_outputs(
     forward: Callable[[Tensor], Tensor], images: Tensor, *, batch_size: int = 8, views: bool = True
 ) -> Outputs:
     """Run ``forward`` (images in [0,1] ``[B,3,H,W]`` -> logits ``[B,K,H,W]``) on ``images`` and keep
-    what the validators need; ``views`` off skips the transformed copies (``consistency`` then has none)."""
+    what the validators need; ``views`` off skips the transformed copies (``consistency`` then has none).
+    A copy the model cannot take (a network traced at one input size) is left out; labels are kept as
+    bytes where the classes allow (32 frames of 512x1024 are 16 MB a copy)."""
     preds: list[Tensor] = []
     grid: list[Tensor] = []
     view_preds: list[list[Tensor]] = [[], []]
     conf, ent, psum, pixels = [], [], [], []
-    finite = True
+    finite, usable = True, [True, True]
     for i in range(0, images.shape[0], batch_size):
         x = images[i : i + batch_size]
         logits = forward(x).float()
@@ -100,16 +102,19 @@ def model_outputs(
         logits = torch.nan_to_num(logits)
         p = logits.softmax(1)
         k = p.shape[1]
-        preds.append(logits.argmax(1))
+        preds.append(_compact(logits.argmax(1), k))
         grid.append(p[:, :, GRID // 2 :: GRID, GRID // 2 :: GRID].clone())
         conf.append(p.amax(1).flatten(1).sum(1).double())
         h = -(p * p.clamp_min(1e-12).log()).sum(1) / math.log(max(k, 2))
         ent.append(h.flatten(1).sum(1).double())
         psum.append(p.flatten(2).sum(2).double())
         pixels.append(torch.full((x.shape[0],), float(p[0, 0].numel()), dtype=torch.float64))
-        if views:
-            for j, (copy, back) in enumerate(_views(x)):
-                view_preds[j].append(back(torch.nan_to_num(forward(copy).float())).argmax(1))
+        for j, (copy, back) in enumerate(_views(x) if views else []):
+            if usable[j]:
+                try:
+                    view_preds[j].append(_compact(back(torch.nan_to_num(forward(copy).float())).argmax(1), k))
+                except (RuntimeError, ValueError):  # e.g. a traced network's fixed input size
+                    usable[j], view_preds[j] = False, []
     stats = {
         "conf": torch.cat(conf),
         "ent": torch.cat(ent),
@@ -125,10 +130,14 @@ def model_outputs(
     )
 
 
+def _compact(labels: Tensor, k: int) -> Tensor:
+    return labels.to(torch.uint8 if k <= 256 else torch.int32)
+
+
 def _overlap(a: Tensor, b: Tensor, k: int) -> Tensor:
     """``[N,3,K]`` per frame: pixels of each class in both, in ``a``, in ``b``."""
     n = a.shape[0]
-    a, b = a.flatten(1), b.flatten(1)
+    a, b = a.flatten(1).long(), b.flatten(1).long()
     one = torch.ones_like(a, dtype=torch.float64)
     both = torch.zeros(n, k, dtype=torch.float64).scatter_add_(1, a, (a == b).double())
     in_a = torch.zeros(n, k, dtype=torch.float64).scatter_add_(1, a, one)
