@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from stvm_sdk import AdaptConfig, adapt, evaluate, load_model
-from stvm_sdk.config import MOVED, PRESETS
+from stvm_sdk.config import MOVED, PRESETS, RunConfig
 from stvm_sdk.errors import ConfigError
 from stvm_sdk.eval.metrics import paired_bootstrap_diff
 from stvm_sdk.methods import ladder, method_keys, resolve
@@ -169,9 +169,21 @@ ROOT_KEYS = frozenset(f.name for f in fields(AdaptConfig))  # method, bn_init, d
 # The table compares what each method's training reaches: every target frame trained on and the last
 # network scored, as before runs held frames out and chose a candidate without labels (decision 15).
 TABLE_DELIVERY = {"run.holdout": 0.0, "run.deliver": "last"}
-# The label-free keys a config recorded before they existed would have held under TABLE_DELIVERY.
-RECORDED_LABEL_FREE = {"holdout": 0.0, "candidates": 4, "validator": "im", "deliver": "last",
-                       "gate_margin": 0.0, "eval_every": 0}  # fmt: skip
+# A config recorded before the label-free keys existed ran as TABLE_DELIVERY runs do now (every frame
+# trained on, the last network delivered; which validator then scores the candidates changes nothing).
+LABEL_FREE_KEYS = (
+    "holdout",
+    "candidates",
+    "validator",
+    "gate_validator",
+    "deliver",
+    "gate_margin",
+    "eval_every",
+)
+RECORDED_LABEL_FREE = {
+    **{k: getattr(RunConfig(), k) for k in LABEL_FREE_KEYS},
+    **{k.split(".")[1]: v for k, v in TABLE_DELIVERY.items()},
+}
 
 
 def method_over(method: str, over: dict[str, Any]) -> dict[str, Any]:

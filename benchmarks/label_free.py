@@ -34,15 +34,16 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from accuracy import Plan, source_model  # benchmarks/ is on sys.path when this runs as a script
+from accuracy import LABEL_FREE_KEYS, Plan, save_frames, source_model  # benchmarks/ is on sys.path
 from curves import curve_config, curve_key
 
-from stvm_sdk import adapt, evaluate, load_model
+from stvm_sdk import AdaptConfig, adapt, evaluate, load_model
 from stvm_sdk.data import scan_frames
 from stvm_sdk.errors import DivergedError
 from stvm_sdk.eval.label_free import VALIDATORS, Outputs, pool_labels, statistics
-from stvm_sdk.eval.metrics import paired_bootstrap_diff
+from stvm_sdk.eval.metrics import _resample_counts, mean_iou_batch, paired_bootstrap_diff
 from stvm_sdk.models import SegModel
 from stvm_sdk.selection import Judge
 from stvm_sdk.stream.settings import HealthRule
@@ -65,7 +66,7 @@ RUNS: tuple[tuple[str, str, dict[str, Any]], ...] = (
 # The runs train on every target frame and keep every network they reach: the benchmark scores each
 # candidate itself, on its own held-out split (`val`), not the run's own choice.
 AS_BEFORE = {"run.holdout": 0.0, "run.deliver": "last"}
-LABEL_FREE_KEYS = ("holdout", "candidates", "validator", "deliver", "gate_margin", "eval_every")
+CHOICE = AdaptConfig().run.validator  # the shipped validator that chooses the candidate to deliver
 
 
 def run_key(plan: Plan, arch: str, domain: str, cfg: Any) -> dict[str, Any]:
@@ -152,7 +153,7 @@ def score_block(
     run's label-free choice and the gate's verdict (cached per block, keyed by the runs)."""
     records = [run_once(plan, cache, arch, domain, label) for label, _, _ in RUNS]
     key = {"runs": [r["key"] for r in records], "n_test": n_test, "n_holdout": n_holdout,
-           "validators": list(VALIDATORS), "version": 1}  # fmt: skip
+           "validators": list(VALIDATORS), "version": 2}  # fmt: skip
     out_path = cache / "label_free" / "blocks" / f"{arch}_{domain}.json"
     if out_path.is_file():
         done = json.loads(out_path.read_text())
@@ -196,13 +197,10 @@ def score_block(
         choice: dict[str, Any] = {}
         for v in VALIDATORS:
             j = Judge(images, v, HealthRule(), torch.device("cpu"))
-            j.source_out, j.outputs = (
-                judge.source_out,
-                {s: outputs[i] for s, i in zip(steps, idx, strict=True)},
-            )
+            j.source_out, j.outputs = source_out, {s: outputs[i] for s, i in zip(steps, idx, strict=True)}
             best, _ = j.choose("best")
-            last = max(j.outputs)
-            choice[v] = {"chosen": best, "gate_chosen": j.gate(best, 0.0), "gate_last": j.gate(last, 0.0)}
+            gates = {str(s): _brief(j.gate(s, 0.0)) for s in steps}  # every candidate, as the gate sees it
+            choice[v] = {"chosen": best, "gates": gates}
         truth = {}
         for s, i in zip(steps, idx, strict=True):
             diff, lo, hi = paired_bootstrap_diff(frames[i], frames[0], resamples=500)
@@ -211,8 +209,13 @@ def score_block(
     done = {"key": key, "arch": arch, "domain": domain, "models": models, "validators": per_validator,
             "runs": runs, "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    save_frames(torch.stack(frames), out_path.with_suffix(".npz"))  # every model's per-frame confusions
     out_path.write_text(json.dumps(done))
     return done
+
+
+def _brief(verdict: dict[str, Any]) -> dict[str, Any]:
+    return {"gate": verdict["gate"], "difference": verdict["difference"], "interval": verdict["interval"]}
 
 
 def _score_task(args: tuple[Plan, Path, str, str, int, int]) -> dict[str, Any]:
@@ -249,15 +252,39 @@ def spearman(a: list[float], b: list[float]) -> float:
     return float((ra * rb).sum() / (ra.norm() * rb.norm()).clamp_min(1e-12))
 
 
+def test_noise(
+    block: dict[str, Any], path: Path, validator: str, resamples: int = 200
+) -> dict[str, Any] | None:
+    """How much of a block's Spearman is the `test` frames' noise: the 95 % interval of ``validator``'s
+    Spearman over resampled test frames, and the true ranking's own split-half agreement (the models'
+    mIoU on the even frames against the odd ones)."""
+    if not path.is_file():
+        return None
+    with np.load(path) as data:
+        per_frame = torch.from_numpy(data["per_frame"].astype(np.int64)).double()  # [M,N,K,K]
+    m, n, k = per_frame.shape[0], per_frame.shape[1], per_frame.shape[-1]
+    counts = _resample_counts(n, resamples, 0)
+    confs = torch.einsum("rn,mnk->rmk", counts, per_frame.reshape(m, n, k * k)).view(resamples, m, k, k)
+    mious = mean_iou_batch(confs)  # [R,M]
+    scores = block["validators"][validator]
+    rhos = torch.tensor([spearman(scores, mious[r].tolist()) for r in range(resamples)])
+    lo, hi = torch.quantile(rhos, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    even, odd = mean_iou_batch(per_frame[:, 0::2].sum(1)), mean_iou_batch(per_frame[:, 1::2].sum(1))
+    return {"interval": [lo, hi], "split_half": spearman(even.tolist(), odd.tolist())}
+
+
 def _truly_worse(truth: dict[str, Any]) -> bool:
     """The model's mIoU on `test` is below the source model's, its paired 95 % interval below 0."""
     return bool(truth["vs_source"][2] < 0)
 
 
-def summarise(blocks: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per block and validator: Spearman, mean regret of the choice; the gate's hits and false alarms."""
+def summarise(blocks: list[dict[str, Any]], cache: Path | None = None) -> dict[str, Any]:
+    """Per block and validator: Spearman, mean regret of the choice; the gate's hits and false alarms on
+    what the shipped choice delivers and on the last network; with ``cache``, the test frames' noise in
+    the shipped validator's Spearman (:func:`test_noise`)."""
     out: dict[str, Any] = {"blocks": {}, "gate": {}}
-    gate_counts = {v: {k: [0, 0, 0, 0] for k in ("chosen", "last")} for v in VALIDATORS}  # hit, worse, fa, ok
+    # per gate validator and delivered model: [hits, truly worse, false alarms, not worse]
+    gate_counts = {v: {k: [0, 0, 0, 0] for k in ("chosen", "last")} for v in VALIDATORS}
     for b in blocks:
         name = f"{b['arch'].split('_')[0]} / {b['domain']}"
         true = [m["miou"] for m in b["models"]]
@@ -268,35 +295,39 @@ def summarise(blocks: list[dict[str, Any]]) -> dict[str, Any]:
         regrets: dict[str, list[float]] = {v: [] for v in VALIDATORS}
         last_regrets = []
         for run in b["runs"].values():
-            truth = run["truth"]
+            truth, last = run["truth"], str(max(run["steps"]))
             best = max(t["miou"] for t in truth.values())
-            last_regrets.append(best - truth[str(max(run["steps"]))]["miou"])
+            last_regrets.append(best - truth[last]["miou"])
+            chosen = str(run["choice"][CHOICE]["chosen"])
             for v in VALIDATORS:
                 c = run["choice"][v]
                 regrets[v].append(best - truth[str(c["chosen"])]["miou"])
-                for kind, step in (("chosen", c["chosen"]), ("last", max(run["steps"]))):
-                    fired = c[f"gate_{kind}"]["gate"] != "pass"
-                    worse = _truly_worse(truth[str(step)])
+                for kind, step in (("chosen", chosen), ("last", last)):
+                    fired = c["gates"][step]["gate"] != "pass"
+                    worse = _truly_worse(truth[step])
                     counts = gate_counts[v][kind]
                     counts[0 if worse else 2] += int(fired)
                     counts[1 if worse else 3] += 1
         row["regret"] = {v: sum(r) / len(r) for v, r in regrets.items()}
         row["regret_max"] = {v: max(r) for v, r in regrets.items()}
         row["regret_last"] = sum(last_regrets) / len(last_regrets)
+        if cache is not None:
+            npz = cache / "label_free" / "blocks" / f"{b['arch']}_{b['domain']}.npz"
+            row["noise"] = test_noise(b, npz, CHOICE)
         out["blocks"][name] = row
     out["gate"] = gate_counts
     return out
 
 
 def write_report(blocks: list[dict[str, Any]], plan: Plan, args: argparse.Namespace, seconds: float) -> None:
-    summary = summarise(blocks)
+    summary = summarise(blocks, args.cache)
     names = list(summary["blocks"])
     tag = "_quick" if args.quick else ""
     lines = [
         "# Label-free validators against the labels",
         "",
-        f"Machine: {platform.machine()}, {torch.get_num_threads()} thread(s) per process, {args.jobs} "
-        f"process(es); torch {torch.__version__}; this invocation {seconds / 60:.1f} min (runs and scores "
+        f"Machine: {platform.machine()}, {args.jobs} process(es) of 1 thread "
+        f"each; torch {torch.__version__}; this invocation {seconds / 60:.1f} min (runs and scores "
         "cached by earlier invocations are not redone).",
         f"Command: `python benchmarks/label_free.py{' --quick' if args.quick else ''}`",
         "",
@@ -318,6 +349,15 @@ def write_report(blocks: list[dict[str, Any]], plan: Plan, args: argparse.Namesp
     lines.append("| models (mIoU range) | " + " | ".join(
         f"{summary['blocks'][n]['models']} ({summary['blocks'][n]['miou_range'][0]:.1f}-"
         f"{summary['blocks'][n]['miou_range'][1]:.1f})" for n in names) + " | |")  # fmt: skip
+    noise = [summary["blocks"][n].get("noise") for n in names]
+    if any(noise):
+        lines.append(
+            f"| {CHOICE}: 95 % interval over the test frames | "
+            + " | ".join(f"[{x['interval'][0]:+.2f}, {x['interval'][1]:+.2f}]" if x else "-" for x in noise)
+            + " | |"
+        )
+        lines.append("| the true ranking's split-half agreement | " + " | ".join(
+            f"{x['split_half']:+.2f}" if x else "-" for x in noise) + " | |")  # fmt: skip
     lines += [
         "",
         "## Regret of the label-free choice: the run's best candidate minus the chosen one (mIoU points)",
@@ -340,9 +380,10 @@ def write_report(blocks: list[dict[str, Any]], plan: Plan, args: argparse.Namesp
         "",
         "Truly worse: the model's mIoU on `test` below the source model's, the paired-bootstrap 95 % "
         "interval over the test frames below 0. Hits: fired on a truly worse model; false alarms: fired "
-        "on one that is not. On the model each run delivers with `run.deliver = best` (chosen) and `last`.",
+        "on one that is not. Each row is a gate validator, on the model each run delivers with "
+        f"`run.deliver = best` (chosen by `{CHOICE}`, the shipped choice) and with `last`.",
         "",
-        "| validator | chosen: hits | chosen: false alarms | last: hits | last: false alarms |",
+        "| gate validator | chosen: hits | chosen: false alarms | last: hits | last: false alarms |",
         "|---|---|---|---|---|",
     ]
     for v in VALIDATORS:

@@ -111,6 +111,9 @@ def adapt(
     folder = scan_frames(target_dir, labels_dir)
     warn_small_frames(folder, cfg)
     check_batch_fits(folder, cfg)
+    if cfg.run.eval_every and labels_dir is None:
+        log.warning("run.eval_every = %d needs labels (--labels): no mIoU is scored during this run",
+                    cfg.run.eval_every)  # fmt: skip
     if labels_dir is not None:
         log.info(
             "labels: %d of %d frames have a label in %s (mIoU before/after is scored on those)",

@@ -95,7 +95,9 @@ class OptimConfig:
 
 
 # The label-free validators (stvm_sdk.eval.label_free), named here so the config reads without torch.
-VALIDATORS = ("im", "consistency", "ensemble", "source_agreement", "confidence", "neg_entropy", "snd")
+VALIDATORS = (
+    "im", "consistency", "im_consistency", "ensemble", "source_agreement", "confidence", "neg_entropy", "snd"
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,7 @@ class RunConfig:
     holdout: float = 0.1
     candidates: int = 4  # evenly spaced candidate steps (with the start and the end)
     validator: str = "im"  # label-free score that ranks the candidates
+    gate_validator: str = "im"  # label-free score the deploy gate compares with the source model's
     deliver: str = "best"  # best: the candidate the validator ranks first; last: the run's last network
     gate_margin: float = 0.0  # the gate calls a model worse when its score's 95 % interval is below -margin
     # score the deliverable on the labelled frames every N steps (metrics.jsonl "miou"); 0: never
@@ -138,6 +141,10 @@ class RunConfig:
         _check(
             self.validator in VALIDATORS,
             f"run.validator must be one of {', '.join(VALIDATORS)}, got {self.validator!r}",
+        )
+        _check(
+            self.gate_validator in VALIDATORS,
+            f"run.gate_validator must be one of {', '.join(VALIDATORS)}, got {self.gate_validator!r}",
         )
         _check(self.deliver in ("best", "last"), f"run.deliver must be best|last, got {self.deliver!r}")
         _check(0.0 <= self.gate_margin <= 1.0, f"run.gate_margin must be in [0, 1], got {self.gate_margin}")

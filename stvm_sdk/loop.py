@@ -134,7 +134,10 @@ def _judge(job: Job) -> Judge | None:
     images = load_held_out(job.folder, frames, size)
     if images is None:
         return None
-    judge = Judge(images, job.cfg.run.validator, HealthRule(), job.device, job.cfg.data.batch_size)
+    run = job.cfg.run
+    judge = Judge(
+        images, run.validator, HealthRule(), job.device, job.cfg.data.batch_size, run.gate_validator
+    )
     source = job.source.clone()
     source.module.to(job.device)
     judge.start(source)

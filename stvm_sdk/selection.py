@@ -77,17 +77,20 @@ class Judge:
     """Label-free signals of a run's candidates on its held-out frames, the choice and the gate."""
 
     images: Tensor  # [N,3,H,W] in [0,1], on CPU
-    validator: str
+    validator: str  # ranks the candidates
     rule: HealthRule
     device: torch.device
     batch_size: int = 8
+    gate_validator: str = ""  # compares the delivered model with the source model; "": ``validator``
     source_out: Outputs | None = None
     outputs: dict[int, Outputs] = field(default_factory=dict)
     records: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.validator not in VALIDATORS:
-            raise ValueError(f"unknown validator {self.validator!r}")
+        self.gate_validator = self.gate_validator or self.validator
+        for name in (self.validator, self.gate_validator):
+            if name not in VALIDATORS:
+                raise ValueError(f"unknown validator {name!r}")
 
     def outputs_of(self, model: SegModel, views: bool = True) -> Outputs:
         net = model.module
@@ -153,10 +156,10 @@ class Judge:
         """The candidate steps that pass the collapse rule."""
         return [s for s, out in self.outputs.items() if not self.health(out)["collapse"]]
 
-    def _pool(self) -> Tensor | None:
+    def _pool(self, validator: str | None = None) -> Tensor | None:
         """The ensemble's labels: the source model and the candidates that did not collapse (only for
         that validator; collapsed candidates would outvote the rest once a run has collapsed)."""
-        if self.validator != "ensemble":
+        if (validator or self.validator) != "ensemble":
             return None
         assert self.source_out is not None
         return pool_labels([self.source_out, *(self.outputs[s] for s in self.healthy())])
@@ -193,19 +196,21 @@ class Judge:
         assert self.source_out is not None
         out = self.outputs[step]
         collapse = self.health(out)["collapse"]
-        pool = self._pool()
-        mine = statistics(self.validator, out, self.source_out, pool=pool)
-        theirs = statistics(self.validator, self.source_out, self.source_out, pool=pool)
+        name = self.gate_validator
+        pool = self._pool(name)
+        mine = statistics(name, out, self.source_out, pool=pool)
+        theirs = statistics(name, self.source_out, self.source_out, pool=pool)
         diff, lo, hi = compare(mine, theirs)
         verdict = {
-            "source_score": round(theirs.score(), 5), "delivered_score": round(mine.score(), 5),
-            "difference": round(diff, 5), "interval": [round(lo, 5), round(hi, 5)],
+            "gate_validator": name, "source_score": round(theirs.score(), 5),
+            "delivered_score": round(mine.score(), 5), "difference": round(diff, 5),
+            "interval": [round(lo, 5), round(hi, 5)],
         }  # fmt: skip
         if collapse:
             return {"gate": "collapsed", "reasons": collapse, **verdict}
         if hi < -margin:
             why = (
-                f"{self.validator} {mine.score():.4f} vs the source model's {theirs.score():.4f} "
+                f"{name} {mine.score():.4f} vs the source model's {theirs.score():.4f} "
                 f"(difference {diff:+.4f}, 95% interval [{lo:+.4f}, {hi:+.4f}])"
             )
             return {"gate": "worse_than_source", "reasons": [why], **verdict}

@@ -60,8 +60,8 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Tensor:
     return torch.stack([folder.load(f, None)[0] for f in folder.frames])  # type: ignore[index]
 
 
-def judge_of(images: Tensor, validator: str = "im") -> Judge:
-    judge = Judge(images, validator, HealthRule(), torch.device("cpu"))
+def judge_of(images: Tensor, validator: str = "im", gate_validator: str = "") -> Judge:
+    judge = Judge(images, validator, HealthRule(), torch.device("cpu"), gate_validator=gate_validator)
     judge.start(palette_model())
     return judge
 
@@ -194,6 +194,17 @@ def test_the_choice_ranks_the_healthy_candidate_first_and_last_means_last(images
     assert judge.choose("last")[0] == 10
 
 
+def test_the_gate_and_the_choice_may_read_different_validators(images: Tensor) -> None:
+    judge = judge_of(images, "consistency", gate_validator="im")
+    judge.observe(0, palette_model())
+    judge.observe(5, palette_model(noise=8.0))  # IM ranks confident noise up: the gate reads IM
+    assert judge.choose("best")[0] == 0  # consistency chooses
+    verdict = judge.gate(5, 0.0)
+    assert verdict["gate_validator"] == "im" and verdict["gate"] == "pass"
+    with pytest.raises(ValueError, match="unknown validator"):
+        judge_of(images, "im", gate_validator="mood")
+
+
 def test_im_is_blind_to_confident_noise_that_consistency_catches(images: Tensor) -> None:
     """The known blind spot of the default validator (docs/method.md, decision 15): logits scrambled
     by large noise are confident and use every class, so IM ranks them up; consistency does not."""
@@ -226,8 +237,8 @@ def test_candidate_steps_are_the_start_even_steps_snapshots_and_the_end() -> Non
 
 
 def test_config_refuses_unknown_validators_and_bad_label_free_values() -> None:
-    for key, value in (("run.validator", "mood"), ("run.deliver", "first"), ("run.holdout", 0.9),
-                       ("run.candidates", 0), ("run.eval_every", -1)):  # fmt: skip
+    for key, value in (("run.validator", "mood"), ("run.gate_validator", "x"), ("run.deliver", "first"),
+                       ("run.holdout", 0.9), ("run.candidates", 0), ("run.eval_every", -1)):  # fmt: skip
         with pytest.raises(ConfigError, match=key.split(".")[1]):
             AdaptConfig().with_overrides({key: value})
 
@@ -354,3 +365,14 @@ def test_eval_every_scores_the_deliverable_into_metrics_and_the_curve(
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     curve = Path(summary["figures_dir"]) / "curves.png"
     assert curve.is_file() and np.asarray(__import__("PIL.Image").Image.open(curve)).shape[1] > 1200
+
+
+def test_eval_every_without_labels_says_it_scores_nothing(
+    many_frames: tuple[Path, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = AdaptConfig(method="tent").with_overrides({**TINY, "run.eval_every": 2})
+    with caplog.at_level("WARNING", logger="stvm_sdk"):
+        adapt(TinySegNet(), many_frames[0], config=cfg, out_dir=tmp_path / "run", progress=False)
+    assert any("needs labels" in r.message for r in caplog.records)
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert not any("miou" in r for r in records)

@@ -14,6 +14,7 @@ Validators (docs/method.md, decision 15, has which of them hold up, where, and t
 - ``consistency``: the mean IoU, over the classes the source model predicts on the frames, between the
   prediction on each frame and on two transformed copies (flipped and darkened; shrunk by 3/4), mapped
   back; a class the model no longer predicts scores 0, so a collapse cannot look consistent.
+- ``im_consistency``: ``im`` + ``consistency``.
 - ``snd``: soft neighbourhood density (Saito et al., 2021) of the softmax outputs of a grid of pixels
   inside each frame: the mean entropy of each pixel's similarity distribution to the others.
 - ``source_agreement``: mean IoU between the model's and the source model's predictions (source classes).
@@ -201,6 +202,12 @@ def statistics(
             return h_mean - t[..., k] / t[..., -1]
 
         return Statistic(torch.cat([s["probs"], s["ent"][:, None], s["pixels"][:, None]], 1), im)
+    if name == "im_consistency":  # both, each on its own [0, 1]-like scale: their sum
+        a, b = statistics("im", out, source), statistics("consistency", out, source)
+        d = a.per_frame.shape[1]
+        return Statistic(
+            torch.cat([a.per_frame, b.per_frame], 1), lambda t: a.reduce(t[..., :d]) + b.reduce(t[..., d:])
+        )
     if name == "snd":
         ones = torch.ones(out.pred.shape[0], dtype=torch.float64)
         return Statistic(torch.stack([_snd(out.grid_probs), ones], 1), lambda t: t[..., 0] / t[..., 1])
