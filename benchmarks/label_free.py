@@ -153,7 +153,7 @@ def score_block(
     run's label-free choice and the gate's verdict (cached per block, keyed by the runs)."""
     records = [run_once(plan, cache, arch, domain, label) for label, _, _ in RUNS]
     key = {"runs": [r["key"] for r in records], "n_test": n_test, "n_holdout": n_holdout,
-           "validators": list(VALIDATORS), "version": 2}  # fmt: skip
+           "validators": sorted(VALIDATORS), "version": 2}  # fmt: skip
     out_path = cache / "label_free" / "blocks" / f"{arch}_{domain}.json"
     if out_path.is_file():
         done = json.loads(out_path.read_text())
@@ -267,7 +267,7 @@ def test_noise(
     confs = torch.einsum("rn,mnk->rmk", counts, per_frame.reshape(m, n, k * k)).view(resamples, m, k, k)
     mious = mean_iou_batch(confs)  # [R,M]
     scores = block["validators"][validator]
-    rhos = torch.tensor([spearman(scores, mious[r].tolist()) for r in range(resamples)])
+    rhos = torch.tensor([spearman(scores, mious[r].tolist()) for r in range(resamples)], dtype=torch.float64)
     lo, hi = torch.quantile(rhos, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
     even, odd = mean_iou_batch(per_frame[:, 0::2].sum(1)), mean_iou_batch(per_frame[:, 1::2].sum(1))
     return {"interval": [lo, hi], "split_half": spearman(even.tolist(), odd.tolist())}

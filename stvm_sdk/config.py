@@ -96,7 +96,7 @@ class OptimConfig:
 
 # The label-free validators (stvm_sdk.eval.label_free), named here so the config reads without torch.
 VALIDATORS = (
-    "im", "consistency", "im_consistency", "ensemble", "source_agreement", "confidence", "neg_entropy", "snd"
+    "consistency", "im", "im_consistency", "ensemble", "source_agreement", "confidence", "neg_entropy", "snd"
 )  # fmt: skip
 
 
@@ -127,7 +127,7 @@ class RunConfig:
     # 0: none, and the last network is delivered
     holdout: float = 0.1
     candidates: int = 4  # evenly spaced candidate steps (with the start and the end)
-    validator: str = "im"  # label-free score that ranks the candidates
+    validator: str = "consistency"  # label-free score that ranks the candidates
     gate_validator: str = "im"  # label-free score the deploy gate compares with the source model's
     deliver: str = "best"  # best: the candidate the validator ranks first; last: the run's last network
     gate_margin: float = 0.0  # the gate calls a model worse when its score's 95 % interval is below -margin

@@ -281,7 +281,8 @@ def test_a_run_without_labels_summarises_its_candidates_choice_and_gate(
     cfg = AdaptConfig(method="mean_teacher").with_overrides(TINY)
     result = adapt(TinySegNet(), many_frames[0], config=cfg, out_dir=tmp_path / "run", progress=False)
     lf = result.metrics["label_free"]
-    assert lf["validator"] == "im" and lf["frames"] == 2 and lf["frames_held_out"]
+    assert lf["validator"] == "consistency" and lf["gate_validator"] == "im" and lf["frames"] == 2
+    assert lf["frames_held_out"]
     assert [s["step"] for s in lf["snapshots"]] == [0, 1, 2, 3, 4]
     assert all(isinstance(s["score"], float) for s in lf["snapshots"])
     best = max(lf["snapshots"], key=lambda s: (s["score"], s["step"]))
