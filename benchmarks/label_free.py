@@ -319,6 +319,17 @@ def summarise(blocks: list[dict[str, Any]], cache: Path | None = None) -> dict[s
     return out
 
 
+def _run_minutes(blocks: list[dict[str, Any]], cache: Path) -> float:
+    """The adaptation runs' own time, from their cached records."""
+    total = 0.0
+    for b in blocks:
+        for label, _, _ in RUNS:
+            record = run_dir(cache, b["arch"], b["domain"], label).parent / f"{label}.json"
+            if record.is_file():
+                total += float(json.loads(record.read_text()).get("seconds", 0.0))
+    return total / 60
+
+
 def write_report(blocks: list[dict[str, Any]], plan: Plan, args: argparse.Namespace, seconds: float) -> None:
     summary = summarise(blocks, args.cache)
     names = list(summary["blocks"])
@@ -327,8 +338,9 @@ def write_report(blocks: list[dict[str, Any]], plan: Plan, args: argparse.Namesp
         "# Label-free validators against the labels",
         "",
         f"Machine: {platform.machine()}, {args.jobs} process(es) of 1 thread "
-        f"each; torch {torch.__version__}; this invocation {seconds / 60:.1f} min (runs and scores "
-        "cached by earlier invocations are not redone).",
+        f"each; torch {torch.__version__}. Compute: {_run_minutes(blocks, args.cache):.0f} min of runs, "
+        f"{sum(b['seconds'] for b in blocks) / 60:.0f} min of scoring (per process, as cached); this "
+        f"invocation {seconds / 60:.1f} min.",
         f"Command: `python benchmarks/label_free.py{' --quick' if args.quick else ''}`",
         "",
         f"Per block: the source model, adabn and runs of {', '.join(r[0] for r in RUNS[1:])} at the shipped "
