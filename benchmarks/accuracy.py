@@ -172,6 +172,7 @@ TABLE_DELIVERY = {"run.holdout": 0.0, "run.deliver": "last"}
 # A config recorded before the label-free keys existed ran as TABLE_DELIVERY runs do now (every frame
 # trained on, the last network delivered; which validator then scores the candidates changes nothing).
 LABEL_FREE_KEYS = (
+    "label_free",
     "holdout",
     "candidates",
     "validator",
@@ -205,8 +206,8 @@ def current_config(config: Any) -> Any:
     """A recorded config dict in today's layout: a config of schema 1 (STvM's and the mean teacher's
     knobs at the root, cells cached before the methods owned them) migrated as ``load_run`` does, so
     a cell cached for the same experiment stays valid; None if it no longer reads."""
-    if isinstance(config, dict) and isinstance(config.get("run"), dict) and "holdout" not in config["run"]:
-        config = {**config, "run": {**config["run"], **RECORDED_LABEL_FREE}}  # recorded before decision 15
+    if isinstance(config, dict) and isinstance(config.get("run"), dict):  # keys recorded before they existed
+        config = {**config, "run": {**RECORDED_LABEL_FREE, **config["run"]}}
     if not (isinstance(config, dict) and any(k.split(".")[0] in config for k in MOVED if "." not in k)):
         return config
     try:

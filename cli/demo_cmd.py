@@ -52,10 +52,11 @@ def _print(s: dict[str, Any], out: Console | None = None) -> None:
     t.add_row("held-out labelled frames", str(s["val_frames"]))
     lf = s.get("label_free")
     if lf:  # what the run knew without labels: the candidate it delivered and the gate's verdict
+        t.add_row("without labels: gate", lf["gate"])
         t.add_row(
-            "without labels",
-            f"delivered step {lf['delivered_step']} of {len(lf['snapshots'])} candidates ({lf['validator']} "
-            f"on {lf['frames']} held-out frames); gate: {lf['gate']}",
+            "without labels: delivered",
+            f"step {lf['delivered_step']} of {len(lf['snapshots'])} candidates ({lf['validator']} on "
+            f"{lf['frames']} held-out frames)",
         )
     v = s["verification"]
     t.add_row(

@@ -123,6 +123,10 @@ class RunConfig:
     # Label-free choice and deploy gate (docs/method.md, decision 15): candidates are the deliverable at
     # the start, at `candidates` - 1 evenly spaced steps, at every snapshot step and at the end.
 
+    # score candidates without labels, choose one and gate it (false: no frame held out, nothing scored,
+    # the last network delivered, no label_free section: the run as before decision 15)
+    label_free: bool = True
+
     # share of the target frames (at most 32) held out from training to score candidates without labels;
     # 0: none, and the last network is delivered
     holdout: float = 0.1

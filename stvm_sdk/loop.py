@@ -72,7 +72,8 @@ class Job:
 
     def __post_init__(self) -> None:
         frames = self.folder.frames
-        self.train_frames, self.held_out = split_holdout(frames, self.cfg.run.holdout)
+        share = self.cfg.run.holdout if self.cfg.run.label_free else 0.0
+        self.train_frames, self.held_out = split_holdout(frames, share)
         if len(self.train_frames) < self.cfg.data.batch_size:  # too few frames to spare any
             self.train_frames, self.held_out = list(frames), []
 
@@ -118,7 +119,7 @@ def start(job: Job, resume: bool) -> tuple[Method, int]:
         step = _restore(method, checkpoint, ddp.world)
         if ddp.is_main:
             job.run.truncate_log(step)
-    if ddp.is_main:
+    if ddp.is_main and cfg.run.label_free:
         job.judge = _judge(job)
         if job.judge is not None and step == 0:
             job.run.log({"step": 0, "label_free": _candidate(method, job, 0)})

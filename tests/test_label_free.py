@@ -377,3 +377,14 @@ def test_eval_every_without_labels_says_it_scores_nothing(
     assert any("needs labels" in r.message for r in caplog.records)
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert not any("miou" in r for r in records)
+
+
+def test_label_free_off_holds_nothing_out_scores_nothing_and_delivers_the_last(
+    many_frames: tuple[Path, Path], tmp_path: Path
+) -> None:
+    cfg = AdaptConfig(method="mean_teacher").with_overrides({**TINY, "run.label_free": False})
+    result = adapt(TinySegNet(), many_frames[0], config=cfg, out_dir=tmp_path / "run", progress=False)
+    assert "label_free" not in result.metrics and result.gate is None
+    assert not (tmp_path / "run" / "candidates").exists()
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert records and not any("label_free" in r for r in records)
