@@ -8,12 +8,12 @@ outputs are taken and its signals logged: every validator of :mod:`stvm_sdk.eval
 stream's health figures against the source model (``hist_js``, ``class_ratio``, ``confidence``) and the
 teacher-student agreement. At the end:
 
-- **choice** (``run.deliver``): ``best`` delivers the candidate ``run.validator`` ranks first, ``last``
-  the run's last network;
+- **choice** (``run.deliver``): ``best`` delivers the candidate ``run.validator`` ranks first among
+  those that pass the collapse rule (among all when none does), ``last`` the run's last network;
 - **gate**: ``collapsed`` when the delivered model fails the stream's health rule on the held-out frames
   (histogram divergence, classes lost, certain everywhere, non-finite), ``worse_than_source`` when its
-  validator score is below the source model's with the 95 % paired-bootstrap interval over the held-out
-  frames entirely below ``-gate_margin``, else ``pass``.
+  ``run.gate_validator`` score is below the source model's with the 95 % paired-bootstrap interval over
+  the held-out frames entirely below ``-gate_margin``, else ``pass`` (docs/method.md, decision 15).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from stvm_sdk.stream.settings import HealthRule
 
 HOLDOUT_MAX = 32  # held-out frames at most: the judgement's cost is a few forward passes per candidate
 PIXELS_MAX = 512 * 1024  # frames are scored at most this large (downscaled, aspect kept)
-GATES = ("pass", "worse_than_source", "collapsed")
+GATES = ("pass", "worse_than_source", "collapsed")  # the gate's verdicts
 
 
 def split_holdout(frames: list[Frame], share: float) -> tuple[list[Frame], list[Frame]]:
