@@ -415,7 +415,7 @@ def write_report(blocks: list[dict[str, Any]], plan: Plan, args: argparse.Namesp
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"label_free{tag}.md").write_text("\n".join(lines) + "\n")
     (RESULTS / f"label_free{tag}.json").write_text(
-        json.dumps({"summary": summary, "blocks": blocks}, indent=1)
+        json.dumps({"summary": summary, "blocks": blocks}, separators=(",", ":"))
     )
     print("\n".join(lines))
 
