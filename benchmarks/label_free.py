@@ -330,6 +330,12 @@ def _run_minutes(blocks: list[dict[str, Any]], cache: Path) -> float:
     return total / 60
 
 
+def _table_head(title: str, names: list[str], last: str, note: str = "") -> list[str]:
+    """A section title, an optional line under it, and the header of a validator x block table."""
+    header = "| validator | " + " | ".join(names) + f" | {last} |"
+    return [f"## {title}", "", *([note, ""] if note else []), header, "|---|" + "---|" * (len(names) + 1)]
+
+
 def write_report(blocks: list[dict[str, Any]], plan: Plan, args: argparse.Namespace, seconds: float) -> None:
     summary = summarise(blocks, args.cache)
     names = list(summary["blocks"])
@@ -350,10 +356,9 @@ def write_report(blocks: list[dict[str, Any]], plan: Plan, args: argparse.Namesp
         f"on {args.n_test} labelled `test` frames; validators on {args.n_holdout} frames of `val` read "
         "without labels (no run trained on them).",
         "",
-        "## Spearman rank correlation with the true mIoU, across every model of the block",
-        "",
-        "| validator | " + " | ".join(names) + " | min |",
-        "|---|" + "---|" * (len(names) + 1),
+        *_table_head(
+            "Spearman rank correlation with the true mIoU, across every model of the block", names, "min"
+        ),
     ]
     for v in VALIDATORS:
         vals = [summary["blocks"][n]["spearman"][v] for n in names]
@@ -372,12 +377,12 @@ def write_report(blocks: list[dict[str, Any]], plan: Plan, args: argparse.Namesp
             f"{x['split_half']:+.2f}" if x else "-" for x in noise) + " | |")  # fmt: skip
     lines += [
         "",
-        "## Regret of the label-free choice: the run's best candidate minus the chosen one (mIoU points)",
-        "",
-        "Mean over the block's runs (worst run in brackets); `last` delivers the run's last network.",
-        "",
-        "| validator | " + " | ".join(names) + " | mean |",
-        "|---|" + "---|" * (len(names) + 1),
+        *_table_head(
+            "Regret of the label-free choice: the run's best candidate minus the chosen one (mIoU points)",
+            names,
+            "mean",
+            "Mean over the block's runs (worst run in brackets); `last` delivers the run's last network.",
+        ),
     ]
     for v in VALIDATORS:
         vals = [summary["blocks"][n]["regret"][v] for n in names]
